@@ -1,0 +1,1 @@
+"""Edit pairs, token labels and the labelling pipeline."""
