@@ -7,13 +7,16 @@ the labelling config and tokenizer fingerprint) and ``preview.html``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import datasets
 
 from editalign.data.labeling import (
     LabeledPair,
@@ -25,6 +28,18 @@ from editalign.data.labeling import (
 )
 from editalign.data.pairs import LoadReport
 from editalign.data.preview import render_preview
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """Hide datasets' "Saving the dataset" bar: the labelling bar already shows progress."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def write_labeled(
@@ -56,7 +71,8 @@ def write_labeled(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        to_dataset(labeled, info).save_to_disk(str(tmp))
+        with _quiet_datasets():
+            to_dataset(labeled, info).save_to_disk(str(tmp))
         (tmp / "stats.json").write_text(json.dumps(stats_dict, indent=2, ensure_ascii=False))
         (tmp / "preview.html").write_text(
             render_preview(labeled, title=f"editalign label preview: {model_name}",
@@ -73,8 +89,6 @@ def write_labeled(
 
 def read_labeled(path: str | os.PathLike[str]) -> tuple[list[LabeledPair], dict[str, Any]]:
     """Read a directory written by :func:`write_labeled`: the pairs and ``stats.json``."""
-    import datasets
-
     path = Path(path)
     if not (path / "stats.json").exists():
         raise FileNotFoundError(

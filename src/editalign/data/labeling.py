@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from editalign.data.align import IGNORE, Label, align, align_words
 from editalign.data.pairs import EditPair
@@ -95,7 +96,7 @@ class LabeledPair:
     revised_text: str
     original: TokenizedSide
     revised: TokenizedSide
-    edit_distance: int
+    edit_distance: int  # token-level Levenshtein distance of the responses (any granularity)
     truncated: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -224,8 +225,11 @@ def label_pair(pair: EditPair, tokenizer: Any, config: LabelingConfig | None = N
     r_ids, r_start, r_off = _split_response(encodings[1], len(prompt_text), eos)
     if config.granularity == "word":
         alignment = align_words(pair.original, pair.revised, o_off[:-1], r_off[:-1])
+        # edit_distance stays in tokens whatever the granularity, so ratios compare.
+        distance = Levenshtein.distance(o_ids[o_start:-1], r_ids[r_start:-1])
     else:
         alignment = align(o_ids[o_start:-1], r_ids[r_start:-1])
+        distance = alignment.distance
     # EOS is aligned with EOS by construction: both responses end there.
     o_labels = [IGNORE] * o_start + alignment.original_labels + [Label.EQUAL.value]
     r_labels = [IGNORE] * r_start + alignment.revised_labels + [Label.EQUAL.value]
@@ -234,7 +238,7 @@ def label_pair(pair: EditPair, tokenizer: Any, config: LabelingConfig | None = N
     return LabeledPair(
         id=pair.id, prompt_text=prompt_text, original_text=pair.original,
         revised_text=pair.revised, original=original, revised=revised,
-        edit_distance=alignment.distance, truncated=bool(o_dropped or r_dropped),
+        edit_distance=distance, truncated=bool(o_dropped or r_dropped),
         meta=dict(pair.meta, truncated_tokens=o_dropped + r_dropped)
         if (o_dropped or r_dropped) else dict(pair.meta),
     )

@@ -36,28 +36,32 @@ overflow:auto;background:#fafafa;padding:.5em}
 
 def _token_html(side: TokenizedSide, text: str, which: str,
                 human_spans: Sequence[tuple[int, int, str]] = ()) -> str:
-    pieces = []
+    """One span per run of tokens that share a label and human mark (small, readable HTML)."""
+    runs: list[tuple[str, str, str]] = []  # (classes, title, text)
     for (start, end), label in zip(side.offsets, side.response_labels, strict=False):
         if end <= start:
-            piece = '<span class="eos">⟨eos⟩</span>'
+            runs.append(("eos", "", "⟨eos⟩"))
+            continue
+        classes = ["t"]
+        if label == Label.DELETED:
+            classes.append("deleted")
+        elif label == Label.ADDED:
+            classes.append("added")
+        elif label == Label.SUBSTITUTED:
+            classes.append("substituted-o" if which == "original" else "substituted-r")
+        hits = sorted({kind for s, e, kind in human_spans if s < end and start < e})
+        title = LABEL_NAMES.get(label, "")
+        if hits:
+            classes.append("human")
+            title += " · human: " + ", ".join(hits)
+        key = (" ".join(classes), title)
+        if runs and runs[-1][:2] == key:
+            runs[-1] = (*key, runs[-1][2] + text[start:end])
         else:
-            piece = html.escape(text[start:end])
-            classes = ["t"]
-            if label == Label.DELETED:
-                classes.append("deleted")
-            elif label == Label.ADDED:
-                classes.append("added")
-            elif label == Label.SUBSTITUTED:
-                classes.append("substituted-o" if which == "original" else "substituted-r")
-            hits = [kind for s, e, kind in human_spans if s < end and start < e]
-            if hits:
-                classes.append("human")
-            title = LABEL_NAMES.get(label, "")
-            if hits:
-                title += " · human: " + ", ".join(sorted(set(hits)))
-            piece = f'<span class="{" ".join(classes)}" title="{html.escape(title)}">{piece}</span>'
-        pieces.append(piece)
-    return "".join(pieces)
+            runs.append((*key, text[start:end]))
+    return "".join(
+        f'<span class="{classes}" title="{html.escape(title)}">{html.escape(piece)}</span>'
+        for classes, title, piece in runs)
 
 
 def _human_spans(meta: dict[str, Any]) -> list[tuple[int, int, str]]:
