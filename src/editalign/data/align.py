@@ -12,8 +12,9 @@ import re
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import Levenshtein, Opcodes
 
 
 class Label(IntEnum):
@@ -29,27 +30,35 @@ class Label(IntEnum):
 IGNORE = -100
 
 LABEL_NAMES = {label.value: label.name.lower() for label in Label}
+# Plain ints for the hot loop (IntEnum attribute access is slow).
+_EQUAL, _ADDED, _SUBSTITUTED, _DELETED = (int(label) for label in Label)
 
 
 @dataclass(frozen=True)
 class Alignment:
     """Labels for both sides of one edit, and the operations that produced them.
 
-    ``editops`` are ``(op, original_position, revised_position)`` with op in
-    ``insert``/``delete``/``replace``, exactly as ``Levenshtein.editops`` returns them.
+    ``opcodes`` are rapidfuzz's blocks ``(tag, i1, i2, j1, j2)`` of one optimal alignment;
+    ``editops`` the same alignment as single operations ``(op, original_position,
+    revised_position)``, exactly as ``Levenshtein.editops`` returns them.
     """
 
     original_labels: list[int]
     revised_labels: list[int]
-    editops: list[tuple[str, int, int]]
+    opcodes: list[tuple[str, int, int, int, int]]
+    distance: int
 
-    @property
-    def distance(self) -> int:
-        return len(self.editops)
+    @cached_property
+    def editops(self) -> list[tuple[str, int, int]]:
+        ops = Opcodes(self.opcodes, len(self.original_labels), len(self.revised_labels))
+        return ops.as_editops().as_list()
 
 
 def align(original: Sequence[Hashable], revised: Sequence[Hashable]) -> Alignment:
     """Label every element of ``original`` and ``revised`` (token ids, or any hashables).
+
+    Labels are filled block by block from the opcodes rather than op by op: a minimal
+    edit of a long response is a few blocks but many single operations.
 
     >>> a = align([10, 11, 12, 13, 2], [10, 21, 12, 13, 14, 2])
     >>> a.revised_labels
@@ -57,18 +66,22 @@ def align(original: Sequence[Hashable], revised: Sequence[Hashable]) -> Alignmen
     >>> a.original_labels
     [0, 2, 0, 0, 0]
     """
-    original_labels = [Label.EQUAL.value] * len(original)
-    revised_labels = [Label.EQUAL.value] * len(revised)
-    ops = Levenshtein.editops(original, revised).as_list()
-    for op, i, j in ops:
-        if op == "replace":
-            original_labels[i] = Label.SUBSTITUTED.value
-            revised_labels[j] = Label.SUBSTITUTED.value
-        elif op == "insert":
-            revised_labels[j] = Label.ADDED.value
-        else:  # delete
-            original_labels[i] = Label.DELETED.value
-    return Alignment(original_labels, revised_labels, ops)
+    original_labels = [_EQUAL] * len(original)
+    revised_labels = [_EQUAL] * len(revised)
+    opcodes = Levenshtein.opcodes(original, revised).as_list()
+    distance = 0
+    for tag, i1, i2, j1, j2 in opcodes:
+        if tag == "replace":
+            original_labels[i1:i2] = [_SUBSTITUTED] * (i2 - i1)
+            revised_labels[j1:j2] = [_SUBSTITUTED] * (j2 - j1)
+            distance += i2 - i1
+        elif tag == "insert":
+            revised_labels[j1:j2] = [_ADDED] * (j2 - j1)
+            distance += j2 - j1
+        elif tag == "delete":
+            original_labels[i1:i2] = [_DELETED] * (i2 - i1)
+            distance += i2 - i1
+    return Alignment(original_labels, revised_labels, opcodes, distance)
 
 
 def apply_editops(original: Sequence[Hashable], ops: list[tuple[str, int, int]],
@@ -106,28 +119,36 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _PRETOKEN.finditer(text)]
 
 
+@dataclass(frozen=True)
+class WordAlignment:
+    """Token labels projected from a word-level alignment (kept in ``words``)."""
+
+    original_labels: list[int]
+    revised_labels: list[int]
+    words: Alignment
+
+
 def align_words(
     original_text: str,
     revised_text: str,
     original_offsets: Sequence[tuple[int, int]],
     revised_offsets: Sequence[tuple[int, int]],
-) -> Alignment:
+) -> WordAlignment:
     """Word-level ("phrase") labels, projected onto tokens.
 
     Words are aligned with the same Levenshtein operations (words compared without their
     leading whitespace), then every token takes the label of the words its character span
     overlaps; a token overlapping a changed word is changed even if it also overlaps an
     unchanged one. Tokens with an empty span (special tokens such as EOS) are ``equal``.
-    ``editops`` are word-level operations.
     """
     o_spans, r_spans = word_spans(original_text), word_spans(revised_text)
     o_words = [original_text[s:e].strip() for s, e in o_spans]
     r_words = [revised_text[s:e].strip() for s, e in r_spans]
     words = align(o_words, r_words)
-    return Alignment(
+    return WordAlignment(
         _project(words.original_labels, o_spans, original_offsets),
         _project(words.revised_labels, r_spans, revised_offsets),
-        words.editops,
+        words,
     )
 
 
