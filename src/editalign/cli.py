@@ -137,6 +137,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from editalign.train.common import registered_trainers, run_trainer
+
+    methods = registered_trainers()
+    if not args.method or args.method in ("-h", "--help"):
+        print("usage: editalign train METHOD [options]\n\nmethods:")
+        for name, help_text in methods.items():
+            print(f"  {name:10s} {help_text}")
+        return 0
+    return run_trainer(args.method, args.rest)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog="editalign",
@@ -153,7 +165,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     demo.add_argument("--model", default="smollm2-135m")
     demo.add_argument("--out", default="demo-output")
     demo.set_defaults(func=cmd_demo)
-    return parser, {"label": label, "demo": demo}
+    train = sub.add_parser(
+        "train", add_help=False, help="train a policy or reward model: editalign train METHOD "
+        "--help lists the options (any TrainingArguments flag and --config x.yaml work)")
+    train.add_argument("method", nargs="?", help="training method")
+    train.add_argument("rest", nargs=argparse.REMAINDER)
+    train.set_defaults(func=cmd_train)
+    return parser, {"label": label, "demo": demo, "train": train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
