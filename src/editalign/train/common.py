@@ -120,7 +120,8 @@ class DataArguments:
     preset: str | None = field(default=None, metadata={
         "help": "field layout: default, spa, qa-feedback, preference (auto-detected)"})
     field_map: list[str] = field(default_factory=list, metadata={
-        "help": "explicit mapping KEY=COLUMN, e.g. prompt=question original=answer"})
+        "aliases": ["--field"],
+        "help": "explicit mapping KEY=COLUMN, e.g. --field prompt=question original=answer"})
     split: str | None = field(default=None, metadata={"help": "split of a saved DatasetDict"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N rows"})
     eval_data: str | None = field(default=None, metadata={
