@@ -584,3 +584,22 @@ def test_gzip_compressed_files(tmp_path):
         handle.write(b'[{"prompt": "p", "original": "x", "revised": 1}]')
     with pytest.raises(DataError, match=r"row 0.*revised"):
         load_pairs(bad)
+
+
+def test_load_prompts_from_prompt_rows_and_from_pairs(tmp_path):
+    from editalign.data.pairs import load_prompts
+
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text(json.dumps({"prompt": "a"}) + "\n"
+                    + json.dumps({"prompt": [{"role": "user", "content": "b"}]}) + "\n")
+    assert load_prompts(rows) == ["a", [{"role": "user", "content": "b"}]]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"q": "x", "original": "o", "revised": "r"}) + "\n")
+    assert load_prompts(pairs, field="q") == ["x"]
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text(json.dumps({"prompt": "p", "original": "o", "revised": "r"}) + "\n")
+    assert load_prompts(edits, limit=1) == ["p"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": 3}) + "\n")
+    with pytest.raises(DataError, match=r"row 0 \(line 1\), field 'prompt'"):
+        load_prompts(bad)

@@ -895,3 +895,30 @@ def save_pairs_jsonl(pairs: Iterable[EditPair], path: str | os.PathLike[str]) ->
         for pair in pairs:
             handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
     return path
+
+
+def load_prompts(source: str | os.PathLike[str], *, field: str = "prompt",
+                 split: str | None = None,
+                 limit: int | None = None) -> list[str | list[dict[str, str]]]:
+    """Prompts alone (for sampling: PPO, win-rate evaluation), from any supported format.
+
+    Rows with a ``field`` column (a dotted path works) give that prompt, as text or chat
+    messages; otherwise the rows are read as pairs (any preset) and their prompts are used.
+    """
+    name = os.fspath(source)
+    rows, _ = _read_rows(Path(name), name, split)
+    with contextlib.closing(rows):
+        first = next(rows, None)
+        if first is None:
+            return []
+        _check_object(first)
+        if _lookup(first.record, field) is _MISSING:
+            rows.close()
+            return [pair.prompt for pair in load_pairs(source, split=split, limit=limit)[0]]
+        prompts: list[str | list[dict[str, str]]] = []
+        for row in itertools.islice(itertools.chain([first], rows), limit):
+            _check_object(row)
+            prompt = _prompt(row, {"prompt": field})
+            assert prompt is not None  # required=True raises instead
+            prompts.append(prompt)
+        return prompts
