@@ -58,7 +58,8 @@ def run_trainer(name: str, argv: Sequence[str]) -> int:
 
 # Modules that register trainers; imported lazily so `editalign label` never loads torch
 # training code. A method module adds itself here.
-TRAINER_MODULES: list[str] = []
+TRAINER_MODULES: list[str] = ["editalign.train.figa", "editalign.train.baselines",
+                              "editalign.train.reward", "editalign.train.ppo"]
 
 
 def _import_trainer_modules() -> None:

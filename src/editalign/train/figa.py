@@ -1,0 +1,318 @@
+"""FIGA: supervised learning with per-token weights from a minimal edit (METHODS §2).
+
+``FIGAConfig`` extends ``transformers.TrainingArguments``; ``FIGATrainer`` is a
+``transformers.Trainer`` whose ``compute_loss`` reads one step top to bottom:
+
+1. both sides of every pair go through the model in one forward pass
+   (:class:`~editalign.train.collate.PairCollator`: revised rows, then original rows,
+   padded or packed padding-free);
+2. TRL's fused LM head returns the log-probability of every scored token without
+   materialising the ``(batch, length, vocab)`` logits (the same head ``SFTTrainer`` uses);
+3. :func:`editalign.losses.figa_weights` gives the static weights (α on A(ỹ), γ on the rest
+   of ỹ, −β on D(ŷ)), :func:`editalign.losses.figa_loss_from_nll` applies the gate on the
+   current loss and normalises by ``num_items_in_batch``: the count of nonzero-weight
+   tokens of the whole accumulated batch, over all ranks, so gradient accumulation and
+   data parallelism reproduce the big-batch loss.
+
+``editalign train figa --model M --data F --output_dir DIR`` runs it; see docs/figa.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from editalign.data.labeling import GRANULARITIES
+from editalign.losses import (
+    FIGA_GATES,
+    FIGA_NEGATIVES,
+    FIGA_NORMALIZE,
+    check_choice,
+    figa_loss_from_nll,
+    figa_weights,
+)
+from editalign.train.collate import PairCollator, pair_features
+from editalign.train.common import DataArguments, ModelArguments, register_trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FIGAConfig(TrainingArguments):
+    """FIGA options; every ``transformers.TrainingArguments`` option works as well.
+
+    Defaults follow the official code (α = 1, β = 0.5, γ = 0, gate ℓ ≤ τ with τ = 0.6,
+    likelihood negative term, lr 1e-5 constant without warm-up).
+    """
+
+    alpha: float = field(default=1.0, metadata={
+        "help": "weight α of the added/substituted tokens of the revised response (and its EOS)"})
+    beta: float = field(default=0.5, metadata={
+        "help": "weight β of the negative term on deleted/substituted tokens of the original"})
+    gamma: float = field(default=0.0, metadata={
+        "help": "weight γ of the unchanged tokens of the revised response"})
+    tau: float = field(default=0.6, metadata={
+        "help": "gate threshold τ on the current token loss ℓ = -log p"})
+    gate: str = field(default="le", metadata={
+        "help": f"when the negative term acts: {', '.join(FIGA_GATES)} (le: ℓ ≤ τ; band: "
+                "τ ≤ ℓ ≤ 1; none: always)"})
+    negative: str = field(default="likelihood", metadata={
+        "help": f"negative term: {', '.join(FIGA_NEGATIVES)} (likelihood: -β·(-log p) as the "
+                "official code; unlikelihood: β·(-log(1-p)))"})
+    normalize: str = field(default="eligible", metadata={
+        "help": f"loss normaliser: {', '.join(FIGA_NORMALIZE)} (eligible: tokens with a nonzero "
+                "weight before the gate, over the whole accumulated batch and all ranks, exact "
+                "under gradient accumulation/DDP; active: after the gate, per micro-batch)"})
+    granularity: str = field(default="token", metadata={
+        "help": f"edit label granularity when labelling raw pairs: {', '.join(GRANULARITIES)}"})
+    max_length: int | None = field(default=1024, metadata={
+        "help": "longest prompt+response+EOS per side, in tokens; longer sides are truncated "
+                "and counted, pairs whose response vanishes are skipped"})
+    padding_free: bool = field(default=False, metadata={
+        "help": "pack the sequences of a batch into one row without pad tokens (positions "
+                "restart per sequence; needs an attention implementation that honours packed "
+                "position_ids: sdpa/eager build a block-diagonal mask, flash_attention_2 uses "
+                "varlen kernels)"})
+    # Defaults that differ from TrainingArguments.
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    lr_scheduler_type: str = field(default="constant", metadata={
+        "help": "learning-rate schedule (the official FIGA run uses a constant rate)"})
+    logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "keep the pair columns the collator needs"})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision; default: on where the accelerator supports it (CUDA "
+                "with bf16), off on CPU"})
+
+    def __post_init__(self) -> None:
+        check_choice("gate", self.gate, FIGA_GATES)
+        check_choice("negative", self.negative, FIGA_NEGATIVES)
+        check_choice("normalize", self.normalize, FIGA_NORMALIZE)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 or None, got {self.max_length}")
+        if min(self.alpha, self.beta, self.gamma) < 0:
+            raise ValueError("alpha, beta and gamma are magnitudes and must be >= 0 "
+                             "(the negative term's sign is built in)")
+        if self.bf16 is None:
+            self.bf16 = bool(not self.fp16 and not self.use_cpu and torch.cuda.is_available()
+                             and torch.cuda.is_bf16_supported())
+        super().__post_init__()
+
+
+class FIGATrainer(Trainer):
+    """``transformers.Trainer`` with the FIGA loss; ``train_dataset`` is a list of
+    :func:`~editalign.train.collate.pair_features` dicts (or of ``LabeledPair``)."""
+
+    def __init__(self, model: Any, args: FIGAConfig, train_dataset: Any = None,
+                 eval_dataset: Any = None, processing_class: Any = None,
+                 data_collator: Any = None, **kwargs: Any) -> None:
+        from trl.trainer.utils import add_fused_lm_head
+
+        if processing_class is None:
+            raise ValueError("FIGATrainer needs the tokenizer (processing_class)")
+        train_dataset = _as_features(train_dataset, args.max_length, "train")
+        eval_dataset = _as_features(eval_dataset, args.max_length, "eval")
+        if data_collator is None:
+            data_collator = PairCollator(
+                pad_token_id=processing_class.pad_token_id,
+                eos_token_id=processing_class.eos_token_id,
+                alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+                padding_free=args.padding_free)
+        if args.gradient_checkpointing and _is_peft(model):
+            # LoRA freezes the embeddings: without this, checkpointed blocks get no gradient.
+            model.enable_input_require_grads()
+        super().__init__(model=model, args=args, train_dataset=train_dataset,
+                         eval_dataset=eval_dataset, processing_class=processing_class,
+                         data_collator=data_collator, **kwargs)
+        # Per-token log-probs in tiles, without the full logits (as TRL's SFTTrainer does).
+        add_fused_lm_head(self.model.get_base_model() if _is_peft(self.model) else self.model)
+        # The batch carries `shift_labels` (nonzero-weight positions), so Trainer counts
+        # them over the accumulated batch (and all ranks) into `num_items_in_batch`, and
+        # `compute_loss` returns a loss already normalised for gradient accumulation.
+        # With normalize=active the count depends on the gate, known only per micro-batch:
+        # Trainer then divides the micro-batch losses by the accumulation steps.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = args.normalize == "eligible"
+        self._figa_metrics: dict[str, dict[str, list[float]]] = {
+            "train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        args: FIGAConfig = self.args  # type: ignore[assignment]
+        forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")
+                   if k in inputs}
+        # 1-2. one forward pass over both sides; log p of every scored (nonzero-weight) token.
+        outputs = model(**forward, shift_labels=inputs["shift_labels"], fused_lm_head=True,
+                        use_cache=False)
+        nll = -outputs.log_probs
+        # 3. static weights, gate on the current (detached) loss, normalised sum.
+        weights = figa_weights(inputs["edit_labels"], inputs["revised"], inputs["final_eos"],
+                               alpha=args.alpha, beta=args.beta, gamma=args.gamma)
+        if args.normalize == "active":
+            num_items_in_batch = None
+        result = figa_loss_from_nll(nll, weights, tau=args.tau, gate=args.gate,
+                                    negative=args.negative, normalize=args.normalize,
+                                    num_items=num_items_in_batch)
+        loss = result.loss
+        if args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every rank's tokens and DDP averages the gradients.
+            loss = loss * self.accelerator.num_processes
+        self._record(result, model.training)
+        return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> tuple[Any, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _record(self, result: Any, training: bool) -> None:
+        """Logged next to the loss: the positive and negative parts and the gate's open share."""
+        metrics = self._figa_metrics["train" if training else "eval"]
+        parts = torch.stack([result.positive, result.negative, result.gate_open.float(),
+                             result.gate_total.float()]).detach()
+        if self.accelerator.num_processes > 1:
+            parts = self.accelerator.reduce(parts, reduction="sum")
+        positive, negative, gate_open, gate_total = parts.tolist()
+        n = max(float(result.num_items), 1.0)
+        if self.args.normalize == "active":
+            n *= self.accelerator.num_processes  # per-rank counts: about the mean over ranks
+        metrics["figa/positive"].append(positive / n)
+        metrics["figa/negative"].append(negative / n)
+        if gate_total:
+            metrics["figa/gate_open"].append(gate_open / gate_total)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._figa_metrics[mode].items():
+            if values:
+                logs[prefix + key] = sum(values) / len(values)
+        self._figa_metrics[mode].clear()
+        super().log(logs, *args, **kwargs)
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _as_features(dataset: Any, max_length: int | None, name: str) -> Any:
+    from editalign.data.labeling import LabeledPair
+
+    if dataset is None or len(dataset) == 0 or not isinstance(dataset[0], LabeledPair):
+        return dataset
+    features, report = pair_features(dataset, max_length)
+    logger.info("%s: %s", name, report.summary())
+    if not features:
+        raise ValueError(f"no usable {name} pairs: {report.summary()}")
+    return features
+
+
+# ----------------------------------------------------------------------------- command line
+# Shared with baselines.py: the same model/LoRA/data arguments and parsing for every method.
+
+
+def _data_arguments_without(names: set[str]) -> type:
+    """DataArguments minus the fields the trainer config owns (e.g. ``max_length``)."""
+    specs = []
+    for f in fields(DataArguments):
+        if f.name in names:
+            continue
+        kwargs: dict[str, Any] = {"metadata": f.metadata}
+        if f.default is not MISSING:
+            kwargs["default"] = f.default
+        if f.default_factory is not MISSING:
+            kwargs["default_factory"] = f.default_factory
+        specs.append((f.name, f.type, field(**kwargs)))
+    cls = make_dataclass("DataArguments", specs)
+    cls.__module__ = DataArguments.__module__
+    return cls
+
+
+def parse_train_args(config_cls: type, argv: Sequence[str],
+                     ) -> tuple[ModelArguments, DataArguments, Any]:
+    """Parse ``editalign train METHOD`` flags: model/LoRA, data and the trainer config.
+
+    Uses TRL's ``TrlParser`` so ``--config x.yaml`` and every TrainingArguments flag work;
+    options both the data and the trainer config have (``max_length``, ``granularity``)
+    belong to the trainer config and are passed on to the data loading.
+    """
+    from trl import TrlParser
+
+    argv = list(argv)
+    if not _has_accelerator() and "--use_cpu" not in argv:
+        argv += ["--use_cpu", "True"]  # TRL's configs would otherwise ask for bf16 on CPU
+    shared = {f.name for f in fields(DataArguments)} & {f.name for f in fields(config_cls)}
+    data_cls = _data_arguments_without(shared)
+    parser = TrlParser((ModelArguments, data_cls, config_cls))
+    model_args, data_ns, config = parser.parse_args_and_config(list(argv))
+    data_kwargs = {f.name: getattr(data_ns, f.name) for f in fields(data_cls)}
+    data_kwargs.update({name: getattr(config, name) for name in shared})
+    data_args = DataArguments(**data_kwargs)
+    return model_args, data_args, config
+
+
+def _has_accelerator() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def resume_arg(config: Any) -> Any:
+    """``--resume_from_checkpoint DIR``, or ``true``/``last`` for the newest checkpoint."""
+    value = config.resume_from_checkpoint
+    if isinstance(value, str) and value.lower() in ("true", "last"):
+        return True
+    return value
+
+
+def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
+    """The policy (LoRA-wrapped when ``--lora_r`` > 0) and its tokenizer."""
+    from editalign.models import load_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model_args.model)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=model_args.torch_dtype())
+    peft_config = model_args.peft_config()
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        if getattr(config, "gradient_checkpointing", False):
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=config.gradient_checkpointing_kwargs)
+        model = get_peft_model(model, peft_config)
+        model.print_trainable_parameters()
+    return model, tokenizer
+
+
+def finish(trainer: Trainer, config: Any, resume: Any) -> int:
+    """Train (resuming when asked), save the model and tokenizer, log the final metrics."""
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(config.output_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    if trainer.eval_dataset is not None and len(trainer.eval_dataset):
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return 0
+
+
+@register_trainer("figa", "FIGA: token-weighted SFT on revised + gated push-down on deleted tokens")
+def run(argv: Sequence[str]) -> int:
+    model_args, data_args, config = parse_train_args(FIGAConfig, argv)
+    model, tokenizer = load_policy(model_args, config)
+    train, evaluation = data_args.load(tokenizer)
+    trainer = FIGATrainer(model=model, args=config, train_dataset=train,
+                          eval_dataset=evaluation or None, processing_class=tokenizer)
+    return finish(trainer, config, resume_arg(config))

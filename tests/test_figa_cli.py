@@ -1,0 +1,60 @@
+"""`editalign train figa`: flags, --config files, labelled directories, LoRA, TensorBoard."""
+
+import json
+
+import pytest
+import torch
+
+from editalign.cli import main
+
+ROWS = [{"id": str(i), "prompt": f"Q{i}: colour of item {i}?",
+         "original": f"Item {i} is red, I think.", "revised": f"Item {i} is blue."}
+        for i in range(6)]
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    return path
+
+
+def common(out):
+    return ["--model", "tiny", "--output_dir", str(out), "--max_steps", "2",
+            "--per_device_train_batch_size", "2", "--disable_tqdm", "True"]
+
+
+def test_config_file_labelled_dir_lora_and_tensorboard(data, tmp_path):
+    labelled = tmp_path / "labelled"
+    assert main(["label", "--data", str(data), "--model", "tiny", "--out", str(labelled)]) == 0
+    cfg = tmp_path / "figa.yaml"
+    cfg.write_text("beta: 0.25\ngate: band\ntau: 0.4\nlora_r: 4\nlogging_steps: 1\n")
+    out = tmp_path / "run"
+    code = main(["train", "figa", "--config", str(cfg), "--data", str(labelled), *common(out),
+                 "--tau", "0.7", "--report_to", "tensorboard", "--lora_target_modules",
+                 "q_proj", "v_proj", "--gradient_checkpointing", "True"])
+    assert code == 0
+    args = torch.load(out / "training_args.bin", weights_only=False)
+    assert (args.beta, args.gate, args.tau) == (0.25, "band", 0.7)  # the flag beats the file
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert list(out.glob("runs/*/events.out.tfevents.*"))
+
+
+def test_unknown_option_value_is_refused_with_the_allowed_values(data, tmp_path, capsys):
+    code = main(["train", "figa", "--data", str(data), *common(tmp_path), "--gate", "lt"])
+    assert code == 2
+    assert "unknown gate 'lt'; allowed: le, band, none" in capsys.readouterr().err
+
+
+def test_pairs_whose_response_vanishes_are_skipped_with_the_reason(tmp_path, caplog):
+    rows = [{**r, "prompt": r["prompt"] + " Please answer." * i} for i, r in enumerate(ROWS)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    # Prompts grow by 15 bytes per row: with 64 tokens the last rows keep no response.
+    with caplog.at_level("INFO"):
+        code = main(["train", "figa", "--data", str(path), *common(tmp_path / "run"),
+                     "--max_steps", "1", "--max_length", "64"])
+    assert code == 0
+    assert "response truncated away" in caplog.text
+    assert "labelled 3 of 6 pairs" in caplog.text
