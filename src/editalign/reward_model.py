@@ -1,0 +1,206 @@
+"""Token-level reward model: any causal-LM backbone plus a scalar head on every position.
+
+``TokenRewardModel(input_ids, attention_mask).rewards`` has shape (batch, length): the
+reward of token t given the prompt and the response up to t, r(x, y_≤t). A
+sequence-level reward model is the same class read at the last response token
+(``read_at="last"``), so the PPO reward source below serves both (DESIGN: a reward source
+returns a (batch, response_length) tensor; a sequence RM fills the last position, a token
+RM fills all).
+
+A saved reward model is one directory: the backbone as an ordinary ``save_pretrained``
+folder (LoRA merged in; ``config.json`` + ``model.safetensors``), ``reward_head.safetensors``,
+``reward_config.json`` (objectives, reward transform, read position, the tokenizer's
+fingerprint) and the tokenizer, so ``from_pretrained(dir)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import ModelOutput
+
+from editalign.losses import REWARD_TRANSFORMS, check_choice, token_rewards
+
+REWARD_CONFIG_NAME = "reward_config.json"
+HEAD_NAME = "reward_head.safetensors"
+READ_AT = ("token", "last")
+
+
+class TokenizerMismatchError(ValueError):
+    """Token ids from one tokenizer fed to a reward model trained with another."""
+
+
+@dataclass
+class RewardModelConfig:
+    """What a saved reward model needs besides its weights (``reward_config.json``)."""
+
+    transform: str = "identity"  # sigmoid: r = 2σ(z) − 1; identity: r = z
+    read_at: str = "token"  # token: every position is a reward; last: a sequence RM
+    objectives: dict[str, float] = field(default_factory=dict)
+    base_model: str | None = None
+    tokenizer_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("reward transform", self.transform, REWARD_TRANSFORMS)
+        check_choice("read_at", self.read_at, READ_AT)
+
+
+@dataclass
+class TokenRewardOutput(ModelOutput):
+    logits: Tensor | None = None  # (batch, length) raw head outputs z
+    rewards: Tensor | None = None  # (batch, length) token rewards (transform of z)
+
+
+class TokenRewardModel(nn.Module):
+    """Backbone (``AutoModel``: hidden states, no LM head) + ``Linear(hidden, 1)`` per position."""
+
+    def __init__(self, backbone: nn.Module, config: RewardModelConfig | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.reward_config = config or RewardModelConfig()
+        text_config = backbone.config.get_text_config()
+        self.head = nn.Linear(text_config.hidden_size, 1)
+        std = getattr(text_config, "initializer_range", 0.02)
+        nn.init.normal_(self.head.weight, std=std)
+        nn.init.zeros_(self.head.bias)
+        dtype = next(backbone.parameters()).dtype
+        self.head.to(dtype)
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, config: RewardModelConfig | None = None, *,
+                      peft_config: Any = None, dtype: Any = None,
+                      tokenizer: PreTrainedTokenizerBase | None = None) -> TokenRewardModel:
+        """A fresh head on a (registered, local or cached) backbone; LoRA with ``peft_config``.
+
+        With LoRA only the adapters and the head train (the head lives outside the PEFT
+        wrapper, so it needs no ``modules_to_save``).
+        """
+        from editalign.data.labeling import tokenizer_fingerprint
+        from editalign.models import load_tokenizer, resolve_model_path
+
+        path = resolve_model_path(name_or_path)
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        backbone = AutoModel.from_pretrained(path, **kwargs)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            backbone = get_peft_model(backbone, peft_config)
+        config = copy.copy(config) if config else RewardModelConfig()
+        config.base_model = str(name_or_path)
+        tokenizer = tokenizer or load_tokenizer(path)
+        config.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
+        return cls(backbone, config)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                **kwargs: Any) -> TokenRewardOutput:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False, **kwargs).last_hidden_state
+        logits = self.head(hidden).squeeze(-1)
+        return TokenRewardOutput(logits=logits,
+                                 rewards=token_rewards(logits, self.reward_config.transform))
+
+    @torch.no_grad()
+    def response_rewards(self, input_ids: Tensor, attention_mask: Tensor,
+                         response_start: Tensor | list[int]) -> Tensor:
+        """The PPO reward source: (batch, response_length) rewards of right-padded sequences.
+
+        Row b's response is ``input_ids[b, response_start[b]:]`` up to its last non-pad
+        token. A token RM (``read_at="token"``) fills every response position; a sequence
+        RM (``read_at="last"``) puts its reward at the last response token and 0 elsewhere.
+        Padding positions are 0.
+        """
+        rewards = self(input_ids=input_ids, attention_mask=attention_mask).rewards.float()
+        start = torch.as_tensor(response_start, device=rewards.device)
+        lengths = attention_mask.sum(-1) - start
+        width = int(lengths.max())
+        cols = torch.arange(width, device=rewards.device)
+        index = (start[:, None] + cols).clamp(max=rewards.size(1) - 1)
+        out = rewards.gather(1, index)
+        valid = cols[None, :] < lengths[:, None]
+        if self.reward_config.read_at == "last":
+            valid = cols[None, :] == (lengths[:, None] - 1)
+        return torch.where(valid, out, torch.zeros_like(out))
+
+    # ------------------------------------------------------------------ checks
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` is the one trained with."""
+        from editalign.data.labeling import tokenizer_fingerprint
+
+        expected = self.reward_config.tokenizer_fingerprint
+        if expected is None:
+            return
+        got = tokenizer_fingerprint(tokenizer)
+        if got != expected:
+            raise TokenizerMismatchError(
+                f"tokenizer mismatch: this reward model was trained with the tokenizer of "
+                f"{self.reward_config.base_model!r} (fingerprint {expected}), but the given "
+                f"tokenizer has fingerprint {got}; its token ids would mean different tokens. "
+                "Use the tokenizer saved with the reward model (TokenRewardModel.load_tokenizer) "
+                "or relabel the data with it.")
+
+    # ------------------------------------------------------------------ saving
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None
+                                      ) -> None:
+        self.backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str],
+                        tokenizer: PreTrainedTokenizerBase | None = None, **_: Any) -> None:
+        """Write the backbone (LoRA merged, safetensors), the head, the config, the tokenizer."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        backbone = self.backbone
+        if hasattr(backbone, "merge_and_unload"):  # a PEFT model: save merged, keep training
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        backbone.save_pretrained(out, safe_serialization=True)
+        head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        save_file(head, str(out / HEAD_NAME), metadata={"format": "pt"})
+        (out / REWARD_CONFIG_NAME).write_text(json.dumps(asdict(self.reward_config), indent=2))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], *,
+                        tokenizer: PreTrainedTokenizerBase | None = None,
+                        dtype: Any = None) -> TokenRewardModel:
+        """Load a directory written by :meth:`save_pretrained`; checks ``tokenizer`` if given."""
+        path = Path(directory)
+        if not (path / REWARD_CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"{path} is not a reward model directory (no {REWARD_CONFIG_NAME}); train one "
+                "with `editalign train token-rm` or `editalign train rm`")
+        config = RewardModelConfig(**json.loads((path / REWARD_CONFIG_NAME).read_text()))
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        model = cls(AutoModel.from_pretrained(path, **kwargs), config)
+        model.head.load_state_dict(load_file(str(path / HEAD_NAME)))
+        model.head.to(next(model.backbone.parameters()).dtype)
+        if tokenizer is not None:
+            model.check_tokenizer(tokenizer)
+        return model.eval()
+
+    @staticmethod
+    def load_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
+        """The tokenizer saved next to a reward model (pad token set, as every loader here)."""
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer

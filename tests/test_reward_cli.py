@@ -1,0 +1,93 @@
+"""`editalign train token-rm|rm` and `editalign score` end to end on the tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from editalign.cli import main
+
+ROWS = [
+    {"prompt": f"Q{i}: colour of the sky?", "original": f"The sky is green, says {i}.",
+     "revised": f"The sky is blue, says {i}."} for i in range(12)
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy machine they stall it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TRAIN = ["--model", "tiny", "--max_steps", "2", "--per_device_train_batch_size", "4",
+         "--use_cpu", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def token_rm(pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm") / "token-rm"
+    code = main(["train", "token-rm", "--data", str(pairs), "--eval_size", "4",
+                 "--output_dir", str(out), *TRAIN])
+    assert code == 0
+    return out
+
+
+def test_train_token_rm_writes_a_loadable_reward_model(token_rm):
+    config = json.loads((token_rm / "reward_config.json").read_text())
+    assert config["objectives"] == {"token_cls": 1.0}
+    assert config["transform"] == "sigmoid" and config["read_at"] == "token"
+    metrics = json.loads((token_rm / "eval_results.json").read_text())
+    assert {"eval_token_auroc", "eval_pairwise_accuracy_sum"} <= set(metrics)
+
+
+def test_train_rm_is_a_sequence_reward_model(pairs, tmp_path):
+    cfg = tmp_path / "rm.yaml"
+    cfg.write_text(f"data: {pairs}\nmodel: tiny\nmax_steps: 1\nuse_cpu: true\n"
+                   "report_to: none\nsave_strategy: 'no'\n")
+    out = tmp_path / "seq-rm"
+    assert main(["train", "rm", "--config", str(cfg), "--output_dir", str(out)]) == 0
+    config = json.loads((out / "reward_config.json").read_text())
+    assert config["objectives"] == {"seq_bt_last": 1.0}
+    assert config["read_at"] == "last" and config["transform"] == "identity"
+
+
+def test_score_writes_rewards_metrics_and_a_coloured_page(token_rm, pairs, tmp_path, capsys):
+    out = tmp_path / "scores"
+    assert main(["score", "--reward-model", str(token_rm), "--data", str(pairs),
+                 "--out", str(out), "--limit", "3"]) == 0
+    lines = [json.loads(x) for x in (out / "rewards.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    original = lines[0]["original"]
+    # the tiny tokenizer is byte-level: one token per character, plus the EOS
+    assert "".join(original["tokens"][:-1]) == ROWS[0]["original"]
+    assert len(original["rewards"]) == len(original["tokens"]) == len(original["labels"])
+    assert original["labels"][len("The sky is "):len("The sky is green")].count("equal") < 5
+    assert original["score_sum"] == pytest.approx(sum(original["rewards"]), abs=1e-4)
+    assert "pairwise_accuracy_sum" in json.loads((out / "metrics.json").read_text())
+    page = (out / "index.html").read_text()
+    assert page.count("<span class='t") >= len(original["tokens"])
+    assert "rgba(" in page and "title='reward " in page
+    assert "rewards.jsonl" in capsys.readouterr().out
+
+
+def test_score_refuses_data_labelled_with_another_tokenizer(token_rm, pairs, tmp_path, capsys):
+    labelled = tmp_path / "labelled"
+    assert main(["label", "--data", str(pairs), "--model", "tiny", "--out",
+                 str(labelled)]) == 0
+    stats = json.loads((labelled / "stats.json").read_text())
+    stats["tokenizer_fingerprint"] = "0" * 16  # as if another tokenizer had labelled it
+    (labelled / "stats.json").write_text(json.dumps(stats))
+    code = main(["score", "--reward-model", str(token_rm), "--data", str(labelled),
+                 "--out", str(tmp_path / "s")])
+    assert code == 2
+    assert "differs from this model's tokenizer" in capsys.readouterr().err
