@@ -1,0 +1,81 @@
+"""``editalign annotate``: serve the web tool, or export what annotators saved."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+
+
+def add_annotate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file whose keys are any of these options "
+                   "(dashes or underscores); flags given on the command line win")
+    p.add_argument("--data", help="pairs to annotate: any file or preset `editalign label` "
+                   "reads (the original is the response people edit); --field "
+                   "response=COLUMN for rows with only a prompt and a response")
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"])
+    p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
+                   help="explicit field mapping as in `editalign label`; repeatable")
+    p.add_argument("--split", help="split of a saved DatasetDict (default: train)")
+    p.add_argument("--limit", type=int, help="use only the first N rows")
+    p.add_argument("--db", help="annotation database (SQLite; default: DATA's name with "
+                   ".annotate.sqlite). Restarting with the same database keeps all work.")
+    p.add_argument("--out", help="export file (EditPair JSONL) for the Export button and "
+                   "--export (default: the database's name with .edits.jsonl)")
+    p.add_argument("--export", action="store_true",
+                   help="write the export file and exit instead of serving")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s); any other address "
+                   "requires a token")
+    p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 picks "
+                   "a free one)")
+    p.add_argument("--token", help="access token (default: none on 127.0.0.1, a random one "
+                   "elsewhere; also read from $EDITALIGN_ANNOTATE_TOKEN)")
+
+
+def _default_db(data: str) -> Path:
+    path = Path(data)
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".parquet"):
+        name = name.removesuffix(suffix)
+    return path.with_name(name + ".annotate.sqlite")
+
+
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from editalign.annotate.server import AnnotateServer, is_loopback
+    from editalign.annotate.store import AnnotationStore
+    from editalign.data.pairs import load_pairs, save_pairs_jsonl
+    from editalign.revise.command import revise_fields
+
+    if not args.data and not args.db:
+        raise SystemExit("editalign annotate: --data (or --db of an earlier session) required")
+    db = Path(args.db) if args.db else _default_db(args.data)
+    out = Path(args.out) if args.out else db.with_name(
+        db.name.removesuffix(".sqlite").removesuffix(".annotate") + ".edits.jsonl")
+    store = AnnotationStore(db)
+    if args.data:
+        pairs, report = load_pairs(args.data, preset=args.preset,
+                                   fields=revise_fields(args.field), split=args.split,
+                                   limit=args.limit)
+        print(report.summary())
+        added = store.import_pairs(pairs)
+        print(f"{db}: {store.count()} items ({added} new)")
+    if args.export:
+        pairs = store.export_pairs()
+        save_pairs_jsonl(pairs, out)
+        print(f"wrote {len(pairs)} edited pairs to {out}")
+        return 0
+    token = args.token or os.environ.get("EDITALIGN_ANNOTATE_TOKEN")
+    if not token and not is_loopback(args.host):
+        token = secrets.token_urlsafe(24)
+    server = AnnotateServer(store, args.host, args.port, token=token, export_path=out)
+    print(f"annotate: open {server.url}  (Ctrl-C stops; the work is saved as you go)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\nstopped")
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,203 @@
+"""Annotation storage: SQLite in WAL mode, safe for several annotators at once.
+
+Two tables: ``items`` (the pairs to annotate, imported once from the data file and never
+changed) and ``annotations`` (one row per item and annotator: the edited response, the
+marked error spans and a version number). A save names the version it started from; the
+update happens inside ``BEGIN IMMEDIATE`` (one writer at a time) and is refused with
+:class:`Conflict` when someone saved a newer version in between, so no write is ever
+silently lost. Different annotators never overwrite each other: each has their own row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from editalign.data.pairs import EditPair
+
+ANNOTATOR = re.compile(r"^[\w.@+ -]{1,64}$")
+MAX_TEXT = 200_000
+MAX_SPANS = 500
+SPAN_TYPES = ("error", "factual", "irrelevant", "incomplete", "unwanted", "other")
+
+
+class Conflict(Exception):
+    """A save based on an out-of-date version; ``current`` is the stored annotation."""
+
+    def __init__(self, current: dict[str, Any]) -> None:
+        super().__init__("a newer version was saved in the meantime")
+        self.current = current
+
+
+class Invalid(ValueError):
+    """A save that breaks a rule (size, span bounds, annotator name)."""
+
+
+def _schema(db: sqlite3.Connection) -> None:
+    db.executescript("""
+        CREATE TABLE IF NOT EXISTS items (
+            id TEXT PRIMARY KEY, position INTEGER NOT NULL UNIQUE, prompt TEXT NOT NULL,
+            original TEXT NOT NULL, revised TEXT NOT NULL, meta TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS annotations (
+            item_id TEXT NOT NULL REFERENCES items(id), annotator TEXT NOT NULL,
+            revised TEXT NOT NULL, spans TEXT NOT NULL, version INTEGER NOT NULL,
+            updated REAL NOT NULL, PRIMARY KEY (item_id, annotator));
+    """)
+
+
+def validate_spans(spans: Any, length: int) -> list[dict[str, Any]]:
+    """Error spans as ``{start, end, type, explanation}`` inside ``[0, length]``."""
+    if not isinstance(spans, list) or len(spans) > MAX_SPANS:
+        raise Invalid(f"spans must be a list of at most {MAX_SPANS} objects")
+    clean = []
+    for span in spans:
+        if not isinstance(span, dict):
+            raise Invalid("each span must be an object")
+        start, end = span.get("start"), span.get("end")
+        if not (type(start) is int and type(end) is int and 0 <= start < end <= length):
+            raise Invalid(f"span start={start!r} end={end!r} must satisfy 0 <= start < end <= "
+                          f"{length} (the length of the original)")
+        kind = span.get("type", "error")
+        explanation = span.get("explanation", "")
+        if kind not in SPAN_TYPES or not isinstance(explanation, str) or len(explanation) > 2000:
+            raise Invalid(f"span type must be one of {', '.join(SPAN_TYPES)} and the "
+                          "explanation text of at most 2000 characters")
+        clean.append({"start": start, "end": end, "type": kind, "explanation": explanation})
+    return sorted(clean, key=lambda s: (s["start"], s["end"]))
+
+
+class AnnotationStore:
+    """The annotation database; one connection per thread (the web server is threaded)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        _schema(self._db())  # executescript manages its own transaction
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            db.row_factory = sqlite3.Row
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ items
+
+    def import_pairs(self, pairs: Iterable[EditPair]) -> int:
+        """Add pairs not yet in the store (matched by id); returns how many were added."""
+        added = 0
+        with self._tx() as db:
+            position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM items").fetchone()[0]
+            for pair in pairs:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                    (pair.id, position, json.dumps(pair.prompt, ensure_ascii=False),
+                     pair.original, pair.revised, json.dumps(pair.meta, ensure_ascii=False)))
+                if cursor.rowcount:
+                    position, added = position + 1, added + 1
+        return added
+
+    def count(self) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def item(self, position: int) -> dict[str, Any] | None:
+        row = self._db().execute("SELECT * FROM items WHERE position = ?", (position,)).fetchone()
+        if row is None:
+            return None
+        return {"id": row["id"], "position": row["position"],
+                "prompt": json.loads(row["prompt"]), "original": row["original"],
+                "revised": row["revised"], "meta": json.loads(row["meta"])}
+
+    # ------------------------------------------------------------------ annotations
+
+    def annotation(self, item_id: str, annotator: str) -> dict[str, Any] | None:
+        row = self._db().execute(
+            "SELECT revised, spans, version, updated FROM annotations "
+            "WHERE item_id = ? AND annotator = ?", (item_id, annotator)).fetchone()
+        if row is None:
+            return None
+        return {"revised": row["revised"], "spans": json.loads(row["spans"]),
+                "version": row["version"], "updated": row["updated"]}
+
+    def save(self, position: int, annotator: str, revised: str, spans: Sequence[Any],
+             version: int) -> int:
+        """Store an annotation made from ``version`` (0: none yet); returns the new version.
+
+        Raises :class:`Conflict` when the stored version differs (a lost update
+        prevented), :class:`Invalid` for bad input, ``KeyError`` for an unknown item.
+        """
+        if not isinstance(annotator, str) or not ANNOTATOR.match(annotator):
+            raise Invalid("annotator must be 1-64 letters, digits, spaces or . @ + - _")
+        if not isinstance(revised, str) or len(revised) > MAX_TEXT:
+            raise Invalid(f"revised must be text of at most {MAX_TEXT} characters")
+        if type(version) is not int or version < 0:
+            raise Invalid("version must be a non-negative integer")
+        with self._tx() as db:
+            item = db.execute("SELECT id, original FROM items WHERE position = ?",
+                              (position,)).fetchone()
+            if item is None:
+                raise KeyError(position)
+            clean = validate_spans(list(spans), len(item["original"]))
+            row = db.execute("SELECT version FROM annotations WHERE item_id = ? AND annotator = ?",
+                             (item["id"], annotator)).fetchone()
+            current = 0 if row is None else row["version"]
+            if current != version:
+                raise Conflict(self.annotation(item["id"], annotator) or {})
+            db.execute(
+                "INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(item_id, annotator)"
+                " DO UPDATE SET revised = excluded.revised, spans = excluded.spans, "
+                "version = excluded.version, updated = excluded.updated",
+                (item["id"], annotator, revised, json.dumps(clean), current + 1, time.time()))
+        return current + 1
+
+    def export_pairs(self) -> list[EditPair]:
+        """Every saved annotation as an EditPair, in item order then annotator.
+
+        The id is the item's id when one annotator edited the item, else
+        ``ID@ANNOTATOR``; ``meta`` adds ``annotator``, ``error_spans`` (offsets into
+        ``original``), ``annotated_at`` and ``source: "annotate"`` to the item's own meta.
+        """
+        rows = self._db().execute(
+            "SELECT i.*, a.annotator, a.revised AS edited, a.spans, a.updated, a.version, "
+            "(SELECT COUNT(*) FROM annotations b WHERE b.item_id = i.id) AS n "
+            "FROM annotations a JOIN items i ON i.id = a.item_id "
+            "ORDER BY i.position, a.annotator").fetchall()
+        pairs = []
+        for row in rows:
+            meta = json.loads(row["meta"])
+            if "error_spans" in meta:
+                meta["input_error_spans"] = meta.pop("error_spans")
+            meta.update({"source": "annotate", "annotator": row["annotator"],
+                         "error_spans": json.loads(row["spans"]), "version": row["version"],
+                         "annotated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                       time.gmtime(row["updated"]))})
+            if row["revised"] != row["original"]:
+                meta.setdefault("input_revised", row["revised"])
+            pair_id = row["id"] if row["n"] == 1 else f"{row['id']}@{row['annotator']}"
+            pairs.append(EditPair(prompt=json.loads(row["prompt"]), original=row["original"],
+                                  revised=row["edited"], id=pair_id, meta=meta))
+        return pairs

@@ -1,0 +1,236 @@
+"""An OpenAI-compatible chat client for bulk revision: concurrency limit, retries, cache.
+
+Works with any server that speaks ``POST {api_base}/chat/completions`` (OpenAI, vLLM,
+TGI, llama.cpp, ``transformers serve``). Requests that fail with HTTP 429 or 5xx, time
+out, lose their connection or return a body that is not the expected JSON are retried
+with exponential back-off and full jitter (a ``Retry-After`` header is honoured);
+401/403/404 stop the run at once, because every other request would fail the same way.
+Every answer is written to the :class:`~editalign.revise.cache.RequestCache` before it is
+used. The API key is only ever put into the ``Authorization`` header: it is not part of
+the cache key, the cache, the output, the logs or any error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from editalign.revise.cache import RequestCache, request_key
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 425, 429})  # and every 5xx
+FATAL_STATUS = frozenset({401, 403, 404})
+
+
+class RequestFailed(Exception):
+    """One request that still failed after all retries (or failed in a way not worth retrying)."""
+
+
+class FatalRequestError(RuntimeError):
+    """An error that every request would hit (bad key, unknown model or endpoint)."""
+
+
+@dataclass
+class ClientConfig:
+    """Where to send requests and how hard to try. ``api_key`` is never printed (``repr=False``)."""
+
+    api_base: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    concurrency: int = 4
+    timeout: float = 120.0
+    max_retries: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    temperature: float = 0.0
+    max_tokens: int = 512
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {self.timeout}")
+        if not self.api_base.startswith(("http://", "https://")):
+            raise ValueError(f"api_base must start with http:// or https://, got {self.api_base!r}")
+
+    @property
+    def url(self) -> str:
+        return self.api_base.rstrip("/") + "/chat/completions"
+
+    def sampling(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.seed is not None:
+            params["seed"] = self.seed
+        return params
+
+
+@dataclass
+class Completion:
+    """One answer: the text, why generation stopped, and whether it came from the cache."""
+
+    text: str
+    finish_reason: str | None
+    cached: bool
+    attempts: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClientStats:
+    """Counts for the final summary."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    answered: int = 0
+    failed: int = 0
+    retries: collections.Counter[str] = field(default_factory=collections.Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests_sent": self.requests, "cache_hits": self.cache_hits,
+                "answered": self.answered, "failed": self.failed,
+                "retries": dict(self.retries), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens}
+
+
+class _Retryable(Exception):
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause, self.retry_after = cause, retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_answer(body: bytes) -> dict[str, Any]:
+    """``{"text", "finish_reason", "usage"}`` from a chat-completions response body.
+
+    Raises ``ValueError`` when the body is not JSON of that shape (a truncated or garbled
+    response), which the client treats as retryable.
+    """
+    try:
+        data = json.loads(body)
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        raise ValueError(f"malformed response ({type(err).__name__})") from None
+    if content is not None and not isinstance(content, str):
+        raise ValueError("malformed response (content is not text)")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    return {"text": content or "", "finish_reason": choice.get("finish_reason"), "usage": usage}
+
+
+class ChatClient:
+    """Async chat client; use as ``async with ChatClient(config, cache) as client``."""
+
+    def __init__(self, config: ClientConfig, cache: RequestCache | None = None, *,
+                 stats: ClientStats | None = None, rng: random.Random | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.config, self.cache = config, cache
+        self.stats = stats or ClientStats()
+        self._rng = rng or random.Random()
+        self._semaphore = asyncio.Semaphore(config.concurrency)
+        headers = {"content-type": "application/json"}
+        if config.api_key:
+            headers["authorization"] = f"Bearer {config.api_key}"
+        self._http = httpx.AsyncClient(
+            headers=headers, transport=transport,
+            timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, 10.0)),
+            limits=httpx.Limits(max_connections=config.concurrency))
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    def key(self, messages: list[dict[str, str]]) -> str:
+        return request_key(self.config.api_base, self.config.model, messages,
+                           self.config.sampling())
+
+    def backoff(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry ``attempt`` (1-based): full jitter, capped."""
+        ceiling = min(self.config.backoff_max, self.config.backoff_base * 2 ** (attempt - 1))
+        delay = self._rng.uniform(0, ceiling)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.config.backoff_max))
+        return delay
+
+    async def complete(self, messages: list[dict[str, str]]) -> Completion:
+        """The answer to ``messages``: from the cache, else from the server (then cached)."""
+        key = self.key(messages)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.stats.cache_hits += 1
+            return Completion(hit["text"], hit.get("finish_reason"), cached=True,
+                              usage=hit.get("usage") or {})
+        payload = {"model": self.config.model, "messages": messages, **self.config.sampling(),
+                   "stream": False}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._semaphore:
+                    answer = await self._post(payload)
+            except RequestFailed:
+                self.stats.failed += 1
+                raise
+            except _Retryable as err:
+                if attempt > self.config.max_retries:
+                    self.stats.failed += 1
+                    raise RequestFailed(f"{err.cause} (gave up after {attempt} attempts)") from None
+                self.stats.retries[err.cause] += 1
+                delay = self.backoff(attempt, err.retry_after)
+                logger.debug("retrying after %s in %.1f s (attempt %d)", err.cause, delay, attempt)
+                await asyncio.sleep(delay)
+                continue
+            break
+        if self.cache is not None:
+            self.cache.put(key, answer)
+        self.stats.answered += 1
+        usage = answer["usage"]
+        self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
+        return Completion(answer["text"], answer["finish_reason"], cached=False,
+                          attempts=attempt, usage=usage)
+
+    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        self.stats.requests += 1
+        try:
+            response = await self._http.post(self.config.url, json=payload)
+            body = await response.aread()
+        except httpx.TimeoutException:
+            raise _Retryable("timeout") from None
+        except httpx.TransportError as err:
+            raise _Retryable(f"connection error ({type(err).__name__})") from None
+        status = response.status_code
+        if status in FATAL_STATUS:
+            raise FatalRequestError(
+                f"{self.config.url} answered HTTP {status}"
+                + (" (check the API key)" if status in (401, 403) else
+                   f" (check --api-base and that the server knows model {self.config.model!r})"))
+        if status in RETRY_STATUS or status >= 500:
+            raise _Retryable(f"http {status}", _retry_after(response))
+        if status >= 400:
+            raise RequestFailed(f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}")
+        try:
+            return parse_answer(body)
+        except ValueError as err:
+            raise _Retryable(str(err)) from None

@@ -1,0 +1,208 @@
+"""``editalign revise``: minimally edit the worse response of each row with an LLM."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REWARD_MODEL_CLASS = "editalign.reward_model:TokenRewardModel"
+
+
+def add_revise_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file whose keys are any of these options "
+                   "(dashes or underscores); flags given on the command line win")
+    p.add_argument("--data", help="input rows: any file or preset `editalign label` reads; "
+                   "each row's original (worse) response is revised")
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"],
+                   help="field layout of the data (auto-detected when omitted); with "
+                   "preference data the rejected reply is revised")
+    p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
+                   help="explicit field mapping as in `editalign label`; in addition "
+                   "--field response=COLUMN names the response to revise for data that has "
+                   "only a prompt and a response; repeatable")
+    p.add_argument("--split", help="split of a saved DatasetDict (default: train)")
+    p.add_argument("--limit", type=int, help="use only the first N rows")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first unusable input row instead of skipping it")
+    p.add_argument("--api-base", help="OpenAI-compatible endpoint, e.g. "
+                   "https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    p.add_argument("--model", help="model name the endpoint knows")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default: %(default)s; "
+                   "unset means no Authorization header). The key is never logged or cached.")
+    p.add_argument("--template", default="minimal",
+                   help="shipped template (minimal, minimal-reference, strict) or a path to "
+                   "your own template file (default: %(default)s)")
+    p.add_argument("--strict-template", default="strict",
+                   help="template for the one retry of a row whose edit ratio is too high "
+                   "(with --retry-strict; default: %(default)s)")
+    p.add_argument("--retry-strict", action="store_true",
+                   help="retry a rewrite (edit ratio above --max-edit-ratio) once with the "
+                   "strict template before dropping it")
+    p.add_argument("--max-edit-ratio", type=float, default=0.5,
+                   help="drop revisions whose word-level normalised edit distance to the "
+                   "original exceeds this; 1 keeps everything (default: %(default)s)")
+    p.add_argument("--reward-scorer", metavar="MODULE:FUNCTION",
+                   help="reward filter: a callable (prompts, responses) -> list[float]; "
+                   "keeps rows with score(revised) - score(original) >= --reward-margin")
+    p.add_argument("--reward-model",
+                   help="reward filter with a reward model trained by editalign "
+                   f"(needs {REWARD_MODEL_CLASS})")
+    p.add_argument("--reward-margin", type=float, default=0.0)
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--max-retries", type=int, default=5,
+                   help="retries on 429/5xx/timeouts/garbled answers, with exponential "
+                   "back-off and jitter")
+    p.add_argument("--backoff", type=float, default=1.0,
+                   help="first back-off ceiling in seconds (doubles per retry, capped at 30)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, help="sampling seed sent to the server (if it takes one)")
+    p.add_argument("--cache", help="SQLite request cache (default: "
+                   "$EDITALIGN_CACHE/revise-requests.sqlite, shared by all runs)")
+    p.add_argument("--out", help="output EditPair JSONL (rows kept by the filters)")
+    p.add_argument("--dropped", help="JSONL of dropped and failed rows with reasons "
+                   "(default: OUT with .dropped.jsonl)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def revise_fields(items: Sequence[str]) -> dict[str, str] | None:
+    """``--field`` items with ``response=COL`` expanded to ``original=COL revised=COL``."""
+    from editalign.data.pairs import parse_field_mapping
+
+    expanded: list[str] = []
+    for item in items:
+        key, sep, column = (part.strip() for part in item.partition("="))
+        if key == "response" and sep and column:
+            expanded += [f"original={column}", f"revised={column}"]
+        else:
+            expanded.append(item)
+    return parse_field_mapping(expanded) if expanded else None
+
+
+def _load_callable(spec: str) -> Any:
+    module, sep, name = spec.partition(":")
+    if not (sep and module and name):
+        raise ValueError(f"--reward-scorer {spec!r}: expected MODULE:FUNCTION")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"--reward-scorer {spec!r}: {err}") from None
+    if not callable(function):
+        raise ValueError(f"--reward-scorer {spec!r} is not callable")
+    return function
+
+
+def reward_model_scorer(path: str, *, batch_size: int = 8, max_length: int | None = None) -> Any:
+    """A scorer ``(prompts, responses) -> list[float]`` from a reward model directory.
+
+    Uses :class:`editalign.reward_model.TokenRewardModel` (written by ``editalign train
+    token-rm|rm``) and its saved tokenizer; each response is tokenised exactly as
+    ``editalign label`` does. The score of a response is the sum of its token rewards for a
+    token-level model (``read_at="token"``) and the reward at its last token for a
+    sequence-level one (``read_at="last"``), as in the reward metrics.
+    """
+    module, _, name = REWARD_MODEL_CLASS.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"--reward-model needs {REWARD_MODEL_CLASS}, which this version of "
+                         "editalign does not have; use --reward-scorer MODULE:FUNCTION") from None
+    from editalign.data.labeling import LabelingConfig, label_pairs
+    from editalign.data.pairs import EditPair
+    from editalign.score import score_labeled
+
+    tokenizer = cls.load_tokenizer(path)
+    model = cls.from_pretrained(path, tokenizer=tokenizer)
+    last = model.reward_config.read_at == "last"
+    config = LabelingConfig(max_length=max_length)
+
+    def score(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        pairs = [EditPair(prompt=p, original=r, revised=r, id=str(i))
+                 for i, (p, r) in enumerate(zip(prompts, responses, strict=True))]
+        labeled, _ = label_pairs(pairs, tokenizer, config, strict=True)
+        rewards = score_labeled(model, labeled, tokenizer.pad_token_id, batch_size)
+        return [float(r.revised_rewards[-1] if last else r.revised_rewards.sum())
+                for r in rewards]
+
+    return score
+
+
+def _write_jsonl(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Atomic write: a crash leaves the previous file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8", newline="\n") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def cmd_revise(args: argparse.Namespace) -> int:
+    from editalign.data.pairs import load_pairs
+    from editalign.revise.cache import RequestCache
+    from editalign.revise.client import ChatClient, ClientConfig, FatalRequestError
+    from editalign.revise.prompts import load_template
+    from editalign.revise.reviser import ReviseOptions, revise_pairs
+
+    # httpx logs every request at INFO; the summary says what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    missing = [flag for flag, value in (("--data", args.data), ("--api-base", args.api_base),
+                                        ("--model", args.model), ("--out", args.out))
+               if not value]
+    if missing:
+        raise SystemExit(f"editalign revise: {', '.join(missing)} required")
+    if args.reward_scorer and args.reward_model:
+        raise ValueError("give --reward-scorer or --reward-model, not both")
+    template = load_template(args.template)
+    options = ReviseOptions(
+        max_edit_ratio=None if args.max_edit_ratio >= 1 else args.max_edit_ratio,
+        strict_template=load_template(args.strict_template) if args.retry_strict else None,
+        reward_margin=args.reward_margin)
+    scorer = (_load_callable(args.reward_scorer) if args.reward_scorer else
+              reward_model_scorer(args.reward_model) if args.reward_model else None)
+    config = ClientConfig(
+        api_base=args.api_base, model=args.model,
+        api_key=os.environ.get(args.api_key_env) or None, concurrency=args.concurrency,
+        timeout=args.timeout, max_retries=args.max_retries, backoff_base=args.backoff,
+        temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+
+    pairs, report = load_pairs(args.data, preset=args.preset, fields=revise_fields(args.field),
+                               strict=args.strict, split=args.split, limit=args.limit)
+    print(report.summary())
+    if args.cache:
+        cache_path = Path(args.cache)
+    else:
+        from editalign.models import cache_dir
+        cache_path = cache_dir() / "revise-requests.sqlite"
+    out = Path(args.out)
+    dropped_path = Path(args.dropped) if args.dropped else out.with_name(
+        out.name.removesuffix(".jsonl") + ".dropped.jsonl")
+    print(f"revising {len(pairs)} rows with {args.model} at {config.url} "
+          f"(template {template.name!r}, concurrency {config.concurrency}, cache {cache_path})")
+    with RequestCache(cache_path) as cache:
+        try:
+            result = revise_pairs(pairs, lambda: ChatClient(config, cache), template, options,
+                                  scorer=scorer,
+                                  progress=not args.no_progress and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {len(cache)} answers are in {cache_path}; rerun the same "
+                  "command to resume (cached requests are not sent again)", file=sys.stderr)
+            return 130
+        except FatalRequestError as err:
+            print(f"editalign revise: error: {err}", file=sys.stderr)
+            return 2
+    _write_jsonl([p.to_dict() for p in result.kept], out)
+    _write_jsonl([o.record() for o in result.outcomes if o.status != "kept"], dropped_path)
+    print(result.summary())
+    print(f"wrote {len(result.kept)} pairs to {out}; dropped/failed rows with reasons in "
+          f"{dropped_path}")
+    return 1 if result.failed else 0
