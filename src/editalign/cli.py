@@ -171,7 +171,50 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     train.add_argument("method", nargs="?", help="training method")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     train.set_defaults(func=cmd_train)
-    return parser, {"label": label, "demo": demo, "train": train}
+    from editalign.annotate.command import add_annotate_args, cmd_annotate
+    from editalign.revise.command import add_revise_args, cmd_revise
+
+    revise = sub.add_parser(
+        "revise", help="minimally edit the worse response of each row with an LLM behind an "
+        "OpenAI-compatible endpoint, then filter", description="Ask an LLM to minimally edit "
+        "each row's original (worse) response; filter rewrites, truncated answers and (with a "
+        "scorer) revisions that do not gain reward; writes EditPair JSONL. See docs/revise.md.")
+    add_revise_args(revise)
+    revise.set_defaults(func=cmd_revise)
+    annotate = sub.add_parser(
+        "annotate", help="web tool for people to edit responses minimally (live diff, error "
+        "spans, export to EditPair JSONL)", description="Serve a local web app where "
+        "annotators edit the worse response in place; see docs/annotate.md.")
+    add_annotate_args(annotate)
+    annotate.set_defaults(func=cmd_annotate)
+    from editalign.score import add_score_args, cmd_score
+
+    score = sub.add_parser("score", help="per-token rewards of a reward model on pairs, with an "
+                           "HTML view that colours every token by its reward",
+                           description="Score both responses of every pair with a trained "
+                           "reward model; writes rewards.jsonl, metrics.json and index.html.")
+    add_score_args(score)
+    score.set_defaults(func=cmd_score)
+    from editalign.eval.winrate import add_eval_args, cmd_eval
+
+    evaluate = sub.add_parser(
+        "eval", help="evaluate a policy: `editalign eval winrate` (win rate against a "
+        "reference with a 95%% bootstrap interval, KL and length)", description="Win rate of "
+        "--policy against --reference on --prompts, judged by the bench task's gold judge, a "
+        "reward model or an LLM behind an OpenAI-compatible endpoint; see docs/benchmark.md.")
+    add_eval_args(evaluate)
+    evaluate.set_defaults(func=cmd_eval)
+    from editalign.bench.command import add_bench_args, cmd_bench
+
+    bench = sub.add_parser(
+        "bench", help="the generated benchmark task: `editalign bench init` writes the task, "
+        "trains the initial policy on noisy responses and revises its samples into edit pairs; "
+        "`editalign bench run` trains every method on them and measures win rates",
+        description="See docs/benchmark.md.")
+    add_bench_args(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser, {"label": label, "demo": demo, "train": train, "revise": revise,
+                    "annotate": annotate, "score": score, "eval": evaluate, "bench": bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import editalign.bench  # noqa: F401  (registers --model tiny-bench)
     try:
         return int(args.func(args) or 0)
     except (DataError, ValueError, FileNotFoundError) as err:

@@ -1,0 +1,151 @@
+"""``editalign bench init``: the task files, the initial policy, and its revised samples.
+
+One command prepares everything the methods train on::
+
+    editalign bench init --out bench --model tiny-bench --sft-steps 1000
+
+writes the task (``config.json``, ``world.json``, ``prompts.{train,test}.jsonl``,
+``sft_noisy.jsonl``), fine-tunes ``--model`` on the noisy responses into ``bench/policy``
+(the initial policy and the reference of every win rate), samples it on the training
+prompts, revises the samples with the programmatic reviser into ``bench/pairs.train.jsonl``
+(EditPair JSONL, the input of ``editalign label`` and every trainer) and writes
+``bench/summary.json`` with the gold judge's view of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from editalign.bench.runner import RunConfig
+from editalign.bench.task import PolicySFTConfig
+from editalign.bench.world import BenchConfig
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["init", "run"],
+                   help="init: task files, initial policy, edit pairs (into --out); run: train "
+                   "every method on the pairs of --bench and measure win rates (into --out)")
+    p.add_argument("--config", help="YAML file whose keys are any of these options")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--model", default="tiny-bench",
+                   help="model to fine-tune into the initial policy (tiny-bench, "
+                   "smollm2-135m, a local directory; default: %(default)s)")
+    task = p.add_argument_group("task (BenchConfig)")
+    for f in fields(BenchConfig):
+        default = f.default if f.default is not MISSING else None
+        task.add_argument(_flag(f.name), type=type(default), default=default,
+                          help=f"(default: {default})")
+    sft = p.add_argument_group("initial policy SFT")
+    for f in fields(PolicySFTConfig):
+        if f.name == "seed":
+            continue
+        sft.add_argument(_flag("sft_" + f.name), type=type(f.default), default=f.default,
+                         help=f"(default: {f.default})")
+    run = p.add_argument_group("bench run (see editalign.bench.runner)")
+    run.add_argument("--bench", help="directory written by `editalign bench init`")
+    run.add_argument("--methods", default="sft,dpo,figa,ppo-seq,ppo-token",
+                     help="comma-separated methods (default: %(default)s)")
+    run.add_argument("--seeds", default="0", help="comma-separated seeds: one full run (every "
+                     "method trained and evaluated) per seed (default: %(default)s)")
+    for f in fields(RunConfig):
+        if f.name in ("methods", "extra", "seed", "seeds"):
+            continue
+        default = f.default if f.default is not MISSING else None
+        kind = int if f.name == "eval_limit" else type(default)
+        run.add_argument(_flag("run_" + f.name) if f.name in ("batch_size",) else _flag(f.name),
+                         dest="run_" + f.name, type=kind, default=default,
+                         help=f"(default: {default})")
+    gen = p.add_argument_group("edit pairs from the initial policy's samples")
+    gen.add_argument("--samples-per-prompt", type=int, default=2)
+    gen.add_argument("--max-new-tokens", type=int, default=96)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--batch-size", type=int, default=32)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from editalign.bench.task import (
+        BenchTask,
+        judge_summary,
+        make_edit_pairs,
+        train_initial_policy,
+    )
+    from editalign.data.pairs import save_pairs_jsonl
+    from editalign.eval.winrate import SamplingConfig, sample_responses
+    from editalign.models import load_model, load_tokenizer
+
+    if not args.out:
+        raise ValueError("--out is required")
+    if args.action == "run":
+        return _cmd_run(args)
+    started = time.perf_counter()
+    out = Path(args.out)
+    config = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+    sft = PolicySFTConfig(seed=config.seed, **{f.name: getattr(args, "sft_" + f.name)
+                                               for f in fields(PolicySFTConfig)
+                                               if f.name != "seed"})
+    task = BenchTask.build(config)
+    task.write(out)
+    rows = task.noisy_sft_rows()
+    print(f"task: {len(task.world.entities)} entities, {len(task.split('train'))} train / "
+          f"{len(task.split('test'))} test prompts, {len(rows)} noisy SFT responses -> {out}")
+    summary: dict[str, Any] = {"config": config.to_dict(), "model": args.model,
+                               "sft": sft.__dict__}
+    summary["noisy_sft_data"] = judge_summary([r["response"] for r in rows],
+                                              [r["bench"] for r in rows])
+    log = train_initial_policy(rows, args.model, out / "policy", config=sft)
+    summary["sft_final_loss"] = log[-1]["loss"]
+    print(f"initial policy: {sft.steps} steps, final loss {log[-1]['loss']:.4f} -> "
+          f"{out / 'policy'}")
+    policy, tokenizer = load_model(str(out / "policy")), load_tokenizer(str(out / "policy"))
+    train_rows = task.rows("train") * args.samples_per_prompt
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens,
+                              temperature=args.temperature, seed=config.seed,
+                              batch_size=args.batch_size)
+    samples = sample_responses(policy, tokenizer, [r["prompt"] for r in train_rows], sampling)
+    texts = [s.text for s in samples]
+    pairs = make_edit_pairs(train_rows, texts)
+    save_pairs_jsonl(pairs, out / "pairs.train.jsonl")
+    infos = [r["bench"] for r in train_rows]
+    summary["policy_train_samples"] = judge_summary(texts, infos)
+    summary["revised_train_samples"] = judge_summary([p.revised for p in pairs], infos)
+    summary["pairs"] = {"n": len(pairs), "with_edit": sum(p.has_edit for p in pairs)}
+    test_rows = task.rows("test")
+    test = sample_responses(policy, tokenizer, [r["prompt"] for r in test_rows], sampling)
+    summary["policy_test_samples"] = judge_summary([s.text for s in test],
+                                                   [r["bench"] for r in test_rows])
+    summary["seconds"] = time.perf_counter() - started
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("| responses | gold score | right attrs | wrong/resp | unwanted/resp | perfect |")
+    print("|---|---|---|---|---|---|")
+    for name in ("noisy_sft_data", "policy_train_samples", "revised_train_samples",
+                 "policy_test_samples"):
+        s = summary[name]
+        print(f"| {name} | {s['score']:.3f} | {s['correct_rate']:.3f} | "
+              f"{s['wrong_per_response']:.2f} | {s['unwanted_per_response']:.2f} | "
+              f"{s['perfect']:.3f} |")
+    print(f"wrote {len(pairs)} edit pairs ({summary['pairs']['with_edit']} with an edit) to "
+          f"{out / 'pairs.train.jsonl'} ({summary['seconds']:.0f} s)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from editalign.bench.runner import run_benchmark
+
+    if not args.bench:
+        raise ValueError("--bench (a directory written by `editalign bench init`) is required")
+    config = RunConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                       seeds=[int(x) for x in str(args.seeds).split(",") if x.strip()],
+                       **{f.name: getattr(args, "run_" + f.name) for f in fields(RunConfig)
+                          if f.name not in ("methods", "extra", "seed", "seeds")})
+    run_benchmark(args.bench, args.out, config)
+    print((Path(args.out) / "results.md").read_text())
+    return 0

@@ -1,0 +1,103 @@
+"""The programmatic minimal-edit reviser: fix exactly the errors the gold judge sees.
+
+- a wrong value of an attribute the entity has is replaced by the right value (same
+  capitalisation of the first letter as written), and a wrong name word by the entity's
+  own (first name for a first name or a pet's name, last name for a last name);
+- hedges, fillers and repeated sentences are deleted together with the whitespace that
+  joined them to the text (the space before them, or after a leading one);
+- nothing else changes. A mention of an attribute the entity does not have (a species
+  for a person) cannot be fixed by a minimal edit and is left alone.
+
+On the noisy training data (:func:`~editalign.bench.world.render_response`) this gives back
+the clean response exactly, so the edit distance between original and revision is the
+size of the planted errors; on free model output it is the smallest change after which
+the judge finds no wrong value and no unwanted phrase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from editalign.bench.judge import is_correct, unwanted_spans, value_mentions
+
+
+@dataclass(frozen=True)
+class Edit:
+    start: int
+    end: int
+    replacement: str
+    kind: str  # wrong_value | wrong_name | hedge | filler | repeat
+
+
+@dataclass
+class Revision:
+    original: str
+    text: str
+    edits: list[Edit] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.text != self.original
+
+
+def _deletion(text: str, start: int, end: int) -> tuple[int, int]:
+    """Widen a span to take the whitespace that joins it to the text with it."""
+    while start > 0 and text[start - 1].isspace():
+        start -= 1
+    if start == 0:  # a leading phrase: take the whitespace after it instead
+        while end < len(text) and text[end].isspace():
+            end += 1
+    return start, end
+
+
+def _match_case(written: str, value: str) -> str:
+    if written[:1].isupper() and value[:1].islower():
+        return value[:1].upper() + value[1:]
+    return value
+
+
+def revise(response: str, info: Mapping[str, Any], max_passes: int = 3) -> Revision:
+    """Minimal edit of ``response`` for the entity in ``info`` (a prompts row's ``bench``).
+
+    Fixing a value can make two sentences equal (``"X is 30. X is 64."``), so the edit is
+    repeated until nothing changes (at most ``max_passes`` times); ``edits`` lists every
+    pass's edits in order, each with positions in the text as that pass saw it.
+    """
+    text, edits = response, []
+    for _ in range(max_passes):
+        step = _revise_once(text, info)
+        if not step.changed:
+            break
+        text = step.text
+        edits.extend(step.edits)
+    return Revision(response, text, edits)
+
+
+def _revise_once(response: str, info: Mapping[str, Any]) -> Revision:
+    edits: list[Edit] = []
+    for span in unwanted_spans(response):
+        start, end = span.start, span.end
+        if span.kind != "hedge" or response[start] != ",":
+            start, end = _deletion(response, start, end)
+        edits.append(Edit(start, end, "", span.kind))
+    for mention in value_mentions(response):
+        ok, right = is_correct(mention, info)
+        if not ok and right is not None:
+            kind = "wrong_name" if mention.attribute == "name" else "wrong_value"
+            edits.append(Edit(mention.start, mention.end, _match_case(mention.value, right),
+                              kind))
+    # Keep non-overlapping edits; deletions of whole phrases come first and win.
+    kept: list[Edit] = []
+    for edit in edits:
+        if not any(k.start < edit.end and edit.start < k.end for k in kept):
+            kept.append(edit)
+    kept.sort(key=lambda e: e.start)
+    parts, at = [], 0
+    for edit in kept:
+        parts.append(response[at:edit.start])
+        parts.append(edit.replacement)
+        at = edit.end
+    parts.append(response[at:])
+    return Revision(response, "".join(parts), kept)

@@ -1,0 +1,197 @@
+"""``editalign bench run``: train every method on the same edit pairs, measure win rates.
+
+Input: a directory written by ``editalign bench init`` (the initial policy, its revised
+samples ``pairs.train.jsonl``, the held-out ``prompts.test.jsonl``). For every method the
+runner calls the method's own ``editalign train`` entry point with the same flags (same
+starting policy, pairs, optimizer steps, batch size, learning rate and seed) and then
+``evaluate_winrate`` against the initial policy with the gold judge on the held-out
+prompts. Methods:
+
+- ``sft``: TRL SFT on the revised responses;
+- ``dpo``: TRL DPO, revised preferred over original;
+- ``figa``: the FIGA loss;
+- ``ppo-seq``: a sequence-level reward model (``rm``) then PPO with its last-token reward;
+- ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards.
+
+The two PPO arms share every PPO hyper-parameter and differ only in the reward model.
+Only pairs with an edit are used (a pair whose sample needed no fix carries no edit
+signal), identically for all methods. Results: ``results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("sft", "dpo", "figa", "ppo-seq", "ppo-token")
+
+
+@dataclass
+class RunConfig:
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    max_steps: int = 100  # optimizer steps of sft / dpo / figa and of each reward model
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    rm_learning_rate: float = 1e-3
+    ppo_iterations: int = 20
+    ppo_rollout_batch_size: int = 16
+    ppo_learning_rate: float = 1e-5
+    seed: int = 0  # the seed of one run (set from ``seeds`` by run_benchmark)
+    seeds: list[int] = field(default_factory=lambda: [0])  # one full run per seed
+    eval_limit: int | None = None
+    eval_max_new_tokens: int = 96
+    eval_temperature: float = 1.0
+    extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra flags
+
+
+def _common(config: RunConfig, lr: float) -> list[str]:
+    return ["--max_steps", str(config.max_steps),
+            "--per_device_train_batch_size", str(config.batch_size),
+            "--learning_rate", str(lr), "--seed", str(config.seed),
+            "--report_to", "none", "--save_strategy", "no", "--logging_steps", "10",
+            "--disable_tqdm", "True"]
+
+
+def _train(method: str, argv: list[str]) -> float:
+    from editalign.train.common import run_trainer
+
+    logger.info("editalign train %s %s", method, " ".join(argv))
+    started = time.perf_counter()
+    code = run_trainer(method, argv)
+    if code:
+        raise RuntimeError(f"editalign train {method} exited with {code}")
+    return time.perf_counter() - started
+
+
+def _ppo_prompts(bench: Path, out: Path) -> Path:
+    """The training prompts in the pairs layout ``editalign train ppo --prompts`` reads
+    (its plain-rows fallback takes text prompts only; these are chat messages)."""
+    from editalign.bench.task import read_jsonl, write_jsonl
+
+    path = out / "ppo_prompts.jsonl"
+    if not path.is_file():
+        write_jsonl(path, ({"id": r["id"], "prompt": r["prompt"], "original": "-",
+                            "revised": "-"} for r in read_jsonl(bench / "prompts.train.jsonl")))
+    return path
+
+
+def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig
+                 ) -> tuple[Path, float]:
+    """Train one method; returns the policy directory and the seconds it took."""
+    policy = str(bench / "policy")
+    extra = list(config.extra.get(method, []))
+    target = out / method
+    if method in ("sft", "dpo", "figa"):
+        seconds = _train(method, ["--model", policy, "--data", str(pairs), "--output_dir",
+                                  str(target), *_common(config, config.learning_rate), *extra])
+        return target, seconds
+    if method in ("ppo-seq", "ppo-token"):
+        rm_method, reward = ("rm", "sequence") if method == "ppo-seq" else ("token-rm", "token")
+        rm_dir = out / rm_method
+        seconds = 0.0
+        if not (rm_dir / "reward_config.json").is_file():  # both arms of a run share it
+            seconds += _train(rm_method, [
+                "--model", policy, "--data", str(pairs), "--output_dir", str(rm_dir),
+                *_common(config, config.rm_learning_rate),
+                *config.extra.get(rm_method, [])])
+        seconds += _train("ppo", [
+            "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
+            "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
+            "--num_iterations", str(config.ppo_iterations),
+            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
+            "--per_device_train_batch_size", str(config.batch_size),
+            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
+            "--report_to", "none", "--save_strategy", "no", *extra])
+        return target, seconds
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None = None
+                  ) -> list[dict[str, Any]]:
+    from editalign.bench.task import read_jsonl
+    from editalign.data.pairs import load_pairs, save_pairs_jsonl
+    from editalign.eval.judges import GoldWinJudge
+    from editalign.eval.winrate import SamplingConfig, evaluate_winrate
+
+    config = config or RunConfig()
+    bench, out = Path(bench), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for method in config.methods:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    pairs, _ = load_pairs(bench / "pairs.train.jsonl")
+    edited = [p for p in pairs if p.has_edit]
+    if not edited:
+        raise ValueError(f"{bench}/pairs.train.jsonl has no pair with an edit")
+    pairs_file = save_pairs_jsonl(edited, out / "pairs.edited.jsonl")
+    rows = read_jsonl(bench / "prompts.test.jsonl")
+    if config.eval_limit:
+        rows = rows[:config.eval_limit]
+    results = []
+    reference = str(bench / "policy")
+    for seed in config.seeds:
+        run = replace(config, seed=seed)
+        # Each seed trains every method afresh and samples the evaluation with that seed.
+        run_out = out / f"seed{seed}" if len(config.seeds) > 1 else out
+        sampling = SamplingConfig(max_new_tokens=config.eval_max_new_tokens,
+                                  temperature=config.eval_temperature, seed=seed)
+        for method in config.methods:
+            policy_dir, seconds = train_method(method, bench, pairs_file, run_out, run)
+            result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(),
+                                      sampling)
+            entry = {"method": method, "seed": seed, "train_seconds": seconds,
+                     **result.to_dict()}
+            results.append(entry)
+            print(result.table().splitlines()[-1])
+            (out / "results.json").write_text(json.dumps(
+                {"config": asdict(config), "pairs": len(edited), "results": results,
+                 "summary": summarize(results)}, indent=2) + "\n")
+    (out / "results.md").write_text(results_table(results) + "\n")
+    return results
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method: mean (and standard deviation over seeds) of the win rate, KL, score."""
+    import statistics
+
+    out = []
+    for method in dict.fromkeys(r["method"] for r in results):
+        rs = [r for r in results if r["method"] == method]
+        rates = [r["win_rate"] for r in rs]
+        kls = [r["kl"] for r in rs if r["kl"] is not None]
+        out.append({"method": method, "seeds": [r["seed"] for r in rs],
+                    "win_rate": statistics.fmean(rates),
+                    "win_rate_sd": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+                    "kl": statistics.fmean(kls) if kls else None,
+                    "score_policy": statistics.fmean(r["score_policy"] for r in rs),
+                    "score_reference": statistics.fmean(r["score_reference"] for r in rs),
+                    "length_policy": statistics.fmean(r["length_policy"] for r in rs)})
+    return out
+
+
+def results_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one row per (method, seed); with several seeds, a per-method mean table."""
+    lines = ["| method | seed | win rate vs initial | 95% CI | gold score | initial's score | "
+             "KL | length | train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        kl = "n/a" if r["kl"] is None else f"{r['kl']:.2f}"
+        lines.append(f"| {r['method']} | {r.get('seed', 0)} | {r['win_rate']:.3f} | "
+                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['score_policy']:.3f} | "
+                     f"{r['score_reference']:.3f} | {kl} | {r['length_policy']:.1f} | "
+                     f"{r['train_seconds']:.0f} |")
+    if len({r.get("seed", 0) for r in results}) > 1:
+        lines += ["", "| method | seeds | mean win rate ± sd | gold score | initial's score | "
+                  "KL | length |", "|---|---|---|---|---|---|---|"]
+        for m in summarize(results):
+            kl = "n/a" if m["kl"] is None else f"{m['kl']:.2f}"
+            lines.append(f"| {m['method']} | {len(m['seeds'])} | {m['win_rate']:.3f} ± "
+                         f"{m['win_rate_sd']:.3f} | {m['score_policy']:.3f} | "
+                         f"{m['score_reference']:.3f} | {kl} | {m['length_policy']:.1f} |")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""A small BPE tokenizer trained on the task's text, and the ``tiny-bench`` model.
+
+The byte-level ``tiny`` tokenizer spends one token per character; the task's text is a
+few hundred distinct words, so a byte-level BPE with 1,024 entries turns most names,
+values and template words into one token and makes responses ~4x shorter. It keeps the
+``tiny`` tokenizer's special tokens and ChatML template, and any text still round-trips
+(unknown words fall back to bytes).
+
+``--model tiny-bench`` (or ``tiny-bench:SEED``) is the ``tiny`` Llama with this tokenizer,
+randomly initialised and bitwise reproducible from SEED. It is registered when this module
+is imported (``import editalign.bench`` does that; the ``editalign`` command always does).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from editalign.bench.world import (
+    ABOUT_PROMPTS,
+    FILLERS,
+    HEDGES,
+    QUESTION_PROMPTS,
+    BenchConfig,
+    build_prompts,
+    build_world,
+    render_response,
+)
+from editalign.models import CHATML_TEMPLATE, TINY_SPECIAL_TOKENS, register_model
+
+BENCH_VOCAB_SIZE = 1024
+
+
+def training_corpus() -> list[str]:
+    """Deterministic text covering every name, value and phrasing the task can produce."""
+    config = BenchConfig(seed=0, num_people=200, num_animals=32, values_per_attribute=16,
+                         about_prompts_per_entity=len(ABOUT_PROMPTS), questions_per_attribute=2,
+                         wrong_value_rate=0.3, hedge_rate=0.3, filler_rate=0.5)
+    world = build_world(config)
+    rng = random.Random(0)
+    lines = [*FILLERS, *(h.lstrip(", ") for h in HEDGES)]
+    lines += [t for ts in QUESTION_PROMPTS.values() for t in ts]
+    for prompt in build_prompts(world, config):
+        entity = world.by_id[prompt.entity]
+        chat = (f"{TINY_SPECIAL_TOKENS['im_start']}user\n{prompt.text}"
+                f"{TINY_SPECIAL_TOKENS['eos_token']}\n{TINY_SPECIAL_TOKENS['im_start']}assistant\n")
+        lines.append(chat + render_response(entity, prompt.asked, rng, config).text)
+    return lines
+
+
+def build_bench_tokenizer(vocab_size: int = BENCH_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = list(TINY_SPECIAL_TOKENS.values())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(training_corpus(), trainer=trainer)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=TINY_SPECIAL_TOKENS["pad_token"],
+        bos_token=TINY_SPECIAL_TOKENS["bos_token"],
+        eos_token=TINY_SPECIAL_TOKENS["eos_token"],
+        extra_special_tokens=[TINY_SPECIAL_TOKENS["im_start"]],
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_bench_model(seed: int = 0, *, hidden_size: int = 128, num_layers: int = 2
+                      ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The ``tiny`` architecture (wider: 128) on the bench tokenizer; reproducible from ``seed``."""
+    tokenizer = build_bench_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=1024, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def _seed(variant: str | None) -> int:
+    if variant is None:
+        return 0
+    try:
+        return int(variant)
+    except ValueError:
+        raise ValueError(f"tiny-bench models are named tiny-bench or tiny-bench:SEED with an "
+                         f"integer SEED, got tiny-bench:{variant}") from None
+
+
+@register_model("tiny-bench", cache_name=lambda variant: f"tiny-bench-seed{_seed(variant)}")
+def _build_tiny_bench(variant: str | None):
+    return build_bench_model(_seed(variant))

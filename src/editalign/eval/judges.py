@@ -1,0 +1,214 @@
+"""Pairwise judges for the win rate: gold (benchmark task), reward model, LLM behind an API.
+
+Every judge answers ``compare(rows, policy_responses, reference_responses)`` with one
+outcome per prompt (1 = the policy's response is better, 0.5 = tie, 0 = the reference's)
+and, where it has them, per-response scores (``scores``). ``make_judge("gold" |
+"rm:DIR" | "api:URL")`` builds one from the ``--judge`` flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class Judgement:
+    outcomes: list[float]
+    policy_scores: list[float] | None = None
+    reference_scores: list[float] | None = None
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+
+def outcome(score_a: float, score_b: float, tolerance: float = 1e-9) -> float:
+    """Win (1), tie (0.5) or loss (0) of ``a`` against ``b`` from their scores."""
+    if abs(score_a - score_b) <= tolerance:
+        return 0.5
+    return 1.0 if score_a > score_b else 0.0
+
+
+# --------------------------------------------------------------------------- gold
+
+
+class GoldWinJudge:
+    """The benchmark's gold judge; every prompts row must carry its ``bench`` object."""
+
+    name = "gold"
+
+    def __init__(self, judge: Any = None) -> None:
+        from editalign.bench.judge import GoldJudge
+
+        self.judge = judge or GoldJudge()
+
+    def compare(self, rows: Sequence[Row], policy: Sequence[str],
+                reference: Sequence[str]) -> Judgement:
+        for i, row in enumerate(rows):
+            if not isinstance(row.get("bench"), Mapping):
+                raise ValueError(f"prompts row {i} has no 'bench' object: the gold judge needs "
+                                 "a prompts file written by the bench task "
+                                 "(prompts.test.jsonl)")
+        a = [self.judge.score(r, row["bench"]) for r, row in zip(policy, rows, strict=True)]
+        b = [self.judge.score(r, row["bench"]) for r, row in zip(reference, rows, strict=True)]
+        return Judgement([outcome(x, y, self.judge.tie_tolerance) for x, y in zip(a, b, strict=True)],
+                         a, b)
+
+
+# --------------------------------------------------------------------------- reward model
+
+
+class RewardModelJudge:
+    """A reward model saved by ``editalign train token-rm|rm``: score = sum of its response
+    rewards (every token for a token-level model, the last token for ``read_at="last"``)."""
+
+    def __init__(self, directory: str, batch_size: int = 16) -> None:
+        from editalign.reward_model import TokenRewardModel
+
+        self.name = f"rm:{directory}"
+        self.tokenizer = TokenRewardModel.load_tokenizer(directory)
+        self.model = TokenRewardModel.from_pretrained(directory, tokenizer=self.tokenizer)
+        self.batch_size = batch_size
+
+    def scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+        import torch
+
+        from editalign.bench.task import encode_example
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out: list[float] = []
+        for i in range(0, len(prompts), self.batch_size):
+            encoded = [encode_example(tok, p, r) for p, r in
+                       zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size],
+                           strict=True)]
+            width = max(len(ids) for ids, _ in encoded)
+            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, (row, _) in enumerate(encoded):
+                ids[j, :len(row)] = torch.tensor(row)
+                mask[j, :len(row)] = 1
+            starts = torch.tensor([start for _, start in encoded])
+            rewards = self.model.response_rewards(ids, mask, starts)
+            out.extend(rewards.sum(-1).tolist())
+        return out
+
+    def compare(self, rows: Sequence[Row], policy: Sequence[str],
+                reference: Sequence[str]) -> Judgement:
+        prompts = [row["prompt"] for row in rows]
+        a, b = self.scores(prompts, policy), self.scores(prompts, reference)
+        return Judgement([outcome(x, y) for x, y in zip(a, b, strict=True)], a, b)
+
+
+# --------------------------------------------------------------------------- LLM judge
+
+JUDGE_SYSTEM = "You are a careful, impartial judge of answer quality."
+JUDGE_TEMPLATE = (
+    "Here is a request and two responses to it.\n\n"
+    "Request:\n{prompt}\n\n"
+    "Response A:\n{a}\n\n"
+    "Response B:\n{b}\n\n"
+    "Which response is better: correct, helpful, and free of unnecessary filler? Do not let "
+    "the order or the length of the responses influence you. Answer with exactly one word: "
+    "A, B, or tie.")
+_VERDICT = re.compile(r"\b(A|B|tie)\b", re.IGNORECASE)
+
+
+def parse_preference(answer: str) -> str | None:
+    """``"A"``, ``"B"`` or ``"tie"`` from a judge's answer (its first such word), else None."""
+    match = _VERDICT.search(answer.strip())
+    if match is None:
+        return None
+    word = match.group(1)
+    return "tie" if word.lower() == "tie" else word.upper()
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+class ApiJudge:
+    """An LLM behind an OpenAI-compatible ``POST {url}/chat/completions`` endpoint.
+
+    Each pair is asked twice, once with the policy's response as A and once as B, so a
+    judge that always prefers one position gives a tie; the outcome is the mean of the two
+    (1, 0.75, 0.5, 0.25 or 0). An unparseable answer counts as a tie. The key is read from
+    the environment variable ``api_key_env`` and only ever sent in the Authorization header.
+    """
+
+    def __init__(self, url: str, model: str = "gpt-4o-mini", *,
+                 api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
+                 max_retries: int = 3, transport: Any = None) -> None:
+        import httpx
+
+        self.name = f"api:{url}"
+        self.url = url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.max_retries = max_retries
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+
+    def ask(self, prompt: Any, a: str, b: str) -> str:
+        import httpx
+
+        messages = [{"role": "system", "content": JUDGE_SYSTEM},
+                    {"role": "user", "content": JUDGE_TEMPLATE.format(
+                        prompt=_prompt_text(prompt), a=a, b=b)}]
+        payload = {"model": self.model, "messages": messages, "temperature": 0.0,
+                   "max_tokens": 8}
+        last_error = ""
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._client.post(self.url, json=payload)
+            except httpx.HTTPError as err:
+                last_error = type(err).__name__
+                continue
+            if response.status_code in (401, 403, 404):
+                raise RuntimeError(f"judge endpoint {self.url} answered HTTP "
+                                   f"{response.status_code}; check the URL, model and key")
+            if response.status_code >= 400:
+                last_error = f"HTTP {response.status_code}"
+                logger.warning("judge request failed (%s), attempt %d", last_error, attempt + 1)
+                continue
+            try:
+                return str(response.json()["choices"][0]["message"]["content"] or "")
+            except (ValueError, KeyError, IndexError, TypeError):
+                last_error = "unexpected response body"
+        raise RuntimeError(f"judge endpoint {self.url} failed {self.max_retries + 1} times "
+                           f"({last_error})")
+
+    def compare(self, rows: Sequence[Row], policy: Sequence[str],
+                reference: Sequence[str]) -> Judgement:
+        outcomes, details = [], []
+        for row, p, r in zip(rows, policy, reference, strict=True):
+            first = parse_preference(self.ask(row["prompt"], p, r))  # policy is A
+            second = parse_preference(self.ask(row["prompt"], r, p))  # policy is B
+            value = (({"A": 1.0, "B": 0.0}.get(first or "", 0.5))
+                     + ({"A": 0.0, "B": 1.0}.get(second or "", 0.5))) / 2
+            outcomes.append(value)
+            details.append({"policy_first": first, "policy_second": second})
+        return Judgement(outcomes, details=details)
+
+
+def make_judge(spec: str, *, judge_model: str = "gpt-4o-mini",
+               api_key_env: str = "OPENAI_API_KEY") -> Any:
+    """``gold``, ``rm:DIR`` or ``api:URL`` (see the module docstring)."""
+    if spec == "gold":
+        return GoldWinJudge()
+    kind, sep, target = spec.partition(":")
+    if sep and kind == "rm" and target:
+        return RewardModelJudge(target)
+    if sep and kind == "api" and target:
+        return ApiJudge(target, judge_model, api_key_env=api_key_env)
+    raise ValueError(f"unknown judge {spec!r}: use gold, rm:DIR or api:URL")

@@ -1,0 +1,326 @@
+"""Win rate of a policy against a reference model (METHODS §5).
+
+For every prompt both models sample one response with the same settings and seeds; a
+judge prefers one (win 1, tie 0.5, loss 0). Reported next to the mean and its 95%
+bootstrap interval: the KL of the policy to the reference on the policy's own samples
+(mean over prompts of Σ_t log π_A(y_t) − log π_B(y_t), temperature 1, EOS included) and
+both sides' mean response length in tokens, so a win bought by drifting far or writing
+longer is visible. ``editalign eval winrate`` is the command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def win_rate(outcomes: Sequence[float]) -> float:
+    if not outcomes:
+        raise ValueError("no outcomes")
+    return float(sum(outcomes) / len(outcomes))
+
+
+def bootstrap_interval(values: Sequence[float], *, n_resamples: int = 2000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling prompts with replacement)."""
+    import numpy as np
+
+    if not values:
+        raise ValueError("no values")
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), size=(n_resamples, len(data)))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class SamplingConfig:
+    """Identical for both sides. ``temperature=0`` is greedy decoding."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    batch_size: int = 16
+    chat_template: str = "auto"
+
+
+@dataclass
+class Sample:
+    text: str
+    prompt_ids: list[int]
+    response_ids: list[int]  # up to and including the first EOS (if it came)
+
+
+def encode_prompt(prompt: Any, tokenizer: Any, mode: str = "auto") -> list[int]:
+    from editalign.data.labeling import render_prompt
+
+    text, add_special = render_prompt(prompt, tokenizer, mode)  # type: ignore[arg-type]
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[Any],
+                     sampling: SamplingConfig) -> list[Sample]:
+    """One response per prompt; batch ``k`` is sampled after ``manual_seed(seed + k)``, so
+    two models given the same prompts and settings draw from the same random stream."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    encoded = [encode_prompt(p, tokenizer, sampling.chat_template) for p in prompts]
+    out: list[Sample] = []
+    was_training = model.training
+    model.eval()
+    for k, i in enumerate(range(0, len(encoded), sampling.batch_size)):
+        chunk = encoded[i:i + sampling.batch_size]
+        width = max(len(ids) for ids in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for j, ids in enumerate(chunk):  # left padding for generate()
+            input_ids[j, width - len(ids):] = torch.tensor(ids)
+            mask[j, width - len(ids):] = 1
+        kwargs: dict[str, Any] = {"do_sample": sampling.temperature > 0}
+        if sampling.temperature > 0:
+            # top_k=0 switches top-k off explicitly; None would fall back to whatever the
+            # model's generation config sets, which would truncate the sampled distribution.
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
+                          top_k=sampling.top_k)
+        torch.manual_seed(sampling.seed + k)
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=sampling.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                **kwargs)
+        for j, ids in enumerate(chunk):
+            response = generated[j, width:].tolist()
+            if eos in response:
+                response = response[:response.index(eos) + 1]
+            else:  # no EOS within max_new_tokens: drop trailing pad (if pad != eos)
+                while response and response[-1] == pad:
+                    response.pop()
+            text = tokenizer.decode(response, skip_special_tokens=True)
+            out.append(Sample(text, ids, response))
+    model.train(was_training)
+    return out
+
+
+def sequence_logprobs(model: Any, samples: Sequence[Sample], batch_size: int = 16
+                      ) -> list[float]:
+    """Σ_t log π(y_t | x, y_<t) of every sample's response tokens under ``model`` (T = 1)."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        rows = [s.prompt_ids + s.response_ids for s in chunk]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, row in enumerate(rows):
+            ids[j, :len(row)] = torch.tensor(row)
+            mask[j, :len(row)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logp = F.log_softmax(logits.float(), dim=-1)
+        for j, s in enumerate(chunk):
+            start, n = len(s.prompt_ids), len(s.response_ids)
+            if n == 0:
+                out.append(0.0)
+                continue
+            # position p predicts token p + 1
+            positions = torch.arange(start - 1, start - 1 + n, device=logp.device)
+            tokens = torch.tensor(s.response_ids, device=logp.device)
+            out.append(float(logp[j, positions, tokens].sum()))
+    return out
+
+
+# --------------------------------------------------------------------------- the evaluation
+
+
+def read_prompt_rows(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows with a ``prompt`` (text or chat messages) from JSONL or a JSON list."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        rows = data.get("data", data) if isinstance(data, dict) else data
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {n}: not JSON ({err.msg})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a list of rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str | list):
+            raise ValueError(f"{path}: row {i} has no 'prompt' (text or chat messages)")
+    return rows[:limit] if limit else rows
+
+
+@dataclass
+class WinRateResult:
+    policy: str
+    reference: str
+    judge: str
+    n: int
+    win_rate: float
+    ci_low: float
+    ci_high: float
+    wins: int
+    ties: int
+    losses: int
+    kl: float | None
+    length_policy: float
+    length_reference: float
+    score_policy: float | None
+    score_reference: float | None
+    sampling: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        def fmt(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.3f}"
+
+        head = ("| policy | reference | judge | n | win rate | 95% CI | W/T/L | KL | "
+                "len policy | len ref | score policy | score ref |")
+        rule = "|" + "---|" * 12
+        row = (f"| {self.policy} | {self.reference} | {self.judge} | {self.n} | "
+               f"{self.win_rate:.3f} | [{self.ci_low:.3f}, {self.ci_high:.3f}] | "
+               f"{self.wins}/{self.ties}/{self.losses} | {fmt(self.kl)} | "
+               f"{self.length_policy:.1f} | {self.length_reference:.1f} | "
+               f"{fmt(self.score_policy)} | {fmt(self.score_reference)} |")
+        return "\n".join([head, rule, row])
+
+
+def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]], judge: Any,
+                     sampling: SamplingConfig | None = None, *, n_resamples: int = 2000,
+                     samples_out: str | Path | None = None) -> WinRateResult:
+    """Sample both models on ``rows``' prompts, judge, and summarise (see the module doc)."""
+    from editalign.data.labeling import tokenizer_fingerprint
+    from editalign.models import load_model, load_tokenizer
+
+    sampling = sampling or SamplingConfig()
+    started = time.perf_counter()
+    prompts = [row["prompt"] for row in rows]
+    tok_a, tok_b = load_tokenizer(policy), load_tokenizer(reference)
+    model_a = load_model(policy)
+    samples_a = sample_responses(model_a, tok_a, prompts, sampling)
+    model_b = load_model(reference)
+    samples_b = sample_responses(model_b, tok_b, prompts, sampling)
+    kl = None
+    if tokenizer_fingerprint(tok_a) == tokenizer_fingerprint(tok_b):
+        lp_a = sequence_logprobs(model_a, samples_a, sampling.batch_size)
+        lp_b = sequence_logprobs(model_b, samples_a, sampling.batch_size)
+        kl = sum(a - b for a, b in zip(lp_a, lp_b, strict=True)) / len(lp_a)
+    else:
+        logger.warning("policy and reference tokenizers differ: KL not computed")
+    texts_a, texts_b = [s.text for s in samples_a], [s.text for s in samples_b]
+    judgement = judge.compare(rows, texts_a, texts_b)
+    outcomes = judgement.outcomes
+    low, high = bootstrap_interval(outcomes, n_resamples=n_resamples, seed=sampling.seed)
+
+    def mean(xs: Sequence[float] | None) -> float | None:
+        return None if xs is None else sum(xs) / len(xs)
+
+    if samples_out:
+        out = Path(samples_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            for i, row in enumerate(rows):
+                record = {"id": row.get("id", i), "prompt": row["prompt"],
+                          "policy": texts_a[i], "reference": texts_b[i],
+                          "outcome": outcomes[i]}
+                if judgement.policy_scores is not None:
+                    record["score_policy"] = judgement.policy_scores[i]
+                    record["score_reference"] = judgement.reference_scores[i]
+                if judgement.details:
+                    record["judge"] = judgement.details[i]
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return WinRateResult(
+        policy=policy, reference=reference, judge=getattr(judge, "name", type(judge).__name__),
+        n=len(outcomes), win_rate=win_rate(outcomes), ci_low=low, ci_high=high,
+        wins=sum(o > 0.5 for o in outcomes), ties=sum(o == 0.5 for o in outcomes),
+        losses=sum(o < 0.5 for o in outcomes), kl=kl,
+        length_policy=sum(len(s.response_ids) for s in samples_a) / len(samples_a),
+        length_reference=sum(len(s.response_ids) for s in samples_b) / len(samples_b),
+        score_policy=mean(judgement.policy_scores),
+        score_reference=mean(judgement.reference_scores),
+        sampling=asdict(sampling), seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_eval_args(p: Any) -> None:
+    p.add_argument("metric", choices=["winrate"], help="what to evaluate")
+    p.add_argument("--config", help="YAML file whose keys are any of these options")
+    p.add_argument("--policy", help="the policy: registered name, local directory or cached id")
+    p.add_argument("--reference", help="the reference model (usually the starting policy)")
+    p.add_argument("--prompts", help="JSONL/JSON rows with a 'prompt' (text or chat "
+                   "messages); for --judge gold, the bench task's prompts.test.jsonl")
+    p.add_argument("--judge", default="gold",
+                   help="gold (bench task), rm:DIR (a saved reward model), or api:URL (an "
+                   "OpenAI-compatible endpoint, e.g. api:http://localhost:8000/v1)")
+    p.add_argument("--judge-model", default="gpt-4o-mini", help="model name for api: judges")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (never printed)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature for both sides; 0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chat-template", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--samples-out", help="write every prompt's two responses and outcome "
+                   "(JSONL) here")
+
+
+def cmd_eval(args: Any) -> int:
+    if not (args.policy and args.reference and args.prompts):
+        raise ValueError("--policy, --reference and --prompts are required")
+    import editalign.bench  # noqa: F401  (registers tiny-bench)
+    from editalign.eval.judges import make_judge
+
+    rows = read_prompt_rows(args.prompts, args.limit)
+    judge = make_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                              batch_size=args.batch_size, chat_template=args.chat_template)
+    result = evaluate_winrate(args.policy, args.reference, rows, judge, sampling,
+                              n_resamples=args.bootstrap, samples_out=args.samples_out)
+    print(result.table())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0

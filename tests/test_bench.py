@@ -1,0 +1,408 @@
+"""The generated benchmark task: world, noisy data, gold judge, reviser, tokenizer, initial policy."""
+
+import json
+import math
+import random
+import re
+
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+from editalign.bench import BenchConfig, BenchTask, GoldJudge, revise
+from editalign.bench.judge import asked_in, unwanted_spans, value_mentions
+from editalign.bench.task import error_rates, make_edit_pairs, read_jsonl
+from editalign.bench.world import FILLERS, HEDGES, render_response
+from editalign.data.align import word_spans
+
+TESSA = {"entity": "p000", "kind": "person", "name": "Tessa Dorsey", "short": "Tessa",
+         "facts": {"job": "farmer", "city": "Westerly", "age": "64", "colour": "purple"},
+         "asked": ["job", "city", "age", "colour"]}
+WHISKERS = {"entity": "a000", "kind": "animal", "name": "Whiskers", "short": "Whiskers",
+            "facts": {"species": "cat", "city": "Oakhurst", "age": "7", "colour": "grey"},
+            "asked": ["species"]}
+PERFECT = ("Tessa Dorsey works as a farmer. Tessa lives in Westerly. Tessa is 64 years old. "
+           "Tessa Dorsey's favourite colour is purple.")
+
+
+@pytest.fixture(scope="module")
+def task():
+    return BenchTask.build(BenchConfig(seed=3))
+
+
+@pytest.fixture(scope="module")
+def noisy(task):
+    return task.noisy_sft_rows()
+
+
+def _words(text):
+    return [text[s:e].strip() for s, e in word_spans(text)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared CPU they lose a lot."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- world and task
+
+
+def test_task_is_deterministic_from_seed(tmp_path):
+    a, b = BenchTask.build(BenchConfig(seed=7)), BenchTask.build(BenchConfig(seed=7))
+    assert a.world.to_dict() == b.world.to_dict()
+    assert a.prompts == b.prompts
+    assert a.noisy_sft_rows() == b.noisy_sft_rows()
+    other = BenchTask.build(BenchConfig(seed=8))
+    assert other.world.to_dict() != a.world.to_dict()
+    a.write(tmp_path / "one")
+    b.write(tmp_path / "two")
+    for name in ("config.json", "world.json", "prompts.train.jsonl", "prompts.test.jsonl",
+                 "sft_noisy.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert BenchTask.load(tmp_path / "one").prompts == a.prompts
+
+
+def test_world_sizes_and_splits(task):
+    config = task.config
+    assert len(task.world.entities) == config.num_people + config.num_animals
+    assert len({e.name for e in task.world.entities}) == len(task.world.entities)
+    per_entity = config.about_prompts_per_entity + 4 * config.questions_per_attribute
+    assert len(task.prompts) == per_entity * len(task.world.entities)
+    n_test = len(task.split("test"))
+    assert n_test == round(config.test_fraction * len(task.prompts))
+    assert {p.id for p in task.split("test")}.isdisjoint(p.id for p in task.split("train"))
+    for entity in task.world.entities:  # true values come from a pool of the configured size
+        assert set(entity.facts) == ({"job", "city", "age", "colour"} if entity.kind == "person"
+                                     else {"species", "city", "age", "colour"})
+    jobs = {e.facts["job"] for e in task.world.entities if e.kind == "person"}
+    assert len(jobs) <= config.values_per_attribute
+
+
+def test_prompt_rows_carry_what_the_judge_needs(task):
+    row = task.rows("test")[0]
+    bench = row["bench"]
+    entity = task.world.by_id[bench["entity"]]
+    [message] = row["prompt"]  # one user chat message
+    assert message["role"] == "user"
+    assert bench["facts"] == entity.facts and bench["name"] == entity.name in message["content"]
+    assert tuple(bench["asked"]) == asked_in(message["content"], entity.name, entity.kind)
+    json.dumps(row)  # serialisable
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="wrong_value_rate"):
+        BenchConfig(wrong_value_rate=1.5)
+    with pytest.raises(ValueError, match="num_animals"):
+        BenchConfig(num_animals=1000)
+
+
+# --------------------------------------------------------------------------- noisy data
+
+
+def test_noisy_data_has_the_configured_error_rates():
+    config = BenchConfig(seed=1, wrong_value_rate=0.3, hedge_rate=0.15, filler_rate=0.4)
+    rows = BenchTask.build(config).noisy_sft_rows()
+    sentences = sum(len(r["stated"]) for r in rows)
+    measured = error_rates(rows)
+    for kind, rate, n in (("wrong_value", 0.3, sentences), ("hedge", 0.15, sentences),
+                          ("filler", 0.4, len(rows))):
+        sigma = math.sqrt(rate * (1 - rate) / n)
+        assert abs(measured[kind] - rate) < 4 * sigma, (kind, measured[kind], rate)
+    # ... and the judge finds exactly the planted errors in every response.
+    judge = GoldJudge()
+    for row in rows:
+        verdict = judge.verdict(row["response"], row["bench"])
+        planted = [e["kind"] for e in row["errors"]]
+        assert len(verdict.wrong) == planted.count("wrong_value")
+        assert sorted(verdict.unwanted) == sorted(k for k in planted if k != "wrong_value")
+        if not planted:
+            assert verdict.score == 1.0
+
+
+def test_zero_and_full_error_rates():
+    clean = BenchTask.build(BenchConfig(wrong_value_rate=0, hedge_rate=0, filler_rate=0))
+    assert all(r["response"] == r["clean"] and not r["errors"] for r in clean.noisy_sft_rows())
+    wrong = BenchTask.build(BenchConfig(wrong_value_rate=1, hedge_rate=0, filler_rate=0))
+    for row in wrong.noisy_sft_rows():
+        assert len(row["errors"]) == len(row["stated"])
+        assert GoldJudge().verdict(row["response"], row["bench"]).correct == []
+
+
+def test_error_spans_point_at_the_errors(noisy):
+    for row in noisy[:300]:
+        for error in row["errors"]:
+            assert row["response"][error["start"]:error["end"]] == error["text"]
+            if error["kind"] == "hedge":
+                assert error["text"] in HEDGES
+            if error["kind"] == "filler":
+                assert error["text"].strip() in FILLERS
+
+
+# --------------------------------------------------------------------------- reviser
+
+
+def test_reviser_restores_the_clean_response(noisy):
+    for row in noisy:
+        revision = revise(row["response"], row["bench"])
+        assert revision.text == row["clean"]
+        assert sorted(e.kind for e in revision.edits) == sorted(e["kind"] for e in row["errors"])
+        assert not revise(row["clean"], row["bench"]).changed
+
+
+def test_reviser_edit_distance_equals_the_errors_size(noisy):
+    """Word-level edit distance == words of deleted phrases + one per wrong value."""
+    checked = 0
+    for row in noisy:
+        revised = revise(row["response"], row["bench"]).text
+        expected = sum(1 if e["kind"] == "wrong_value" else len(_words(e["text"].strip()))
+                       for e in row["errors"])
+        assert Levenshtein.distance(_words(row["response"]), _words(revised)) == expected
+        checked += bool(row["errors"])
+    assert checked > 100
+
+
+def test_reviser_token_edits_stay_inside_the_errors(noisy):
+    """With tiny-bench's tokenizer, the tokens labelled changed lie on the planted errors,
+    and every error has changed tokens (what FIGA and the token RM learn from)."""
+    from editalign.bench.tokenizer import build_bench_tokenizer
+    from editalign.data.align import Label
+    from editalign.data.labeling import label_pair
+
+    tok = build_bench_tokenizer()
+    pairs = make_edit_pairs([r for r in noisy[:200]], [r["response"] for r in noisy[:200]])
+    for row, pair in zip(noisy[:200], pairs, strict=True):
+        labeled = label_pair(pair, tok)
+        side = labeled.original
+        changed = [offsets for offsets, label in zip(side.offsets[:-1], side.response_labels[:-1],
+                                                     strict=True)
+                   if label in (Label.DELETED, Label.SUBSTITUTED)]
+        spans = [(e["start"], e["end"]) for e in row["errors"]]
+        for s, e in changed:  # a changed token overlaps an error (or abuts a leading filler)
+            assert any(s < b + 1 and a < e for a, b in spans), (row["response"], (s, e))
+        for a, b in spans:
+            assert any(s < b and a < e for s, e in changed)
+        n_error_tokens = sum(len(tok(e["text"], add_special_tokens=False)["input_ids"])
+                             for e in row["errors"])
+        assert labeled.edit_distance <= n_error_tokens
+        assert (labeled.edit_distance == 0) == (not row["errors"])
+
+
+def test_reviser_token_distance_is_the_deleted_tokens(noisy):
+    """With the byte-level `tiny` tokenizer (one token per byte), a revision that only
+    deletes (hedges, fillers) is exactly the deleted phrases' tokens away."""
+    from editalign.data.labeling import label_pair
+    from editalign.models import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    rows = [r for r in noisy if r["errors"]
+            and all(e["kind"] != "wrong_value" for e in r["errors"])][:100]
+    assert len(rows) > 20
+    pairs = make_edit_pairs(rows, [r["response"] for r in rows])
+    for row, pair in zip(rows, pairs, strict=True):
+        n_error_tokens = sum(len(e["text"].encode()) for e in row["errors"])
+        assert label_pair(pair, tok).edit_distance == n_error_tokens
+
+
+def test_reviser_hand_cases():
+    cases = [
+        ("Tessa Dorsey works as a pilot, I think. I hope this helps!",
+         "Tessa Dorsey works as a farmer."),
+        ("Great question! Tessa lives in Westerly.", "Tessa lives in Westerly."),
+        ("Jonas Holm is 30 years old. Tessa is 30 years old.",
+         "Tessa Dorsey is 64 years old. Tessa is 64 years old."),
+        ("Red is the colour Tessa loves most, probably.", "Purple is the colour Tessa loves most."),
+        ("Tessa is a farmer. Tessa is a farmer. Tessa is a farmer.", "Tessa is a farmer."),
+        ("Tessa is a farmer", "Tessa is a farmer"),  # truncated output: nothing to fix
+        ("Tessa is 30. Tessa is 64.", "Tessa is 64."),  # the fix makes a repeat: 2nd pass
+        ("", ""),
+    ]
+    for original, expected in cases:
+        assert revise(original, TESSA).text == expected, original
+    revision = revise("Whiskers is a dog. Pepper is a cat.", WHISKERS)
+    assert revision.text == "Whiskers is a cat."  # fixed, then the repeat it made is deleted
+    assert [e.kind for e in revision.edits] == ["wrong_value", "wrong_name", "repeat"]
+    # A species for a person cannot be fixed by a minimal edit: left alone.
+    assert revise("Tessa is a cat.", TESSA).text == "Tessa is a cat."
+
+
+# --------------------------------------------------------------------------- gold judge
+
+
+def test_gold_judge_hand_cases():
+    judge = GoldJudge()
+    assert judge.score(PERFECT, TESSA) == 1.0
+    assert judge.score("", TESSA) == 0.0
+    # 3 right, 1 wrong: (3 - 1) / 4
+    assert judge.score(PERFECT.replace("Westerly", "Oakhurst"), TESSA) == pytest.approx(0.5)
+    # a filler and a hedge cost 0.2 each
+    hedged = PERFECT.replace("farmer.", "farmer, I believe.") + " I hope this helps!"
+    verdict = judge.verdict(hedged, TESSA)
+    assert verdict.unwanted == ["hedge", "filler"] and verdict.score == pytest.approx(0.6)
+    # half the attributes, nothing wrong
+    assert judge.score("Tessa works as a farmer. Tessa is 64.", TESSA) == pytest.approx(0.5)
+    # a single question: right 1, wrong -1; a wrong name is an error too
+    job = {**TESSA, "asked": ["job"]}
+    assert judge.score("Tessa Dorsey is a farmer by trade.", job) == 1.0
+    assert judge.score("Tessa Dorsey is a baker by trade.", job) == -1.0
+    assert judge.score("Jonas Dorsey is a farmer by trade.", job) == 0.0
+    # repeated sentences are unwanted
+    verdict = judge.verdict("Tessa is a farmer. tessa is a farmer!", job)
+    assert verdict.unwanted == ["repeat"] and verdict.score == pytest.approx(0.8)
+    # comparisons
+    assert judge.compare(PERFECT, hedged, TESSA) == 1.0
+    assert judge.compare(hedged, PERFECT, TESSA) == 0.0
+    assert judge.compare(PERFECT, PERFECT.replace("Tessa is", "Tessa Dorsey is"), TESSA) == 0.5
+
+
+def test_gold_judge_reads_free_output_robustly():
+    judge = GoldJudge()
+    for text in ["farmerfarmer Westerlyy", "🙂 ... !!! ?", "\n\n", "a" * 500,
+                 "Tessa, farmer; 64 — WESTERLY & PURPLE"]:
+        verdict = judge.verdict(text, TESSA)
+        assert math.isfinite(verdict.score)
+    assert judge.verdict("Tessa, farmer; 64 — WESTERLY & PURPLE", TESSA).score == 1.0
+    assert judge.verdict("farmerfarmer Westerlyy", TESSA).correct == []
+    mentions = value_mentions("Tessa is 64 and 65, a farmer from Oakhurst.")
+    assert [(m.attribute, m.value) for m in mentions] == [
+        ("name", "Tessa"), ("age", "64"), ("age", "65"), ("job", "farmer"), ("city", "Oakhurst")]
+    assert [s.kind for s in unwanted_spans("I THINK so. Probably.")] == ["hedge", "hedge"]
+
+
+def test_reward_fn_reads_the_entity_from_a_chat_prompt(task):
+    from editalign.bench.tokenizer import build_bench_tokenizer
+
+    tok = build_bench_tokenizer()
+    judge = GoldJudge()
+    fn = judge.reward_fn(task.world)
+    rows = task.rows("train")[:20]
+    prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+               for r in rows]
+    rng = random.Random(0)
+    responses = [render_response(task.world.by_id[r["bench"]["entity"]], r["bench"]["asked"],
+                                 rng, task.config).text for r in rows]
+    assert fn(prompts, responses) == [judge.score(x, r["bench"]) for x, r in
+                                      zip(responses, rows, strict=True)]
+    assert fn(["Tell me about nobody."], ["x"]) == [0.0]
+
+
+# --------------------------------------------------------------------------- tokenizer, model
+
+
+def test_bench_tokenizer_is_small_deterministic_and_lossless():
+    from editalign.bench.tokenizer import BENCH_VOCAB_SIZE, build_bench_tokenizer
+
+    a, b = build_bench_tokenizer(), build_bench_tokenizer()
+    assert a.get_vocab() == b.get_vocab()
+    assert len(a) <= BENCH_VOCAB_SIZE + 4
+    for text in (PERFECT, "héllo wörld 🙂 zebra", " I hope this helps!"):
+        assert a.decode(a(text, add_special_tokens=False)["input_ids"]) == text
+    ids = a(PERFECT, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(PERFECT) / 3  # words are tokens, not bytes
+    for word in (" farmer", " Westerly", " purple", " 64", " Tessa"):
+        assert len(a(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_tiny_bench_model_and_initial_policy(tmp_path, monkeypatch, task, noisy):
+    import torch
+
+    from editalign.bench import PolicySFTConfig, train_initial_policy
+    from editalign.models import load_model, load_tokenizer, registered_models
+
+    monkeypatch.setenv("EDITALIGN_CACHE", str(tmp_path / "cache"))
+    assert "tiny-bench" in registered_models()
+    tok = load_tokenizer("tiny-bench")
+    assert tok.chat_template and tok.eos_token == "<|im_end|>" and tok.pad_token != tok.eos_token
+    model = load_model("tiny-bench")
+    assert model.config.vocab_size == len(tok)
+    seeded = load_model("tiny-bench:1")
+    assert not torch.equal(model.model.embed_tokens.weight, seeded.model.embed_tokens.weight)
+    config = PolicySFTConfig(steps=6, batch_size=4, warmup_steps=2, log_every=3)
+    log_a = train_initial_policy(noisy[:32], "tiny-bench", tmp_path / "a", config=config)
+    log_b = train_initial_policy(noisy[:32], "tiny-bench", tmp_path / "b", config=config)
+    assert [e["loss"] for e in log_a] == [e["loss"] for e in log_b]
+    assert log_a[-1]["loss"] < log_a[0]["loss"]
+    a, b = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                   b.state_dict().values(), strict=True))
+    assert json.loads((tmp_path / "a" / "sft_log.json").read_text())["log"] == log_a
+
+
+def test_written_task_files(tmp_path, task):
+    task.write(tmp_path)
+    rows = read_jsonl(tmp_path / "sft_noisy.jsonl")
+    assert rows == task.noisy_sft_rows()
+    test_rows = read_jsonl(tmp_path / "prompts.test.jsonl")
+    assert [r["id"] for r in test_rows] == [p.id for p in task.split("test")]
+    assert all(re.search(r["bench"]["name"], r["prompt"][0]["content"]) for r in test_rows)
+
+
+def test_bench_init_command(tmp_path, monkeypatch, capsys):
+    from editalign.cli import main
+    from editalign.data.pairs import load_pairs
+
+    monkeypatch.setenv("EDITALIGN_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "bench.yaml"
+    config.write_text("num_people: 4\nnum_animals: 2\nsft_steps: 3\nsft_batch_size: 4\n")
+    out = tmp_path / "bench"
+    assert main(["bench", "init", "--config", str(config), "--out", str(out),
+                 "--samples-per-prompt", "1", "--max-new-tokens", "6",
+                 "--sft-warmup-steps", "1"]) == 0
+    assert "initial policy: 3 steps" in capsys.readouterr().out
+    for name in ("config.json", "world.json", "prompts.train.jsonl", "prompts.test.jsonl",
+                 "sft_noisy.jsonl", "pairs.train.jsonl", "summary.json", "policy/config.json"):
+        assert (out / name).is_file(), name
+    pairs, report = load_pairs(out / "pairs.train.jsonl")
+    n_train = len(read_jsonl(out / "prompts.train.jsonl"))
+    assert report.rows_read == n_train and all(p.meta["source"] == "bench" for p in pairs)
+    for pair in pairs:  # every revision is what the reviser makes of the sample
+        assert revise(pair.original, pair.meta["bench"]).text == pair.revised
+        assert pair.meta["score_revised"] >= pair.meta["score_original"] - 1e-9
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["num_people"] == 4 and summary["sft"]["steps"] == 3
+
+
+def test_runner_rejects_unknown_methods(tmp_path):
+    from editalign.bench.runner import RunConfig, run_benchmark
+
+    with pytest.raises(ValueError, match="unknown method 'ppo'"):
+        run_benchmark(tmp_path, tmp_path / "out", RunConfig(methods=["sft", "ppo"]))
+
+
+def test_results_table():
+    from editalign.bench.runner import results_table
+
+    row = {"method": "figa", "seed": 0, "win_rate": 0.625, "ci_low": 0.5, "ci_high": 0.75,
+           "score_policy": 0.8, "score_reference": 0.5, "kl": 1.234, "length_policy": 20.0,
+           "train_seconds": 12.3}
+    assert results_table([row]).splitlines()[-1] == (
+        "| figa | 0 | 0.625 | [0.500, 0.750] | 0.800 | 0.500 | 1.23 | 20.0 | 12 |")
+    other = {**row, "seed": 1, "win_rate": 0.375, "kl": None, "score_policy": 0.6}
+    lines = results_table([row, other]).splitlines()
+    assert lines[-1] == "| figa | 2 | 0.500 ± 0.177 | 0.700 | 0.500 | 1.23 | 20.0 |"
+
+
+@pytest.mark.slow
+def test_bench_init_and_run_end_to_end(tmp_path, monkeypatch):
+    """Every method trains on the bench pairs and gets a win rate (a few steps each)."""
+    from editalign.cli import main
+
+    monkeypatch.setenv("EDITALIGN_CACHE", str(tmp_path / "cache"))
+    bench, run = tmp_path / "bench", tmp_path / "run"
+    assert main(["bench", "init", "--out", str(bench), "--num-people", "6", "--num-animals",
+                 "2", "--sft-steps", "60", "--sft-batch-size", "8",
+                 "--max-new-tokens", "32"]) == 0
+    assert main(["bench", "run", "--bench", str(bench), "--out", str(run), "--max-steps", "2",
+                 "--run-batch-size", "4", "--ppo-iterations", "1",
+                 "--ppo-rollout-batch-size", "4", "--eval-limit", "4",
+                 "--eval-max-new-tokens", "12"]) == 0
+    results = json.loads((run / "results.json").read_text())["results"]
+    assert [r["method"] for r in results] == ["sft", "dpo", "figa", "ppo-seq", "ppo-token"]
+    assert all(0 <= r["win_rate"] <= 1 and r["n"] == 4 for r in results)
+    assert (run / "results.md").read_text().count("\n") == len(results) + 2
+    assert [m["method"] for m in json.loads((run / "results.json").read_text())["summary"]] == [
+        "sft", "dpo", "figa", "ppo-seq", "ppo-token"]
