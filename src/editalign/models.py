@@ -266,11 +266,17 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    return wrap_chatml_tokenizer(backend, model_max_length=4096)
+
+
+def wrap_chatml_tokenizer(backend: Tokenizer, *, model_max_length: int) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around ``backend`` with the tiny models' ChatML specials.
+
+    The special tokens are added to ``backend`` here (after any vocabulary it already has).
+    """
     backend.add_special_tokens(
-        [
-            AddedToken(token, special=True, normalized=False)
-            for token in TINY_SPECIAL_TOKENS.values()
-        ]
+        [AddedToken(token, special=True, normalized=False)
+         for token in TINY_SPECIAL_TOKENS.values()]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -279,37 +285,47 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=TINY_SPECIAL_TOKENS["eos_token"],
         extra_special_tokens=[TINY_SPECIAL_TOKENS["im_start"]],
         chat_template=CHATML_TEMPLATE,
-        model_max_length=4096,
+        model_max_length=model_max_length,
         # The default clean-up rewrites " ," to "," on decode, which breaks exact round trips.
         clean_up_tokenization_spaces=False,
     )
 
 
-def _tiny_seed(variant: str | None) -> int:
+def seed_variant(name: str, variant: str | None) -> int:
+    """The SEED of a ``NAME:SEED`` model name (0 without one)."""
     if variant is None:
         return 0
     try:
         return int(variant)
     except ValueError:
         raise ValueError(
-            f"tiny models are named tiny or tiny:SEED with an integer SEED, got tiny:{variant}"
+            f"{name} models are named {name} or {name}:SEED with an integer SEED, "
+            f"got {name}:{variant}"
         ) from None
 
 
-def build_tiny_model(seed: int = 0) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Randomly initialised 2-layer Llama, bitwise reproducible from ``seed``.
+def _tiny_seed(variant: str | None) -> int:
+    return seed_variant("tiny", variant)
 
-    Uses a forked RNG so that building it does not disturb the caller's random state.
+
+def build_tiny_model(
+    seed: int = 0, *, tokenizer: PreTrainedTokenizerFast | None = None, hidden_size: int = 64,
+    num_layers: int = 2,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Randomly initialised small Llama, bitwise reproducible from ``seed``.
+
+    The byte-level tiny tokenizer unless another is given (the benchmark task trains its
+    own). Uses a forked RNG so that building it does not disturb the caller's random state.
     """
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = tokenizer or build_tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=tokenizer.model_max_length,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import random
 
-import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from editalign.bench.world import (
     ABOUT_PROMPTS,
@@ -29,7 +28,13 @@ from editalign.bench.world import (
     build_world,
     render_response,
 )
-from editalign.models import CHATML_TEMPLATE, TINY_SPECIAL_TOKENS, register_model
+from editalign.models import (
+    TINY_SPECIAL_TOKENS,
+    build_tiny_model,
+    register_model,
+    seed_variant,
+    wrap_chatml_tokenizer,
+)
 
 BENCH_VOCAB_SIZE = 1024
 
@@ -60,43 +65,18 @@ def build_bench_tokenizer(vocab_size: int = BENCH_VOCAB_SIZE) -> PreTrainedToken
         vocab_size=vocab_size, special_tokens=specials, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(training_corpus(), trainer=trainer)
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=TINY_SPECIAL_TOKENS["pad_token"],
-        bos_token=TINY_SPECIAL_TOKENS["bos_token"],
-        eos_token=TINY_SPECIAL_TOKENS["eos_token"],
-        extra_special_tokens=[TINY_SPECIAL_TOKENS["im_start"]],
-        chat_template=CHATML_TEMPLATE,
-        model_max_length=1024,
-        clean_up_tokenization_spaces=False,
-    )
+    return wrap_chatml_tokenizer(backend, model_max_length=1024)
 
 
 def build_bench_model(seed: int = 0, *, hidden_size: int = 128, num_layers: int = 2
                       ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """The ``tiny`` architecture (wider: 128) on the bench tokenizer; reproducible from ``seed``."""
-    tokenizer = build_bench_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=1024, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    return model, tokenizer
+    return build_tiny_model(seed, tokenizer=build_bench_tokenizer(), hidden_size=hidden_size,
+                            num_layers=num_layers)
 
 
 def _seed(variant: str | None) -> int:
-    if variant is None:
-        return 0
-    try:
-        return int(variant)
-    except ValueError:
-        raise ValueError(f"tiny-bench models are named tiny-bench or tiny-bench:SEED with an "
-                         f"integer SEED, got tiny-bench:{variant}") from None
+    return seed_variant("tiny-bench", variant)
 
 
 @register_model("tiny-bench", cache_name=lambda variant: f"tiny-bench-seed{_seed(variant)}")
