@@ -100,6 +100,13 @@ class PairCollator:
     gamma: float = 0.0
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
+    # Shared-prefix layout (:mod:`editalign.train.shared_prefix`): one row per pair; the
+    # per-token tensors are the padding-free ones and ``gather_index`` maps each of their
+    # positions to the flattened (row * length + column) layout position that predicts it.
+    shared_prefix: bool = False
+    # With ``shared_prefix``: use the shared layout for a batch only when its padded size is
+    # at most this fraction of the padded layout's (else the batch is padded); None: always.
+    shared_prefix_max_ratio: float | None = None
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [(f[f"{name}_input_ids"], f[f"{name}_labels"], name == "revised")
@@ -118,7 +125,12 @@ class PairCollator:
             if len(i) >= 2 and i[-1] == self.eos_token_id and lab[-1] != IGNORE:
                 flag[-2] = True  # position -2 predicts the final EOS
             final_eos.append(flag)
-        if self.padding_free:
+        if self.shared_prefix and (self.shared_prefix_max_ratio is None or shared_prefix_ratio(
+                features) <= self.shared_prefix_max_ratio):
+            batch = _shared_prefix_inputs(features, self.pad_token_id)
+            cat = {"edit_labels": torch.cat(shift_edit)[None], "targets": torch.cat(shift_ids)[None],
+                   "revised": torch.cat(revised)[None], "final_eos": torch.cat(final_eos)[None]}
+        elif self.padding_free:
             batch = {
                 "input_ids": torch.cat(ids)[None],
                 "position_ids": torch.cat([torch.arange(len(i)) for i in ids])[None],
@@ -144,6 +156,39 @@ class PairCollator:
                                      batch["shift_labels"][:, :-1]], dim=1)
         batch.update(cat)
         return batch
+
+
+def shared_prefix_ratio(features: Sequence[dict[str, Any]]) -> float:
+    """Positions of the shared-prefix layout / positions of the padded layout (both padded
+    to a rectangle): under 1 the shared layout computes less."""
+    from editalign.train.shared_prefix import common_prefix_length
+
+    shared = padded = 0
+    for f in features:
+        o, r = f["original_input_ids"], f["revised_input_ids"]
+        shared = max(shared, len(o) + len(r) - common_prefix_length(o, r))
+        padded = max(padded, len(o), len(r))
+    return shared / (2 * padded)
+
+
+def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
+                          ) -> dict[str, torch.Tensor]:
+    """Shared-prefix layout inputs plus ``gather_index`` in the packed per-token order
+    (all revised sides, then all original sides; one entry per token, the last one of each
+    side predicting nothing and pointing at position 0)."""
+    from editalign.train.shared_prefix import build_shared_prefix_batch
+
+    layout = build_shared_prefix_batch(
+        [(f["original_input_ids"], f["revised_input_ids"]) for f in features], pad_token_id)
+    length = layout.input_ids.shape[1]
+    index = []
+    for name in SIDES:
+        for row, f in enumerate(features):
+            n = len(f[f"{name}_input_ids"])
+            index.append(layout.source[name][row, :n - 1] + row * length)
+            index.append(torch.zeros(1, dtype=torch.long))
+    return {"input_ids": layout.input_ids, "attention_mask": layout.attention_mask,
+            "position_ids": layout.position_ids, "gather_index": torch.cat(index)[None]}
 
 
 def _pad(seqs: Sequence[torch.Tensor], value: Any, multiple: int | None) -> torch.Tensor:

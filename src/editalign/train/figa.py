@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from editalign.data.align import IGNORE
 from editalign.data.labeling import GRANULARITIES
 from editalign.losses import (
     FIGA_GATES,
@@ -39,8 +40,15 @@ from editalign.losses import (
 )
 from editalign.train.collate import PairCollator, pair_features
 from editalign.train.common import DataArguments, ModelArguments, register_trainer
+from editalign.train.shared_prefix import additive_mask, layout_unsupported_reason
 
 logger = logging.getLogger(__name__)
+
+PAIR_LAYOUTS = ("padded", "packed", "shared", "auto")
+# pair_layout auto: shared-prefix batches where they are at most this fraction of the padded
+# size, else padded (benchmarks/pair_layout_speed.py: shared won at size ratios 0.57 (0.56-0.61x
+# time) and 0.78 on SmolLM2 (0.80x), tied at 0.84 on the tiny model (1.03x)).
+AUTO_SHARED_MAX_RATIO = 0.8
 
 
 @dataclass
@@ -79,6 +87,14 @@ class FIGAConfig(TrainingArguments):
                 "restart per sequence; needs an attention implementation that honours packed "
                 "position_ids: sdpa/eager build a block-diagonal mask, flash_attention_2 uses "
                 "varlen kernels)"})
+    pair_layout: str | None = field(default=None, metadata={
+        "help": f"how a batch holds both sides of a pair: {', '.join(PAIR_LAYOUTS)} (padded: "
+                "2B padded rows; packed: the same as --padding_free; shared: one row per pair, "
+                "[shared prefix | original suffix | revised suffix] with a 4-D mask, the prompt "
+                "and the unedited prefix computed once; needs sdpa/eager attention and one "
+                "process, else falls back to padded with a logged reason; auto: shared for "
+                f"batches whose shared layout is <= {AUTO_SHARED_MAX_RATIO} of the padded size, "
+                "else padded). Default: packed with --padding_free, else padded"})
     # Defaults that differ from TrainingArguments.
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
     lr_scheduler_type: str = field(default="constant", metadata={
@@ -95,6 +111,13 @@ class FIGAConfig(TrainingArguments):
         check_choice("negative", self.negative, FIGA_NEGATIVES)
         check_choice("normalize", self.normalize, FIGA_NORMALIZE)
         check_choice("granularity", self.granularity, GRANULARITIES)
+        if self.pair_layout is None:
+            self.pair_layout = "packed" if self.padding_free else "padded"
+        check_choice("pair_layout", self.pair_layout, PAIR_LAYOUTS)
+        if self.padding_free and self.pair_layout != "packed":
+            raise ValueError(f"--padding_free is the packed layout; it contradicts "
+                             f"--pair_layout {self.pair_layout}")
+        self.padding_free = self.pair_layout == "packed"
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 or None, got {self.max_length}")
         if min(self.alpha, self.beta, self.gamma) < 0:
@@ -119,12 +142,23 @@ class FIGATrainer(Trainer):
             raise ValueError("FIGATrainer needs the tokenizer (processing_class)")
         train_dataset = _as_features(train_dataset, args.max_length, "train")
         eval_dataset = _as_features(eval_dataset, args.max_length, "eval")
+        if args.pair_layout in ("shared", "auto"):
+            reason = layout_unsupported_reason(model)
+            if reason is None and args.world_size > 1:
+                reason = "more than one process (the layout bypasses the DDP wrapper's forward)"
+            if reason is not None:
+                logger.warning("pair_layout %s unavailable, using padded: %s",
+                               args.pair_layout, reason)
+                args.pair_layout = "padded"
         if data_collator is None:
             data_collator = PairCollator(
                 pad_token_id=processing_class.pad_token_id,
                 eos_token_id=processing_class.eos_token_id,
                 alpha=args.alpha, beta=args.beta, gamma=args.gamma,
-                padding_free=args.padding_free)
+                padding_free=args.padding_free,
+                shared_prefix=args.pair_layout in ("shared", "auto"),
+                shared_prefix_max_ratio=AUTO_SHARED_MAX_RATIO if args.pair_layout == "auto"
+                else None)
         if args.gradient_checkpointing and _is_peft(model):
             # LoRA freezes the embeddings: without this, checkpointed blocks get no gradient.
             model.enable_input_require_grads()
@@ -149,9 +183,13 @@ class FIGATrainer(Trainer):
         forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")
                    if k in inputs}
         # 1-2. one forward pass over both sides; log p of every scored (nonzero-weight) token.
-        outputs = model(**forward, shift_labels=inputs["shift_labels"], fused_lm_head=True,
-                        use_cache=False)
-        nll = -outputs.log_probs
+        if "gather_index" in inputs:  # shared-prefix layout
+            outputs = None
+            nll = -_shared_prefix_log_probs(self.accelerator.unwrap_model(model), inputs)
+        else:
+            outputs = model(**forward, shift_labels=inputs["shift_labels"], fused_lm_head=True,
+                            use_cache=False)
+            nll = -outputs.log_probs
         # 3. static weights, gate on the current (detached) loss, normalised sum.
         weights = figa_weights(inputs["edit_labels"], inputs["revised"], inputs["final_eos"],
                                alpha=args.alpha, beta=args.beta, gamma=args.gamma)
@@ -198,6 +236,26 @@ class FIGATrainer(Trainer):
                 logs[prefix + key] = sum(values) / len(values)
         self._figa_metrics[mode].clear()
         super().log(logs, *args, **kwargs)
+
+
+def _shared_prefix_log_probs(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """log p of every scored token from the shared-prefix layout, in the packed per-token
+    order of the other layouts (0 where ``shift_labels`` is -100); the LM head runs only on
+    the scored positions."""
+    base = model.get_base_model() if _is_peft(model) else model
+    mask = inputs["attention_mask"]
+    if base.config._attn_implementation == "eager":
+        mask = additive_mask(mask, base.dtype)
+    hidden = base.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
+                                position_ids=inputs["position_ids"],
+                                use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])[inputs["gather_index"][0]]
+    targets = inputs["shift_labels"][0]
+    scored = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[scored]).float()
+    log_probs = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
+    log_probs[scored] = logits.log_softmax(-1).gather(-1, targets[scored, None])[:, 0]
+    return log_probs[None]
 
 
 def _is_peft(model: Any) -> bool:
@@ -299,6 +357,7 @@ def finish(trainer: Trainer, config: Any, resume: Any) -> int:
     """Train (resuming when asked), save the model and tokenizer, log the final metrics."""
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(config.output_dir)
+    trainer.save_state()  # trainer_state.json: log_history (loss curves for reports)
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     if trainer.eval_dataset is not None and len(trainer.eval_dataset):

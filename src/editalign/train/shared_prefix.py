@@ -1,0 +1,204 @@
+"""Shared-prefix pair layout: the prompt and the unedited response prefix computed once.
+
+Both sides of an edit pair share their prompt and, because the edit is minimal, every
+token up to the first edited one. Instead of two rows (padded) or two packed sequences,
+a pair becomes one row::
+
+    [ shared prefix | original suffix | revised suffix ]
+
+where the shared prefix is the longest common prefix (LCP) of the two sides'
+``input_ids``. The attention mask lets every suffix token see the prefix and the earlier
+tokens of its own suffix (causally), never the other suffix; position ids continue from
+the prefix in both suffixes. A causal LM therefore computes, at every position, exactly
+the hidden state it computes for that token in a separate pass over the side.
+
+Per-token log-probabilities are gathered per side in the collator's *shifted*
+convention (entry ``t`` is ``log p(token t+1 | tokens ≤ t)``). The first token of a
+suffix is predicted from the **last prefix position**, which both sides share: its
+source index is ``p - 1`` for both sides, not a position inside the suffix.
+
+Pure functions only; the attention mask needs an attention implementation that takes a
+custom 4-D mask (transformers returns a 4-D ``attention_mask`` as-is): ``sdpa`` gets a
+boolean mask (True = attend), ``eager`` an additive float mask. Other implementations
+(flash-attention varlen, flex without a block mask) are reported by
+:func:`layout_unsupported_reason` so callers fall back to the padded layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+SIDES = ("original", "revised")
+# Attention implementations known to apply a custom 4-D mask exactly.
+MASK_ATTENTION = ("sdpa", "eager")
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class SharedPrefixBatch:
+    """One row per pair. ``attention_mask`` is boolean ``(B, 1, L, L)`` (True = attend).
+
+    ``source[side]`` ``(B, T_side)``: the row position whose output predicts token t+1 of
+    that side (shifted convention); ``target[side]``: that token; ``valid[side]``: False
+    on padding (source/target are 0 there).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prefix_lengths: list[int]
+    source: dict[str, torch.Tensor]
+    target: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    num_tokens: int = 0  # non-pad tokens: what the forward pass really computes
+
+
+def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                              pad_token_id: int = 0) -> SharedPrefixBatch:
+    """Shared-prefix layout of ``(original_ids, revised_ids)`` pairs, right-padded.
+
+    Identical sides give an empty suffix on both; a side that is a prefix of the other
+    gives an empty suffix on that side. Padding positions attend only to themselves (a
+    row without any allowed key would give NaN in SDPA) and are never gathered.
+    """
+    if not pairs:
+        raise ValueError("no pairs")
+    rows, positions, segments, prefixes = [], [], [], []
+    sources: dict[str, list[list[int]]] = {s: [] for s in SIDES}
+    targets: dict[str, list[list[int]]] = {s: [] for s in SIDES}
+    for original, revised in pairs:
+        original, revised = list(original), list(revised)
+        if len(original) < 2 or len(revised) < 2:
+            raise ValueError("every side needs at least two tokens (one predicted token)")
+        p = common_prefix_length(original, revised)
+        ids = original[:p]
+        pos = list(range(p))
+        seg = [0] * p  # 0 = prefix, 1 = original suffix, 2 = revised suffix
+        for k, side_ids in enumerate((original, revised), start=1):
+            offset = len(ids)  # row position of this side's token p
+            ids += side_ids[p:]
+            pos += range(p, len(side_ids))
+            seg += [k] * (len(side_ids) - p)
+            # row position of side token t: t if t < p else offset + t - p
+            row_of = [t if t < p else offset + t - p for t in range(len(side_ids))]
+            name = SIDES[k - 1]
+            sources[name].append(row_of[:-1])  # token t+1 is predicted from token t's row
+            targets[name].append(side_ids[1:])
+        rows.append(ids)
+        positions.append(pos)
+        segments.append(seg)
+        prefixes.append(p)
+    b, length = len(rows), max(map(len, rows))
+    input_ids = torch.full((b, length), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((b, length), dtype=torch.long)
+    seg_t = torch.full((b, length), -1, dtype=torch.long)  # -1 = padding
+    for i, (ids, pos, seg) in enumerate(zip(rows, positions, segments, strict=True)):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        position_ids[i, :len(pos)] = torch.tensor(pos)
+        seg_t[i, :len(seg)] = torch.tensor(seg)
+    mask = shared_prefix_mask(seg_t)
+    out_source, out_target, out_valid = {}, {}, {}
+    for name in SIDES:
+        t_max = max(map(len, sources[name]))
+        src = torch.zeros((b, t_max), dtype=torch.long)
+        tgt = torch.zeros((b, t_max), dtype=torch.long)
+        val = torch.zeros((b, t_max), dtype=torch.bool)
+        for i, (s, t) in enumerate(zip(sources[name], targets[name], strict=True)):
+            src[i, :len(s)] = torch.tensor(s)
+            tgt[i, :len(t)] = torch.tensor(t)
+            val[i, :len(s)] = True
+        out_source[name], out_target[name], out_valid[name] = src, tgt, val
+    batch = SharedPrefixBatch(input_ids=input_ids, attention_mask=mask,
+                              position_ids=position_ids, prefix_lengths=prefixes,
+                              source=out_source, target=out_target, valid=out_valid)
+    batch.num_tokens = int((seg_t != -1).sum())
+    return batch
+
+
+def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(B, 1, L, L)`` mask from per-position segments ``(B, L)``.
+
+    Segment 0 is the shared prefix, 1 and 2 the two suffixes, -1 padding. Query i may see
+    key j ≤ i when j is in the prefix or in i's own segment; padding sees only itself.
+    """
+    length = segments.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    q, k = segments[:, :, None], segments[:, None, :]
+    allowed = causal & ((k == 0) | (q == k)) & (q != -1) & (k != -1)
+    allowed |= torch.eye(length, dtype=torch.bool) & (q == -1)
+    return allowed[:, None]
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``mask`` is True, the dtype's minimum elsewhere (for eager attention)."""
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def attention_implementation(model: Any) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None)
+
+
+def layout_unsupported_reason(model: Any) -> str | None:
+    """Why ``model`` cannot run the shared-prefix layout, or None when it can."""
+    impl = attention_implementation(model)
+    if impl in MASK_ATTENTION:
+        return None
+    return (f"attention implementation {impl!r} does not take a custom 4-D mask here "
+            f"(supported: {', '.join(MASK_ATTENTION)}; FlexAttention is not wired in yet)")
+
+
+def model_mask(model: Any, batch: SharedPrefixBatch) -> torch.Tensor:
+    """The 4-D mask in the form ``model``'s attention implementation expects."""
+    if attention_implementation(model) == "eager":
+        return additive_mask(batch.attention_mask, model.dtype)
+    return batch.attention_mask
+
+
+def gather_rows(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``hidden[b, index[b, t]]`` for ``hidden (B, L, ...)`` and ``index (B, T)``."""
+    expand = index.reshape(*index.shape, *([1] * (hidden.dim() - 2)))
+    expand = expand.expand(*index.shape, *hidden.shape[2:])
+    return hidden.gather(1, expand)
+
+
+def side_logprobs(logits: torch.Tensor, batch: SharedPrefixBatch) -> dict[str, torch.Tensor]:
+    """Per side ``(B, T_side)`` log-probabilities of the next token (0 on padding)."""
+    out = {}
+    for name in SIDES:
+        rows = gather_rows(logits, batch.source[name]).float().log_softmax(-1)
+        logp = rows.gather(-1, batch.target[name][..., None]).squeeze(-1)
+        out[name] = logp.masked_fill(~batch.valid[name], 0.0)
+    return out
+
+
+def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, torch.Tensor]:
+    """Forward ``model`` on the layout and return :func:`side_logprobs` (full logits)."""
+    reason = layout_unsupported_reason(model)
+    if reason is not None:
+        raise ValueError(f"shared-prefix layout unavailable: {reason}")
+    device = model.device
+    out = model(input_ids=batch.input_ids.to(device),
+                attention_mask=model_mask(model, batch).to(device),
+                position_ids=batch.position_ids.to(device), use_cache=False)
+    moved = SharedPrefixBatch(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids, prefix_lengths=batch.prefix_lengths,
+        source={k: v.to(device) for k, v in batch.source.items()},
+        target={k: v.to(device) for k, v in batch.target.items()},
+        valid={k: v.to(device) for k, v in batch.valid.items()})
+    return side_logprobs(out.logits, moved)
