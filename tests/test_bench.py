@@ -4,12 +4,14 @@ import json
 import math
 import random
 import re
+import shutil
 
 import pytest
 from rapidfuzz.distance import Levenshtein
 
 from editalign.bench import BenchConfig, BenchTask, GoldJudge, revise
 from editalign.bench.judge import asked_in, unwanted_spans, value_mentions
+from editalign.bench.runner import METHODS
 from editalign.bench.task import error_rates, make_edit_pairs, read_jsonl
 from editalign.bench.world import FILLERS, HEDGES, render_response
 from editalign.data.align import word_spans
@@ -406,3 +408,63 @@ def test_bench_init_and_run_end_to_end(tmp_path, monkeypatch):
     assert (run / "results.md").read_text().count("\n") == len(results) + 2
     assert [m["method"] for m in json.loads((run / "results.json").read_text())["summary"]] == [
         "sft", "dpo", "figa", "ppo-seq", "ppo-token"]
+
+
+def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, capsys):
+    """CI smoke test of the whole pipeline (`bench run --smoke`: init, five methods, eval,
+    report), then resume: only the stages whose outputs were deleted run again."""
+    from editalign.cli import main
+
+    monkeypatch.setenv("EDITALIGN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["bench", "run", "--smoke", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in results["results"]] == list(METHODS)
+    assert results["config"]["max_steps"] == 2 and results["config"]["eval_limit"] == 4
+    assert (out / "results.md").read_text().count("\n") == len(METHODS) + 2
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 2  # win rate + curves, embedded
+    for section in ("Results", "Win rate", "Training curves", "Edit pairs",
+                    "Token reward model"):
+        assert f"<h2>{section}" in report, section
+    assert (out / "winrate.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "curves.png").is_file()
+
+    def stamps():
+        return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns
+                for p in [*out.glob("*/train_done.json"), *out.glob("*/winrate.json"),
+                          out / "bench" / "summary.json", out / "rm" / "reward_config.json",
+                          out / "token-rm" / "reward_config.json"]}
+
+    before = stamps()
+    (out / "figa" / "winrate.json").unlink()  # figa's evaluation reruns, not its training
+    shutil.rmtree(out / "dpo")  # dpo trains and evaluates again
+    assert main(["bench", "run", "--smoke", "--out", str(out)]) == 0
+    assert "bench init: done earlier" in capsys.readouterr().out
+    after = stamps()
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed == {"figa/winrate.json", "dpo/train_done.json", "dpo/winrate.json"}
+    again = json.loads((out / "results.json").read_text())["results"]
+    assert [r["method"] for r in again] == list(METHODS)
+    first = results["results"]
+    assert again[3:] == first[3:] and again[0] == first[0]  # read back, not rerun
+    assert again[2]["win_rate"] == first[2]["win_rate"]  # same policy, same sampling seed
+
+
+def test_presets_leave_explicit_options_alone():
+    import argparse
+
+    from editalign.bench.command import PRESETS, add_bench_args, apply_preset
+
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    args = apply_preset(parser.parse_args(["run", "--smoke", "--max-steps", "7"]))
+    assert args.run_max_steps == 7
+    assert args.run_ppo_iterations == PRESETS["smoke"]["run_ppo_iterations"]
+    assert args.sft_steps == PRESETS["smoke"]["sft_steps"]
+    quick = apply_preset(parser.parse_args(["run", "--quick"]))
+    assert quick.run_eval_max_new_tokens == PRESETS["quick"]["run_eval_max_new_tokens"]
+    plain = apply_preset(parser.parse_args(["run"]))
+    assert plain.run_max_steps == 100 and plain.preset is None

@@ -86,7 +86,8 @@ def test_unknown_model_names_the_registered_ones(data, tmp_path, capsys):
 
 
 def test_demo_runs_end_to_end_on_the_bundled_data(tmp_path, capsys):
-    assert main(["demo", "--model", "tiny", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--model", "tiny", "--out", str(tmp_path / "demo"),
+                 "--skip-bench"]) == 0
     printed = capsys.readouterr().out
     assert "| token |" in printed and "| word |" in printed
     agreement = json.loads((tmp_path / "demo" / "span_agreement.json").read_text())

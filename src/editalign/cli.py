@@ -106,7 +106,8 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Label the bundled QA-Feedback pairs with SmolLM2's tokenizer and compare with humans."""
+    """Label the bundled QA-Feedback pairs with SmolLM2's tokenizer and compare with humans,
+    then run the quick benchmark (unless ``--skip-bench``)."""
     from editalign.data.io import read_labeled
     from editalign.eval.spans import edit_label_agreement
 
@@ -134,7 +135,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{a['flagged_rate']:.3f} | {a['human_bad_rate']:.3f} |")
     (out / "span_agreement.json").write_text(json.dumps(dict(rows), indent=2))
     print(f"\nOpen {out / 'labels-token' / 'preview.html'} to see the labelled pairs.")
-    return 0
+    if args.skip_bench:
+        return 0
+    return _demo_bench(out / "bench-quick")
+
+
+def _demo_bench(out: Path) -> int:
+    """The quick benchmark (`editalign bench run --quick`): task, initial policy, edit pairs,
+    the five methods on the same budget, win rates, report; resumes if interrupted."""
+    from editalign.bench.command import add_bench_args, cmd_bench
+
+    print(f"\n== quick benchmark on tiny-bench (editalign bench run --quick --out {out}) ==")
+    parser = argparse.ArgumentParser(prog="editalign bench")
+    add_bench_args(parser)
+    code = cmd_bench(parser.parse_args(["run", "--quick", "--out", str(out)]))
+    print(f"\nOpen {out / 'report.html'} for the benchmark report (table, plots, pairs).")
+    return code
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -164,6 +180,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     demo = sub.add_parser("demo", help="run the demo on built-in data")
     demo.add_argument("--model", default="smollm2-135m")
     demo.add_argument("--out", default="demo-output")
+    demo.add_argument("--skip-bench", action="store_true",
+                      help="only the labelling demo, not the quick benchmark that follows it")
     demo.set_defaults(func=cmd_demo)
     train = sub.add_parser(
         "train", add_help=False, help="train a policy or reward model: editalign train METHOD "

@@ -25,6 +25,19 @@ from editalign.bench.runner import RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import BenchConfig
 
+# Sizes of `bench run --quick` / `--smoke` (argparse destinations; every method shares the
+# same pairs, steps, batch size and seed as always). Applied only to options left at their
+# defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"max_new_tokens": 64, "run_ppo_learning_rate": 3e-5,
+              "run_eval_max_new_tokens": 64},
+    "smoke": {"num_people": 4, "num_animals": 2, "responses_per_prompt": 2, "sft_steps": 30,
+              "sft_batch_size": 8, "sft_warmup_steps": 2, "samples_per_prompt": 1,
+              "max_new_tokens": 16, "run_max_steps": 2, "run_batch_size": 4,
+              "run_ppo_iterations": 1, "run_ppo_rollout_batch_size": 4, "run_eval_limit": 4,
+              "run_eval_max_new_tokens": 8},
+}
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -35,6 +48,13 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="init: task files, initial policy, edit pairs (into --out); run: train "
                    "every method on the pairs of --bench and measure win rates (into --out)")
     p.add_argument("--config", help="YAML file whose keys are any of these options")
+    p.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                   help="run: the whole pipeline at a small size on tiny-bench (bench init into "
+                   "OUT/bench when --bench is not given, every method, evaluation, report; "
+                   "~4 min on 2 CPU cores). Options given explicitly still win.")
+    p.add_argument("--smoke", dest="preset", action="store_const", const="smoke",
+                   help="like --quick at a toy size (seconds; checks the pipeline runs, "
+                   "its numbers mean nothing)")
     p.add_argument("--out", help="output directory")
     p.add_argument("--model", default="tiny-bench",
                    help="model to fine-tune into the initial policy (tiny-bench, "
@@ -86,6 +106,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--out is required")
     if args.action == "run":
         return _cmd_run(args)
+    apply_preset(args)
     started = time.perf_counter()
     out = Path(args.out)
     config = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
@@ -137,9 +158,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """Set the preset's sizes on every option still at its default (explicit flags win)."""
+    preset = getattr(args, "preset", None)
+    if not preset:
+        return args
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+    defaults = vars(parser.parse_args([args.action]))
+    for dest, value in PRESETS[preset].items():
+        if getattr(args, dest) == defaults[dest]:
+            setattr(args, dest, value)
+    return args
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from editalign.bench.runner import run_benchmark
 
+    apply_preset(args)
+    if not args.bench and args.preset:
+        # The whole pipeline: init into OUT/bench unless an earlier run finished it
+        # (summary.json is written last, so it marks a complete init).
+        bench = Path(args.out) / "bench"
+        if (bench / "summary.json").is_file():
+            print(f"bench init: done earlier ({bench / 'summary.json'}), skipped")
+        else:
+            cmd_bench(argparse.Namespace(**{**vars(args), "action": "init",
+                                            "out": str(bench)}))
+        args.bench = str(bench)
     if not args.bench:
         raise ValueError("--bench (a directory written by `editalign bench init`) is required")
     config = RunConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()],
@@ -148,4 +194,5 @@ def _cmd_run(args: argparse.Namespace) -> int:
                           if f.name not in ("methods", "extra", "seed", "seeds")})
     run_benchmark(args.bench, args.out, config)
     print((Path(args.out) / "results.md").read_text())
+    print(f"report: {Path(args.out) / 'report.html'}")
     return 0

@@ -31,6 +31,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo", "figa", "ppo-seq", "ppo-token")
+# Done markers: a rerun into the same --out skips every stage whose marker exists.
+TRAIN_DONE = "train_done.json"  # in <run>/<method>/, after training
+EVAL_DONE = "winrate.json"  # in <run>/<method>/, the evaluation result (the run's entry)
 
 
 @dataclass
@@ -55,7 +58,8 @@ def _common(config: RunConfig, lr: float) -> list[str]:
     return ["--max_steps", str(config.max_steps),
             "--per_device_train_batch_size", str(config.batch_size),
             "--learning_rate", str(lr), "--seed", str(config.seed),
-            "--report_to", "none", "--save_strategy", "no", "--logging_steps", "10",
+            "--report_to", "none", "--save_strategy", "no",
+            "--logging_steps", str(max(1, min(10, config.max_steps // 5))),
             "--disable_tqdm", "True"]
 
 
@@ -88,6 +92,18 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
     policy = str(bench / "policy")
     extra = list(config.extra.get(method, []))
     target = out / method
+    marker = target / TRAIN_DONE
+    if marker.is_file():  # resume: this stage finished in an earlier (interrupted) run
+        logger.info("skip training %s (done: %s)", method, marker)
+        return target, float(json.loads(marker.read_text())["seconds"])
+    target, seconds = _train_method(method, bench, pairs, out, config, policy, extra)
+    marker.write_text(json.dumps({"method": method, "seconds": seconds}) + "\n")
+    return target, seconds
+
+
+def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig,
+                  policy: str, extra: list[str]) -> tuple[Path, float]:
+    target = out / method
     if method in ("sft", "dpo", "figa"):
         seconds = _train(method, ["--model", policy, "--data", str(pairs), "--output_dir",
                                   str(target), *_common(config, config.learning_rate), *extra])
@@ -113,8 +129,15 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None = None
-                  ) -> list[dict[str, Any]]:
+def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None = None,
+                  *, report: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+    """Train and evaluate every method for every seed; resumable (see the done markers).
+
+    Writes ``results.json``, ``results.md`` and (``report=True``) the plots and
+    ``report.html`` of :mod:`editalign.bench.report`.
+    """
+    from tqdm.auto import tqdm
+
     from editalign.bench.task import read_jsonl
     from editalign.data.pairs import load_pairs, save_pairs_jsonl
     from editalign.eval.judges import GoldWinJudge
@@ -142,18 +165,36 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
         run_out = out / f"seed{seed}" if len(config.seeds) > 1 else out
         sampling = SamplingConfig(max_new_tokens=config.eval_max_new_tokens,
                                   temperature=config.eval_temperature, seed=seed)
-        for method in config.methods:
+        bar = tqdm(config.methods, desc=f"bench run (seed {seed})", unit="method",
+                   disable=not progress)
+        for method in bar:
+            bar.set_postfix(method=method)
+            done = run_out / method / EVAL_DONE
+            if done.is_file():  # resume: trained and evaluated in an earlier run
+                entry = json.loads(done.read_text())
+                results.append(entry)
+                logger.info("skip %s seed %s (done: %s)", method, seed, done)
+                continue
             policy_dir, seconds = train_method(method, bench, pairs_file, run_out, run)
+            started = time.perf_counter()
             result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(),
                                       sampling)
             entry = {"method": method, "seed": seed, "train_seconds": seconds,
-                     **result.to_dict()}
+                     "eval_seconds": time.perf_counter() - started, **result.to_dict()}
+            done.write_text(json.dumps(entry, indent=2) + "\n")
             results.append(entry)
-            print(result.table().splitlines()[-1])
+            bar.write(result.table().splitlines()[-1])
             (out / "results.json").write_text(json.dumps(
                 {"config": asdict(config), "pairs": len(edited), "results": results,
                  "summary": summarize(results)}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(
+        {"config": asdict(config), "pairs": len(edited), "results": results,
+         "summary": summarize(results)}, indent=2) + "\n")
     (out / "results.md").write_text(results_table(results) + "\n")
+    if report:
+        from editalign.bench.report import write_report
+
+        write_report(out, bench, results)
     return results
 
 
