@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from editalign.cli import main
 
@@ -11,15 +10,6 @@ ROWS = [
     {"prompt": f"Q{i}: colour of the sky?", "original": f"The sky is green, says {i}.",
      "revised": f"The sky is blue, says {i}."} for i in range(12)
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy machine they stall it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 TRAIN = ["--model", "tiny", "--max_steps", "2", "--per_device_train_batch_size", "4",
