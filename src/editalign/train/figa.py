@@ -40,15 +40,15 @@ from editalign.losses import (
 )
 from editalign.train.collate import PairCollator, pair_features
 from editalign.train.common import DataArguments, ModelArguments, register_trainer
-from editalign.train.shared_prefix import additive_mask, layout_unsupported_reason
+from editalign.train.shared_prefix import (
+    AUTO_SHARED_MAX_RATIO,
+    additive_mask,
+    layout_unsupported_reason,
+)
 
 logger = logging.getLogger(__name__)
 
 PAIR_LAYOUTS = ("padded", "packed", "shared", "auto")
-# pair_layout auto: shared-prefix batches where they are at most this fraction of the padded
-# size, else padded (benchmarks/pair_layout_speed.py: shared won at size ratios 0.57 (0.56-0.61x
-# time) and 0.78 on SmolLM2 (0.80x), tied at 0.84 on the tiny model (1.03x)).
-AUTO_SHARED_MAX_RATIO = 0.8
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Reward models from edits: ``RewardConfig`` and ``RewardTrainer`` side by side (METHODS §3).
 
 One trainer for token-level and sequence-level reward models. A batch of B pairs is 2B
-sequences in one forward pass (revised sides first, then original sides, right-padded);
-the loss is a weighted sum of the objectives in :mod:`editalign.losses`:
+sequences in one forward pass (revised sides first, then original sides, right-padded),
+or, with ``--pair_layout shared``, B rows ``[shared prefix | original suffix | revised
+suffix]`` (:mod:`editalign.train.shared_prefix`) whose per-token outputs are gathered back
+into the same 2B rows; the loss is a weighted sum of the objectives in
+:mod:`editalign.losses`:
 
 - ``token_cls``: per-token binary classification of the edit labels; rewards 2σ(z) − 1;
 - ``edit_bt``: Bradley-Terry on Σ_{A(ỹ)} r − Σ_{D(ŷ)} r;
@@ -36,13 +39,24 @@ from editalign.data.align import IGNORE
 from editalign.data.labeling import LabeledPair
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
 from editalign.eval.spans import human_bad_tokens
-from editalign.losses import default_transform, parse_objectives, reward_model_loss
-from editalign.reward_model import RewardModelConfig, TokenRewardModel
+from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
+from editalign.reward_model import RewardModelConfig, TokenRewardModel, TokenRewardOutput
+from editalign.train.collate import shared_prefix_ratio
 from editalign.train.common import register_trainer
+from editalign.train.shared_prefix import (
+    AUTO_SHARED_MAX_RATIO,
+    additive_mask,
+    attention_implementation,
+    build_shared_prefix_batch,
+    layout_unsupported_reason,
+    side_token_rows,
+)
 
 logger = logging.getLogger(__name__)
 
 SIDES = ("revised", "original")
+# No packed layout here: the reward trainer has no padding-free path.
+PAIR_LAYOUTS = ("padded", "shared", "auto")
 
 
 @dataclass
@@ -64,10 +78,21 @@ class RewardConfig(TrainingArguments):
                 "last for seq_bt_last alone, else token"})
     max_length: int | None = field(default=1024, metadata={
         "help": "longest prompt+response+EOS per side, in tokens (labelling and batching)"})
+    pair_layout: str = field(default="padded", metadata={
+        "help": f"how a batch holds both sides of a pair: {', '.join(PAIR_LAYOUTS)} (padded: "
+                "2B padded rows; shared: one row per pair, [shared prefix | original suffix | "
+                "revised suffix] with a 4-D mask, the prompt and the unedited prefix computed "
+                "once, the same rewards and losses; needs sdpa/eager attention, else falls back "
+                "to padded with a logged reason; auto: shared for batches whose shared layout "
+                f"is <= {AUTO_SHARED_MAX_RATIO} of the padded size, else padded)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     logging_steps: float = field(default=10, metadata={"help": "log every N steps"})
     remove_unused_columns: bool = field(default=False, metadata={
         "help": "kept False: the paired collator needs every column"})
+
+    def __post_init__(self) -> None:
+        check_choice("pair_layout", self.pair_layout, PAIR_LAYOUTS)
+        super().__post_init__()
 
     def objectives(self) -> dict[str, float]:
         return parse_objectives(self.objective)
@@ -111,12 +136,41 @@ class PairDataset(Dataset):
 @dataclass
 class RewardPairCollator:
     """B pairs → 2B right-padded rows: ``input_ids``, ``attention_mask``, ``edit_labels``
-    (IGNORE on prompt and padding); rows 0..B-1 revised, B..2B-1 original."""
+    (IGNORE on prompt and padding); rows 0..B-1 revised, B..2B-1 original.
+
+    With ``shared_prefix`` the model inputs are instead the shared-prefix layout (B rows,
+    ``attention_mask`` boolean ``(B, 1, L, L)``, ``position_ids``), and ``token_rows``
+    ``(2B, T)`` gives the layout column of every token of the 2B padded rows (0 on padding),
+    so the per-token outputs gathered there have the padded layout's shape and order;
+    ``edit_labels`` is unchanged and ``token_mask`` is the padded layout's attention mask.
+    """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    shared_prefix: bool = False
+    # With ``shared_prefix``: use the shared layout for a batch only when its size is at
+    # most this fraction of the padded layout's (else the batch is padded); None: always.
+    shared_prefix_max_ratio: float | None = None
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self._padded(features)
+        if self._use_shared(features):
+            batch["token_mask"] = batch.pop("attention_mask")
+            batch.update(_shared_prefix_inputs(features, batch["input_ids"].shape[1],
+                                               self.pad_token_id))
+        return batch
+
+    def _use_shared(self, features: Sequence[dict[str, Any]]) -> bool:
+        if not self.shared_prefix:
+            return False
+        # The layout needs two tokens per side; such degenerate sides only come from a
+        # max_length below 2, and stay padded rather than failing the batch.
+        if any(len(f[f"{name}_input_ids"]) < 2 for name in SIDES for f in features):
+            return False
+        return (self.shared_prefix_max_ratio is None
+                or shared_prefix_ratio(features) <= self.shared_prefix_max_ratio)
+
+    def _padded(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [(f[f"{name}_input_ids"], f[f"{name}_labels"]) for name in SIDES for f in features]
         length = max(len(ids) for ids, _ in seqs)
         if self.pad_to_multiple_of:
@@ -133,6 +187,24 @@ class RewardPairCollator:
         if "index" in features[0]:
             batch["index"] = torch.as_tensor([f["index"] for f in features])
         return batch
+
+
+def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_token_id: int,
+                          ) -> dict[str, torch.Tensor]:
+    """The shared-prefix model inputs of ``features`` and ``token_rows`` ``(2B, width)``:
+    row i (revised) and row B + i (original) index layout row i."""
+    pairs = [(f["original_input_ids"], f["revised_input_ids"]) for f in features]
+    layout = build_shared_prefix_batch(pairs, pad_token_id)
+    rows: dict[str, list[list[int]]] = {name: [] for name in SIDES}
+    for original, revised in pairs:
+        original_rows, revised_rows = side_token_rows(original, revised)
+        rows["original"].append(original_rows)
+        rows["revised"].append(revised_rows)
+    token_rows = torch.zeros((2 * len(pairs), width), dtype=torch.long)
+    for row, side_rows in enumerate(rows["revised"] + rows["original"]):
+        token_rows[row, : len(side_rows)] = torch.as_tensor(side_rows)
+    return {"input_ids": layout.input_ids, "attention_mask": layout.attention_mask,
+            "position_ids": layout.position_ids, "token_rows": token_rows}
 
 
 def human_bad(lp: LabeledPair) -> np.ndarray | None:
@@ -161,7 +233,18 @@ class RewardTrainer(Trainer):
         pad = processing_class.pad_token_id if processing_class is not None else 0
         self.objectives = args.objectives()
         self.eval_pairs = list(eval_dataset) if eval_dataset else []
-        kwargs.setdefault("data_collator", RewardPairCollator(pad_token_id=pad))
+        if args.pair_layout in ("shared", "auto"):
+            reason = layout_unsupported_reason(model.backbone)
+            if reason is not None:
+                logger.warning("pair_layout %s unavailable, using padded: %s",
+                               args.pair_layout, reason)
+                args.pair_layout = "padded"
+        # Evaluation (score_pairs) uses this collator too: the shared layout's gathered
+        # outputs have the padded layout's shape, so the metrics code reads either.
+        kwargs.setdefault("data_collator", RewardPairCollator(
+            pad_token_id=pad, shared_prefix=args.pair_layout in ("shared", "auto"),
+            shared_prefix_max_ratio=AUTO_SHARED_MAX_RATIO if args.pair_layout == "auto"
+            else None))
         super().__init__(
             model=model, args=args,
             train_dataset=PairDataset(train_dataset, args.max_length)
@@ -177,9 +260,12 @@ class RewardTrainer(Trainer):
 
     def _loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        cfg = self.args
         unwrapped = self.accelerator.unwrap_model(model)
+        if "token_rows" in inputs:
+            out = _shared_prefix_forward(model, unwrapped, inputs)
+        else:
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        cfg = self.args
         loss, parts = reward_model_loss(
             out.logits, inputs["edit_labels"], self.objectives,
             transform=unwrapped.reward_config.transform, equal_weight=cfg.equal_weight,
@@ -190,7 +276,8 @@ class RewardTrainer(Trainer):
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         loss, parts, out = self._loss(model, inputs)
         if model.training:
-            self.train_tokens += int(inputs["attention_mask"].sum())
+            # Tokens of the pairs (the padded layout's mask), whichever layout computed them.
+            self.train_tokens += int(inputs.get("token_mask", inputs["attention_mask"]).sum())
             for name, value in parts.items():
                 self._metrics["train"][f"loss_{name}"].append(float(value.detach()))
         return (loss, out) if return_outputs else loss
@@ -258,6 +345,28 @@ class RewardTrainer(Trainer):
         self.accelerator.unwrap_model(self.model).save_pretrained(
             output_dir, tokenizer=self.processing_class)
         torch.save(self.args, f"{output_dir}/training_args.bin")
+
+
+def _shared_prefix_forward(model: torch.nn.Module, unwrapped: TokenRewardModel,
+                           inputs: dict[str, torch.Tensor]) -> TokenRewardOutput:
+    """One forward pass over the shared-prefix rows, then every token's logit and reward
+    read at the token's own layout position: the (2B, T) outputs of the padded layout.
+
+    ``model`` (possibly DDP-wrapped) is called as a whole, so data parallelism still sees
+    the forward pass; the head is per position, so gathering after it is exact.
+    """
+    mask = inputs["attention_mask"]
+    backbone = unwrapped.backbone
+    if attention_implementation(backbone) == "eager":
+        mask = additive_mask(mask, backbone.dtype)
+    out = model(input_ids=inputs["input_ids"], attention_mask=mask,
+                position_ids=inputs["position_ids"])
+    rows = inputs["token_rows"]
+
+    def per_side(values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([values, values]).gather(1, rows)
+
+    return TokenRewardOutput(logits=per_side(out.logits), rewards=per_side(out.rewards))
 
 
 def batch_pair_rewards(logits: torch.Tensor, rewards: torch.Tensor, edit_labels: torch.Tensor,

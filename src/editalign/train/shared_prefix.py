@@ -35,6 +35,11 @@ import torch
 SIDES = ("original", "revised")
 # Attention implementations known to apply a custom 4-D mask exactly.
 MASK_ATTENTION = ("sdpa", "eager")
+# pair_layout auto (FIGA and reward models): shared-prefix batches where they are at most this
+# fraction of the padded size, else padded (benchmarks/pair_layout_speed.py: shared won at size
+# ratios 0.57 (0.56-0.61x time) and 0.78 on SmolLM2 (0.80x), tied at 0.84 on the tiny model
+# (1.03x)).
+AUTO_SHARED_MAX_RATIO = 0.8
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -126,6 +131,22 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
                               source=out_source, target=out_target, valid=out_valid)
     batch.num_tokens = int((seg_t != -1).sum())
     return batch
+
+
+def side_token_rows(original: Sequence[int], revised: Sequence[int],
+                    ) -> tuple[list[int], list[int]]:
+    """Row position of every token of each side in the pair's row of
+    :func:`build_shared_prefix_batch`, ``(original_rows, revised_rows)``.
+
+    Unlike ``SharedPrefixBatch.source`` (the shifted next-token convention of a language
+    model) this is the position of the token itself, where a per-position head (a token
+    reward model) reads that token's output. The original suffix follows the prefix, so its
+    tokens keep their own index; the revised suffix starts after the original one.
+    """
+    p = common_prefix_length(original, revised)
+    offset = len(original)  # row position of revised token p: prefix + original suffix
+    return (list(range(len(original))),
+            [t if t < p else offset + t - p for t in range(len(revised))])
 
 
 def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
