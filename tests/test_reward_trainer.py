@@ -67,11 +67,16 @@ def test_tiny_model_learns_a_planted_token_rule(tmp_path, tokenizer, data, objec
     train, held = data
     config = _config(tmp_path, objective=objective, max_steps=80, eval_strategy="steps",
                      eval_steps=40)
+    # A random head can already rank the planted token well by chance (AUROC 0.88 seen), so
+    # start from a zero head (every reward equal: AUROC 0.5) to measure what training learns;
+    # seeded so the run does not depend on which tests ran earlier in this process.
+    torch.manual_seed(0)
     model = TokenRewardModel.from_backbone("tiny", config.model_config(), tokenizer=tokenizer)
+    torch.nn.init.zeros_(model.head.weight)
     trainer = RewardTrainer(model, config, train_dataset=train, eval_dataset=held,
                             processing_class=tokenizer)
     before = trainer.evaluate()
-    assert before["eval_token_auroc"] < 0.8  # nothing known before training
+    assert before["eval_token_auroc"] == pytest.approx(0.5)  # nothing known before training
     trainer.train()
     evals = [h for h in trainer.state.log_history if "eval_token_auroc" in h]
     assert len(evals) == 2  # every evaluation (steps 40 and 80) reports the reward metrics

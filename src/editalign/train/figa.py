@@ -319,6 +319,11 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     data_kwargs = {f.name: getattr(data_ns, f.name) for f in fields(data_cls)}
     data_kwargs.update({name: getattr(config, name) for name in shared})
     data_args = DataArguments(**data_kwargs)
+    # Seed before any model is built: a new reward head or LoRA adapter is initialised from
+    # the global RNG, so without this two runs with the same --seed start differently.
+    from transformers import set_seed
+
+    set_seed(config.seed)
     return model_args, data_args, config
 
 

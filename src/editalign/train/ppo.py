@@ -570,6 +570,9 @@ def run(argv: Sequence[str]) -> int:
     check_choice("value_init", script.value_init, ("reward_model", "policy"))
     if not script.prompts or not script.reward_model:
         raise ValueError("--prompts and --reward_model are required")
+    from transformers import set_seed
+
+    set_seed(config.seed)  # before building models: a LoRA adapter or value head is random
     tokenizer = load_tokenizer(model_args.model)
     reward_model = TokenRewardModel.from_pretrained(script.reward_model, tokenizer=tokenizer)
     reward_model.requires_grad_(False)
