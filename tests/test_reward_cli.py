@@ -81,3 +81,21 @@ def test_score_refuses_data_labelled_with_another_tokenizer(token_rm, pairs, tmp
                  "--out", str(tmp_path / "s")])
     assert code == 2
     assert "differs from this model's tokenizer" in capsys.readouterr().err
+
+
+def test_same_seed_gives_the_same_reward_model_whatever_ran_before(pairs, tmp_path):
+    """The new head is drawn after seeding: two runs with one --seed are identical even when
+    the global RNG was disturbed in between, and another --seed gives another head."""
+    import torch
+    from safetensors.torch import load_file
+
+    def head(name: str, seed: str) -> torch.Tensor:
+        out = tmp_path / name
+        assert main(["train", "token-rm", "--data", str(pairs), "--output_dir", str(out),
+                     "--seed", seed, *TRAIN]) == 0
+        return load_file(out / "reward_head.safetensors")["weight"]
+
+    first = head("a", "0")
+    torch.rand(1000)  # what an earlier test or import might have done
+    assert torch.equal(head("b", "0"), first)
+    assert not torch.equal(head("c", "1"), first)
