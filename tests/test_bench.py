@@ -412,7 +412,17 @@ def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, ca
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results["results"]] == list(METHODS)
     assert results["config"]["max_steps"] == 2 and results["config"]["eval_limit"] == 4
-    assert (out / "results.md").read_text().count("\n") == len(METHODS) + 2
+    table = (out / "results.md").read_text().split("\n\n")[0]
+    assert table.count("\n") == len(METHODS) + 1  # header, rule, a row per method
+    # Held-out edit pairs from init evaluate both reward models; every method's samples get
+    # the gold judge's error counts.
+    assert (out / "bench" / "pairs.test.jsonl").is_file()
+    by_method = {r["method"]: r for r in results["results"]}
+    for arm in ("ppo-seq", "ppo-token"):
+        assert 0 <= by_method[arm]["reward_model_eval"]["token_auroc"] <= 1
+    assert "reward_model_eval" not in by_method["sft"]
+    assert set(by_method["figa"]["errors"]) == {"policy", "reference"}
+    assert by_method["figa"]["errors"]["policy"]["n"] == 4
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 2  # win rate + curves, embedded
     for section in ("Results", "Win rate", "Training curves", "Edit pairs",
@@ -457,3 +467,41 @@ def test_presets_leave_explicit_options_alone():
     assert quick.run_eval_max_new_tokens == PRESETS["quick"]["run_eval_max_new_tokens"]
     plain = apply_preset(parser.parse_args(["run"]))
     assert plain.run_max_steps == 100 and plain.preset is None
+
+
+def test_method_args_parse_into_per_stage_flags():
+    from editalign.bench.command import parse_method_args
+
+    assert parse_method_args(["figa=--gamma 0.5 --beta 1", "ppo=--kl_coef 0.1",
+                              "figa=--tau 0.7"]) == {
+        "figa": ["--gamma", "0.5", "--beta", "1", "--tau", "0.7"],
+        "ppo": ["--kl_coef", "0.1"]}
+    # The YAML form (--config): a mapping of stage to a flag string or list.
+    assert parse_method_args({"token-rm": "--equal_weight 1", "dpo": ["--beta", 0.2]}) == {
+        "token-rm": ["--equal_weight", "1"], "dpo": ["--beta", "0.2"]}
+    for bad in (["figa"], ["nope=--x 1"]):
+        with pytest.raises(ValueError, match="STAGE=FLAGS"):
+            parse_method_args(bad)
+
+
+def test_results_table_error_columns_and_reward_model_table():
+    from editalign.bench.runner import results_table, summarize
+
+    def errors(wrong, unwanted):
+        return {"policy": {"wrong_per_response": wrong, "unwanted_per_response": unwanted},
+                "reference": {"wrong_per_response": 1.0, "unwanted_per_response": 0.5}}
+
+    base = {"method": "ppo-token", "ci_low": 0.5, "ci_high": 0.75, "score_policy": 0.8,
+            "score_reference": 0.5, "kl": 1.0, "length_policy": 20.0, "train_seconds": 1.0}
+    rows = [{**base, "seed": 0, "win_rate": 0.6, "errors": errors(0.4, 0.1),
+             "reward_model_eval": {"pairwise_accuracy_sum": 0.75, "pairwise_accuracy_last": 0.5,
+                                   "token_auroc": 0.9}},
+            {**base, "seed": 1, "win_rate": 0.7, "errors": errors(0.6, 0.3)}]
+    summary = summarize(rows)[0]
+    assert summary["wrong_per_response_policy"] == pytest.approx(0.5)
+    assert summary["unwanted_per_response_policy"] == pytest.approx(0.2)
+    lines = results_table(rows).splitlines()
+    mean_row = next(x for x in lines if x.startswith("| ppo-token | 2 |"))
+    assert mean_row.endswith("| 0.50 (1.00) | 0.20 (0.50) |")
+    # The token RM's accuracy is read as the PPO arm reads it: summed over tokens.
+    assert lines[-1] == "| ppo-token | 0 | 0.750 | 0.900 |"

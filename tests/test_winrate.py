@@ -256,3 +256,24 @@ def test_parse_preference():
     assert parse_preference("neither") is None
     with pytest.raises(ValueError, match="unknown judge"):
         make_judge("llm")
+
+
+def test_samples_per_prompt_repeats_prompts_and_bootstraps_per_prompt(cache, bench_rows,
+                                                                      tmp_path):
+    k = 3
+    sampling = SamplingConfig(max_new_tokens=10, batch_size=4, seed=3, samples_per_prompt=k)
+    samples = tmp_path / "samples.jsonl"
+    result = evaluate_winrate("tiny-bench", "tiny-bench:1", bench_rows, GoldWinJudge(),
+                              sampling, n_resamples=300, samples_out=samples)
+    lines = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert result.n == k * len(bench_rows) == len(lines)
+    assert [x["sample"] for x in lines[:k]] == list(range(k))
+    assert [x["id"] for x in lines[:k]] == [bench_rows[0]["id"]] * k
+    outcomes = [x["outcome"] for x in lines]
+    assert result.win_rate == pytest.approx(win_rate(outcomes))
+    # The interval resamples prompts: it is the bootstrap of the per-prompt means.
+    per_prompt = [sum(outcomes[i:i + k]) / k for i in range(0, len(outcomes), k)]
+    assert (result.ci_low, result.ci_high) == bootstrap_interval(per_prompt, n_resamples=300,
+                                                                 seed=3)
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        SamplingConfig(samples_per_prompt=0)

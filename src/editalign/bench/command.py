@@ -74,8 +74,15 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--bench", help="directory written by `editalign bench init`")
     run.add_argument("--methods", default="sft,dpo,figa,ppo-seq,ppo-token",
                      help="comma-separated methods (default: %(default)s)")
+    run.add_argument("--method-args", dest="method_args", action="append", default=[],
+                     metavar="STAGE=FLAGS",
+                     help="extra `editalign train` flags for one stage, appended last (they "
+                     "win), e.g. --method-args 'figa=--gamma 0.5'; STAGE is a method, rm, "
+                     "token-rm, or ppo (both PPO arms); repeatable")
     run.add_argument("--seeds", default="0", help="comma-separated seeds: one full run (every "
                      "method trained and evaluated) per seed (default: %(default)s)")
+    run.add_argument("--num-seeds", type=int, default=None,
+                     help="shorthand for --seeds 0,1,...,N-1")
     for f in fields(RunConfig):
         if f.name in ("methods", "extra", "seed", "seeds"):
             continue
@@ -143,6 +150,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     test = sample_responses(policy, tokenizer, [r["prompt"] for r in test_rows], sampling)
     summary["policy_test_samples"] = judge_summary([s.text for s in test],
                                                    [r["bench"] for r in test_rows])
+    # Held-out edit pairs (the initial policy's test samples, revised): `bench run` reports
+    # every reward model's pair accuracy and token AUROC on them.
+    test_pairs = make_edit_pairs(test_rows, [s.text for s in test])
+    save_pairs_jsonl(test_pairs, out / "pairs.test.jsonl")
+    summary["test_pairs"] = {"n": len(test_pairs),
+                             "with_edit": sum(p.has_edit for p in test_pairs)}
     summary["seconds"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print("| responses | gold score | right attrs | wrong/resp | unwanted/resp | perfect |")
@@ -172,6 +185,28 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+STAGES = ("sft", "dpo", "figa", "ppo-seq", "ppo-token", "rm", "token-rm", "ppo")
+
+
+def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:
+    """``["figa=--gamma 0.5", "ppo=--kl_coef 0.1"]`` (or a YAML mapping of the same) ->
+    ``{"figa": ["--gamma", "0.5"], "ppo": ["--kl_coef", "0.1"]}``; repeated stages add up."""
+    import shlex
+
+    if isinstance(items, dict):
+        items = [f"{k}={v if isinstance(v, str) else shlex.join(map(str, v))}"
+                 for k, v in items.items()]
+    extra: dict[str, list[str]] = {}
+    for item in items or []:
+        stage, sep, flags = item.partition("=")
+        stage = stage.strip()
+        if not sep or stage not in STAGES:
+            raise ValueError(f"--method-args {item!r}: expected STAGE=FLAGS with STAGE one of "
+                             f"{', '.join(STAGES)}")
+        extra.setdefault(stage, []).extend(shlex.split(flags))
+    return extra
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from editalign.bench.runner import run_benchmark
 
@@ -189,7 +224,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.bench:
         raise ValueError("--bench (a directory written by `editalign bench init`) is required")
     config = RunConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-                       seeds=[int(x) for x in str(args.seeds).split(",") if x.strip()],
+                       seeds=(list(range(args.num_seeds)) if args.num_seeds else
+                              [int(x) for x in str(args.seeds).split(",") if x.strip()]),
+                       extra=parse_method_args(args.method_args),
                        **{f.name: getattr(args, "run_" + f.name) for f in fields(RunConfig)
                           if f.name not in ("methods", "extra", "seed", "seeds")})
     run_benchmark(args.bench, args.out, config)

@@ -134,6 +134,7 @@ def _table(results: Sequence[dict[str, Any]]) -> str:
 
     head = ("<tr><th>method</th><th>seeds</th><th>win rate</th><th>95% CI</th>"
             "<th>gold score</th><th>initial's score</th><th>KL</th><th>length</th>"
+            "<th>wrong values / resp (initial's)</th><th>unwanted / resp (initial's)</th>"
             "<th>train s</th><th>eval s</th></tr>")
     rows = []
     for m in summarize(results):
@@ -144,10 +145,15 @@ def _table(results: Sequence[dict[str, Any]]) -> str:
         kl = "n/a" if m["kl"] is None else f"{m['kl']:.2f}"
         train_s = sum(r.get("train_seconds", 0.0) for r in rs) / len(rs)
         eval_s = sum(r.get("eval_seconds", 0.0) for r in rs) / len(rs)
+        errs = ["n/a", "n/a"]
+        if "wrong_per_response_policy" in m:
+            errs = [f"{m[f'{k}_policy']:.2f} ({m[f'{k}_reference']:.2f})"
+                    for k in ("wrong_per_response", "unwanted_per_response")]
         rows.append(f"<tr><td>{html.escape(m['method'])}</td><td>{len(rs)}</td>"
                     f"<td>{m['win_rate']:.3f}{sd}</td><td>[{lo:.3f}, {hi:.3f}]</td>"
                     f"<td>{m['score_policy']:.3f}</td><td>{m['score_reference']:.3f}</td>"
-                    f"<td>{kl}</td><td>{m['length_policy']:.1f}</td><td>{train_s:.0f}</td>"
+                    f"<td>{kl}</td><td>{m['length_policy']:.1f}</td><td>{errs[0]}</td>"
+                    f"<td>{errs[1]}</td><td>{train_s:.0f}</td>"
                     f"<td>{eval_s:.0f}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -185,7 +191,7 @@ def _token_rewards(rm_dir: Path, pairs_file: Path, n: int) -> str | None:
 def write_report(out: str | Path, bench: str | Path, results: Sequence[dict[str, Any]],
                  *, pairs_shown: int = PAIRS_SHOWN) -> Path:
     """Write ``winrate.png``, ``curves.png`` (when anything was logged) and ``report.html``."""
-    from editalign.bench.runner import results_table
+    from editalign.bench.runner import HELD_OUT_PAIRS, results_table
 
     out, bench = Path(out), Path(bench)
     seeds = list(dict.fromkeys(r.get("seed", 0) for r in results))
@@ -226,13 +232,16 @@ def write_report(out: str | Path, bench: str | Path, results: Sequence[dict[str,
         except Exception as exc:  # the report must not lose the results over a preview
             logger.warning("edit-pair preview failed: %s", exc)
         rm_dir = run_dir / "token-rm"
+        held_out = out / HELD_OUT_PAIRS
+        shown, where = (held_out, "held-out edit pairs (the initial policy's test samples, "
+                        "revised)") if held_out.is_file() else (pairs_file, "training pairs")
         if (rm_dir / "reward_config.json").is_file():
             try:
-                doc = _token_rewards(rm_dir, pairs_file, pairs_shown)
+                doc = _token_rewards(rm_dir, shown, pairs_shown)
                 if doc:
                     parts += ["<h2>Token reward model</h2>",
-                              "<p>The token-level reward model trained for ppo-token, on the "
-                              "same pairs.</p>", _frame(doc, 640)]
+                              "<p>The token-level reward model trained for ppo-token, on "
+                              f"{where}.</p>", _frame(doc, 640)]
             except Exception as exc:
                 logger.warning("token-reward rendering failed: %s", exc)
     parts.append("</body></html>")

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo", "figa", "ppo-seq", "ppo-token")
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
+# The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
+# directory beside pairs.edited.jsonl; the reward models are evaluated on them.
+HELD_OUT_PAIRS = "pairs.test.edited.jsonl"
 TRAIN_DONE = "train_done.json"  # in <run>/<method>/, after training
 EVAL_DONE = "winrate.json"  # in <run>/<method>/, the evaluation result (the run's entry)
 
@@ -51,7 +54,12 @@ class RunConfig:
     eval_limit: int | None = None
     eval_max_new_tokens: int = 96
     eval_temperature: float = 1.0
-    extra: dict[str, list[str]] = field(default_factory=dict)  # method -> extra flags
+    eval_samples_per_prompt: int = 1  # responses per held-out prompt and side
+    eval_batch_size: int = 16
+    # Extra `editalign train` flags per stage, appended last so they override the shared
+    # ones: keys are methods (sft, dpo, figa, ppo-seq, ppo-token), the reward models
+    # (rm, token-rm) and ppo (both PPO arms; keep arm-specific PPO flags for the reward).
+    extra: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _common(config: RunConfig, lr: float) -> list[str]:
@@ -113,9 +121,11 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
         rm_dir = out / rm_method
         seconds = 0.0
         if not (rm_dir / "reward_config.json").is_file():  # both arms of a run share it
+            held_out = pairs.parent / HELD_OUT_PAIRS
             seconds += _train(rm_method, [
                 "--model", policy, "--data", str(pairs), "--output_dir", str(rm_dir),
                 *_common(config, config.rm_learning_rate),
+                *(["--eval_data", str(held_out)] if held_out.is_file() else []),
                 *config.extra.get(rm_method, [])])
         seconds += _train("ppo", [
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
@@ -124,7 +134,8 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
             "--rollout_batch_size", str(config.ppo_rollout_batch_size),
             "--per_device_train_batch_size", str(config.batch_size),
             "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
-            "--report_to", "none", "--save_strategy", "no", *extra])
+            "--report_to", "none", "--save_strategy", "no",
+            *config.extra.get("ppo", []), *extra])
         return target, seconds
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
@@ -154,6 +165,9 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     if not edited:
         raise ValueError(f"{bench}/pairs.train.jsonl has no pair with an edit")
     pairs_file = save_pairs_jsonl(edited, out / "pairs.edited.jsonl")
+    if (bench / "pairs.test.jsonl").is_file():  # older bench dirs have none
+        test_pairs, _ = load_pairs(bench / "pairs.test.jsonl")
+        save_pairs_jsonl([p for p in test_pairs if p.has_edit], out / HELD_OUT_PAIRS)
     rows = read_jsonl(bench / "prompts.test.jsonl")
     if config.eval_limit:
         rows = rows[:config.eval_limit]
@@ -164,7 +178,9 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
         # Each seed trains every method afresh and samples the evaluation with that seed.
         run_out = out / f"seed{seed}" if len(config.seeds) > 1 else out
         sampling = SamplingConfig(max_new_tokens=config.eval_max_new_tokens,
-                                  temperature=config.eval_temperature, seed=seed)
+                                  temperature=config.eval_temperature, seed=seed,
+                                  batch_size=config.eval_batch_size,
+                                  samples_per_prompt=config.eval_samples_per_prompt)
         bar = tqdm(config.methods, desc=f"bench run (seed {seed})", unit="method",
                    disable=not progress)
         for method in bar:
@@ -177,10 +193,15 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
                 continue
             policy_dir, seconds = train_method(method, bench, pairs_file, run_out, run)
             started = time.perf_counter()
+            samples = run_out / method / "eval_samples.jsonl"
             result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(),
-                                      sampling)
+                                      sampling, samples_out=samples)
             entry = {"method": method, "seed": seed, "train_seconds": seconds,
-                     "eval_seconds": time.perf_counter() - started, **result.to_dict()}
+                     "eval_seconds": time.perf_counter() - started, **result.to_dict(),
+                     "errors": _error_breakdown(samples, rows, sampling.samples_per_prompt)}
+            rm_eval = _reward_model_eval(method, run_out)
+            if rm_eval:
+                entry["reward_model_eval"] = rm_eval
             done.write_text(json.dumps(entry, indent=2) + "\n")
             results.append(entry)
             bar.write(result.table().splitlines()[-1])
@@ -198,6 +219,32 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     return results
 
 
+def _error_breakdown(samples: Path, rows: Sequence[dict[str, Any]], k: int
+                     ) -> dict[str, dict[str, float]]:
+    """What the gold judge finds in both sides' evaluation samples (wrong values, unwanted
+    phrases, right attributes): where a method's wins come from."""
+    from editalign.bench.task import judge_summary, read_jsonl
+
+    records = read_jsonl(samples)
+    infos = [row["bench"] for row in rows for _ in range(k)]
+    return {side: judge_summary([r[side] for r in records], infos)
+            for side in ("policy", "reference")}
+
+
+def _reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
+    """The PPO arm's reward model's metrics on the held-out edit pairs, if it has them."""
+    rm = {"ppo-seq": "rm", "ppo-token": "token-rm"}.get(method)
+    path = run_out / rm / "eval_results.json" if rm else None
+    if path is None or not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    # The PPO arm reads a sequence RM at the last token and a token RM summed over tokens:
+    # "pairwise_accuracy_last" / "_sum" is revised ≻ original as that arm sees it.
+    keep = ("eval_pairwise_accuracy_last", "eval_pairwise_accuracy_sum", "eval_token_auroc",
+            "eval_edit_auroc", "eval_calibration_mean_reward_original_equal", "eval_loss")
+    return {k.removeprefix("eval_"): metrics[k] for k in keep if k in metrics}
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per method: mean (and standard deviation over seeds) of the win rate, KL, score."""
     import statistics
@@ -213,6 +260,9 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "kl": statistics.fmean(kls) if kls else None,
                     "score_policy": statistics.fmean(r["score_policy"] for r in rs),
                     "score_reference": statistics.fmean(r["score_reference"] for r in rs),
+                    **{f"{key}_{side}": statistics.fmean(r["errors"][side][key] for r in rs)
+                       for key in ("wrong_per_response", "unwanted_per_response")
+                       for side in ("policy", "reference") if all("errors" in r for r in rs)},
                     "length_policy": statistics.fmean(r["length_policy"] for r in rs)})
     return out
 
@@ -228,11 +278,34 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
                      f"{r['score_reference']:.3f} | {kl} | {r['length_policy']:.1f} | "
                      f"{r['train_seconds']:.0f} |")
     if len({r.get("seed", 0) for r in results}) > 1:
-        lines += ["", "| method | seeds | mean win rate ± sd | gold score | initial's score | "
-                  "KL | length |", "|---|---|---|---|---|---|---|"]
+        errors = all("errors" in r for r in results)
+        head = ("| method | seeds | mean win rate ± sd | gold score | initial's score | KL | "
+                "length |")
+        if errors:  # where the wins come from: the gold judge's error counts, both sides
+            head += " wrong values / response (initial's) | unwanted phrases / response |"
+        lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
         for m in summarize(results):
             kl = "n/a" if m["kl"] is None else f"{m['kl']:.2f}"
-            lines.append(f"| {m['method']} | {len(m['seeds'])} | {m['win_rate']:.3f} ± "
-                         f"{m['win_rate_sd']:.3f} | {m['score_policy']:.3f} | "
-                         f"{m['score_reference']:.3f} | {kl} | {m['length_policy']:.1f} |")
+            row = (f"| {m['method']} | {len(m['seeds'])} | {m['win_rate']:.3f} ± "
+                   f"{m['win_rate_sd']:.3f} | {m['score_policy']:.3f} | "
+                   f"{m['score_reference']:.3f} | {kl} | {m['length_policy']:.1f} |")
+            if errors:
+                row += (f" {m['wrong_per_response_policy']:.2f} "
+                        f"({m['wrong_per_response_reference']:.2f}) | "
+                        f"{m['unwanted_per_response_policy']:.2f} "
+                        f"({m['unwanted_per_response_reference']:.2f}) |")
+            lines.append(row)
+    rm_rows = [r for r in results if r.get("reward_model_eval")]
+    if rm_rows:
+        lines += ["", "Reward models on the held-out edit pairs (the initial policy's test "
+                  "samples, revised): revised ≻ original as the PPO arm reads the reward "
+                  "(last token / sum of tokens), and AUROC of telling the original's "
+                  "deleted/substituted tokens from its kept ones.", "",
+                  "| PPO arm | seed | pair accuracy (as read) | token AUROC |", "|---|---|---|---|"]
+        for r in rm_rows:
+            ev = r["reward_model_eval"]
+            acc = ev.get("pairwise_accuracy_last" if r["method"] == "ppo-seq"
+                         else "pairwise_accuracy_sum", float("nan"))
+            lines.append(f"| {r['method']} | {r.get('seed', 0)} | {acc:.3f} | "
+                         f"{ev.get('token_auroc', float('nan')):.3f} |")
     return "\n".join(lines)

@@ -59,6 +59,13 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 16
     chat_template: str = "auto"
+    # Responses per prompt and side. Outcomes are averaged per prompt before the bootstrap,
+    # which resamples prompts: the interval does not pretend k samples are k prompts.
+    samples_per_prompt: int = 1
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
 
 
 @dataclass
@@ -227,6 +234,8 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
 
     sampling = sampling or SamplingConfig()
     started = time.perf_counter()
+    k = sampling.samples_per_prompt
+    rows = [row for row in rows for _ in range(k)]  # k consecutive copies of each prompt
     prompts = [row["prompt"] for row in rows]
     tok_a, tok_b = load_tokenizer(policy), load_tokenizer(reference)
     model_a = load_model(policy)
@@ -243,7 +252,8 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
     texts_a, texts_b = [s.text for s in samples_a], [s.text for s in samples_b]
     judgement = judge.compare(rows, texts_a, texts_b)
     outcomes = judgement.outcomes
-    low, high = bootstrap_interval(outcomes, n_resamples=n_resamples, seed=sampling.seed)
+    per_prompt = [sum(outcomes[i:i + k]) / k for i in range(0, len(outcomes), k)]
+    low, high = bootstrap_interval(per_prompt, n_resamples=n_resamples, seed=sampling.seed)
 
     def mean(xs: Sequence[float] | None) -> float | None:
         return None if xs is None else sum(xs) / len(xs)
@@ -253,7 +263,7 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as f:
             for i, row in enumerate(rows):
-                record = {"id": row.get("id", i), "prompt": row["prompt"],
+                record = {"id": row.get("id", i // k), "sample": i % k, "prompt": row["prompt"],
                           "policy": texts_a[i], "reference": texts_b[i],
                           "outcome": outcomes[i]}
                 if judgement.policy_scores is not None:
@@ -298,6 +308,8 @@ def add_eval_args(p: Any) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--samples-per-prompt", type=int, default=1,
+                   help="responses per prompt and side; the interval still resamples prompts")
     p.add_argument("--chat-template", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--out", help="write the result JSON here")
@@ -315,7 +327,8 @@ def cmd_eval(args: Any) -> int:
     judge = make_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                              batch_size=args.batch_size, chat_template=args.chat_template)
+                              batch_size=args.batch_size, chat_template=args.chat_template,
+                              samples_per_prompt=args.samples_per_prompt)
     result = evaluate_winrate(args.policy, args.reference, rows, judge, sampling,
                               n_resamples=args.bootstrap, samples_out=args.samples_out)
     print(result.table())

@@ -1,0 +1,164 @@
+"""Hyper-parameter selection for `editalign bench run`, on a *tuning* task.
+
+The reported benchmark (task seed 0) must not pick its own hyper-parameters, so every
+choice is made here on a task built from another seed (default 1: another world, other
+prompts, another initial policy), then frozen into the benchmark's defaults.
+
+Each grid point is one `editalign bench run` of a subset of methods into its own directory
+(so reruns resume), two at a time on this 2-core machine, one thread each. The result is
+the win rate of every (method, setting) against the tuning task's initial policy on its
+held-out prompts, with KL and gold score, in ``benchmarks/results/bench_tuning.{json,md}``.
+
+    python benchmarks/bench_tuning.py --bench /tmp/tune/bench --out /tmp/tune/runs
+    python benchmarks/bench_tuning.py --bench /tmp/tune/bench --out /tmp/tune/runs --only ppo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+# Shared by every grid point: the benchmark's budget (steps, batch, PPO iterations) and
+# evaluation; a point only changes the flags it names.
+COMMON = ["--seeds", "0", "--max-steps", "100", "--run-batch-size", "16",
+          "--ppo-iterations", "100", "--eval-samples-per-prompt", "4",
+          "--eval-batch-size", "72", "--eval-max-new-tokens", "64"]
+
+# name -> (methods, extra flags)
+SUPERVISED: dict[str, tuple[str, list[str]]] = {
+    "sft lr1e-4": ("sft", ["--learning-rate", "1e-4"]),
+    "sft lr3e-4": ("sft", ["--learning-rate", "3e-4"]),
+    "dpo lr3e-5": ("dpo", ["--learning-rate", "3e-5"]),
+    "dpo lr1e-4": ("dpo", ["--learning-rate", "1e-4"]),
+    "figa lr3e-5 g0": ("figa", ["--learning-rate", "3e-5"]),
+    "figa lr1e-4 g0": ("figa", ["--learning-rate", "1e-4"]),
+    "figa lr1e-4 g0.3": ("figa", ["--learning-rate", "1e-4", "--method-args",
+                                  "figa=--gamma 0.3"]),
+    "figa lr1e-4 g1": ("figa", ["--learning-rate", "1e-4", "--method-args", "figa=--gamma 1"]),
+    "figa lr3e-4 g1": ("figa", ["--learning-rate", "3e-4", "--method-args", "figa=--gamma 1"]),
+}
+# Second round, around the best first-round FIGA point (γ > 0 at lr 1e-4).
+FIGA: dict[str, tuple[str, list[str]]] = {
+    f"figa lr1e-4 g{g} b{b}": ("figa", ["--learning-rate", "1e-4", "--method-args",
+                                       f"figa=--gamma {g} --beta {b}"])
+    for g in (0.1, 0.3, 0.5) for b in (0, 0.5, 1)
+} | {
+    "figa lr1e-4 g0.3 b0.5 unlikelihood": ("figa", [
+        "--learning-rate", "1e-4", "--method-args", "figa=--gamma 0.3 --negative unlikelihood"]),
+    "figa lr1e-4 g0.3 b0.5 nogate": ("figa", [
+        "--learning-rate", "1e-4", "--method-args", "figa=--gamma 0.3 --gate none"]),
+}
+PPO: dict[str, tuple[str, list[str]]] = {
+    "ppo lr3e-5 eq0": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5"]),
+    "ppo lr3e-5 eq1": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5", "--method-args",
+                                             "token-rm=--equal_weight 1"]),
+    "ppo lr1e-4 eq1": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "1e-4", "--method-args",
+                                             "token-rm=--equal_weight 1"]),
+    "ppo lr1e-4 eq1 kl0.02": ("ppo-seq,ppo-token", [
+        "--ppo-learning-rate", "1e-4", "--method-args", "token-rm=--equal_weight 1",
+        "--method-args", "ppo=--kl_coef 0.02"]),
+}
+
+# Second round for the baselines, so they get a comparable share of the tuning effort.
+BASELINES: dict[str, tuple[str, list[str]]] = {
+    "sft lr3e-5": ("sft", ["--learning-rate", "3e-5"]),
+    "sft lr1e-3": ("sft", ["--learning-rate", "1e-3"]),
+    "dpo lr1e-5": ("dpo", ["--learning-rate", "1e-5"]),
+    "dpo lr3e-5 beta0.3": ("dpo", ["--learning-rate", "3e-5", "--method-args",
+                                   "dpo=--beta 0.3"]),
+    "dpo lr1e-4 beta0.3": ("dpo", ["--learning-rate", "1e-4", "--method-args",
+                                   "dpo=--beta 0.3"]),
+    "dpo lr3e-5 rpo1": ("dpo", ["--learning-rate", "3e-5", "--method-args",
+                                "dpo=--rpo_alpha 1"]),
+    "dpo lr1e-4 rpo1": ("dpo", ["--learning-rate", "1e-4", "--method-args",
+                                "dpo=--rpo_alpha 1"]),
+}
+EQ1 = ["--method-args", "token-rm=--equal_weight 1"]
+# Second round around the best first-round PPO point (lr 3e-5, equal tokens trained to 0).
+PPO2: dict[str, tuple[str, list[str]]] = {
+    "ppo2 lr3e-5 eq1": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5", *EQ1]),
+    "ppo2 lr3e-5 eq1 seed1": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5", *EQ1,
+                                                    "--seeds", "1"]),
+    "ppo2 lr3e-5 eq1 it200": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5", *EQ1,
+                                                    "--ppo-iterations", "200"]),
+    "ppo2 lr5e-5 eq1": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "5e-5", *EQ1]),
+    "ppo2 lr3e-5 eq1 kl0.1": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5", *EQ1,
+                                                    "--method-args", "ppo=--kl_coef 0.1"]),
+    "ppo2 lr3e-5 eq0.3": ("ppo-seq,ppo-token", ["--ppo-learning-rate", "3e-5", "--method-args",
+                                                "token-rm=--equal_weight 0.3"]),
+}
+
+
+def run_point(name: str, methods: str, flags: list[str], bench: Path, out: Path
+              ) -> list[dict]:
+    target = out / name.replace(" ", "_")
+    cmd = [sys.executable, "-m", "editalign.cli", "bench", "run", "--bench", str(bench),
+           "--out", str(target), "--methods", methods, *COMMON, *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    target.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with (target / "log.txt").open("w") as log:
+        code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code:
+        raise RuntimeError(f"{name}: exit {code}, see {target / 'log.txt'}")
+    rows = json.loads((target / "results.json").read_text())["results"]
+    print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return [{"point": name, "flags": flags, "method": r["method"], "win_rate": r["win_rate"],
+             "ci_low": r["ci_low"], "ci_high": r["ci_high"], "kl": r["kl"],
+             "score_policy": r["score_policy"], "score_reference": r["score_reference"],
+             "length_policy": r["length_policy"], "train_seconds": r["train_seconds"]}
+            for r in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bench", required=True, help="a tuning task from `bench init`")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="supervised,ppo",
+                        help="comma-separated grids: supervised, figa, baselines, ppo, ppo2")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--tag", default="bench_tuning")
+    args = parser.parse_args()
+    grids = {"supervised": SUPERVISED, "figa": FIGA, "baselines": BASELINES, "ppo": PPO,
+             "ppo2": PPO2}
+    grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
+    bench, out = Path(args.bench), Path(args.out)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(run_point, name, m, f, bench, out)
+                   for name, (m, f) in grid.items()]
+        rows = [row for fut in futures for row in fut.result()]
+    summary = json.loads((bench / "summary.json").read_text())
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.tag}.json"
+    previous = json.loads(path.read_text())["rows"] if path.is_file() else []
+    names = {r["point"] for r in rows}
+    rows = [r for r in previous if r["point"] not in names] + rows
+    path.write_text(json.dumps({
+        "what": "win rate vs the tuning task's initial policy, held-out prompts, gold judge",
+        "task": summary["config"], "common_flags": COMMON, "rows": rows,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "command": "python benchmarks/bench_tuning.py --bench BENCH --out OUT "
+                   "(BENCH from `editalign bench init --out BENCH --seed 1`)"}, indent=2) + "\n")
+    lines = ["| setting | method | win rate | 95% CI | gold score | initial's | KL | length |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        kl = "n/a" if r["kl"] is None else f"{r['kl']:.2f}"
+        lines.append(f"| {r['point']} | {r['method']} | {r['win_rate']:.3f} | "
+                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['score_policy']:.3f} | "
+                     f"{r['score_reference']:.3f} | {kl} | {r['length_policy']:.1f} |")
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
