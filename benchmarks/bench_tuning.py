@@ -31,7 +31,9 @@ RESULTS = Path(__file__).parent / "results"
 # evaluation; a point only changes the flags it names.
 COMMON = ["--seeds", "0", "--max-steps", "100", "--run-batch-size", "16",
           "--ppo-iterations", "100", "--eval-samples-per-prompt", "4",
-          "--eval-batch-size", "72", "--eval-max-new-tokens", "64"]
+          "--eval-batch-size", "72", "--eval-max-new-tokens", "64",
+          # every trainer's own defaults: a point sets exactly what its name says
+          "--untuned"]
 
 # name -> (methods, extra flags)
 SUPERVISED: dict[str, tuple[str, list[str]]] = {
@@ -77,10 +79,66 @@ BASELINES: dict[str, tuple[str, list[str]]] = {
                                    "dpo=--beta 0.3"]),
     "dpo lr1e-4 beta0.3": ("dpo", ["--learning-rate", "1e-4", "--method-args",
                                    "dpo=--beta 0.3"]),
-    "dpo lr3e-5 rpo1": ("dpo", ["--learning-rate", "3e-5", "--method-args",
-                                "dpo=--rpo_alpha 1"]),
-    "dpo lr1e-4 rpo1": ("dpo", ["--learning-rate", "1e-4", "--method-args",
-                                "dpo=--rpo_alpha 1"]),
+    # DPO + SFT on the revised side (RPO; TRL 1.x spells it as two weighted loss types).
+    "dpo+sft lr3e-5": ("dpo", ["--learning-rate", "3e-5", "--method-args",
+                               "dpo=--loss_type sigmoid sft --loss_weights 1 1"]),
+    "dpo+sft lr1e-4": ("dpo", ["--learning-rate", "1e-4", "--method-args",
+                               "dpo=--loss_type sigmoid sft --loss_weights 1 1"]),
+}
+# Third round: SFT did best at the top of its learning-rate range, so every method gets the
+# same range {3e-5, 1e-4, 3e-4, 1e-3} at its best other settings.
+FIGA_BEST = ["--method-args", "figa=--gamma 0.5 --beta 1"]
+LR_RANGE: dict[str, tuple[str, list[str]]] = {
+    "figa lr3e-5 g0.5 b1": ("figa", ["--learning-rate", "3e-5", *FIGA_BEST]),
+    "figa lr3e-4 g0.5 b1": ("figa", ["--learning-rate", "3e-4", *FIGA_BEST]),
+    "figa lr1e-3 g0.5 b1": ("figa", ["--learning-rate", "1e-3", *FIGA_BEST]),
+    "dpo lr3e-4": ("dpo", ["--learning-rate", "3e-4"]),
+    "dpo lr1e-3": ("dpo", ["--learning-rate", "1e-3"]),
+    "dpo lr3e-4 beta0.3": ("dpo", ["--learning-rate", "3e-4", "--method-args",
+                                   "dpo=--beta 0.3"]),
+    "dpo+sft lr3e-4": ("dpo", ["--learning-rate", "3e-4", "--method-args",
+                               "dpo=--loss_type sigmoid sft --loss_weights 1 1"]),
+    "dpo+sft lr1e-3": ("dpo", ["--learning-rate", "1e-3", "--method-args",
+                               "dpo=--loss_type sigmoid sft --loss_weights 1 1"]),
+}
+# Fourth round: the NLL-anchored methods were best at the top of that range; extend it, and
+# ablate FIGA at its best learning rate (γ = 1, β = 0 is SFT exactly).
+DPO_SFT = ["--method-args", "dpo=--loss_type sigmoid sft --loss_weights 1 1"]
+LR_TOP: dict[str, tuple[str, list[str]]] = {
+    "sft lr3e-3": ("sft", ["--learning-rate", "3e-3"]),
+    "figa lr3e-3 g0.5 b1": ("figa", ["--learning-rate", "3e-3", *FIGA_BEST]),
+    "dpo+sft lr3e-3": ("dpo", ["--learning-rate", "3e-3", *DPO_SFT]),
+    "figa lr1e-3 g1 b1": ("figa", ["--learning-rate", "1e-3", "--method-args",
+                                   "figa=--gamma 1 --beta 1"]),
+    "figa lr1e-3 g0.5 b0": ("figa", ["--learning-rate", "1e-3", "--method-args",
+                                     "figa=--gamma 0.5 --beta 0"]),
+    "figa lr1e-3 g0.3 b1": ("figa", ["--learning-rate", "1e-3", "--method-args",
+                                     "figa=--gamma 0.3 --beta 1"]),
+    "figa lr1e-3 g0 b0.5": ("figa", ["--learning-rate", "1e-3"]),
+}
+# Fifth round: SFT was still rising at 3e-3 and FIGA (β = 1) collapsed there; find SFT's peak
+# and give FIGA a smaller push-down at that rate.
+LR_PEAK: dict[str, tuple[str, list[str]]] = {
+    "sft lr1e-2": ("sft", ["--learning-rate", "1e-2"]),
+    "figa lr3e-3 g1 b0.5": ("figa", ["--learning-rate", "3e-3", "--method-args",
+                                     "figa=--gamma 1 --beta 0.5"]),
+    "figa lr3e-3 g1 b0.25": ("figa", ["--learning-rate", "3e-3", "--method-args",
+                                      "figa=--gamma 1 --beta 0.25"]),
+    "figa lr3e-3 g0.5 b0.25": ("figa", ["--learning-rate", "3e-3", "--method-args",
+                                        "figa=--gamma 0.5 --beta 0.25"]),
+    "figa lr1e-2 g1 b0.25": ("figa", ["--learning-rate", "1e-2", "--method-args",
+                                      "figa=--gamma 1 --beta 0.25"]),
+    "dpo+sft lr1e-2": ("dpo", ["--learning-rate", "1e-2", *DPO_SFT]),
+}
+# Sixth round, after every method got the same (linear-decay) schedule: FIGA had run at its
+# official constant rate while TRL's SFT/DPO decay linearly, so FIGA's high-rate points above
+# trained hotter than SFT's. SFT and DPO are unchanged by this (already linear).
+LINEAR: dict[str, tuple[str, list[str]]] = {
+    f"figa linear lr{lr} g{g} b{b}": ("figa", ["--learning-rate", lr, "--method-args",
+                                              f"figa=--gamma {g} --beta {b}"])
+    for lr, g, b in [("1e-3", 1, 1), ("1e-3", 0.5, 1), ("3e-3", 1, 1), ("3e-3", 1, 0.5),
+                     ("3e-3", 1, 0.25), ("3e-3", 0.5, 1), ("3e-3", 0.5, 0.5), ("3e-3", 1, 0),
+                     ("1e-3", 0, 0.5)]
 }
 EQ1 = ["--method-args", "token-rm=--equal_weight 1"]
 # Second round around the best first-round PPO point (lr 3e-5, equal tokens trained to 0).
@@ -124,12 +182,14 @@ def main() -> None:
     parser.add_argument("--bench", required=True, help="a tuning task from `bench init`")
     parser.add_argument("--out", required=True)
     parser.add_argument("--only", default="supervised,ppo",
-                        help="comma-separated grids: supervised, figa, baselines, ppo, ppo2")
+                        help="comma-separated grids: supervised, figa, baselines, lr_range, lr_top, "
+                        "lr_peak, linear, ppo, ppo2")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tag", default="bench_tuning")
     args = parser.parse_args()
-    grids = {"supervised": SUPERVISED, "figa": FIGA, "baselines": BASELINES, "ppo": PPO,
-             "ppo2": PPO2}
+    grids = {"supervised": SUPERVISED, "figa": FIGA, "baselines": BASELINES,
+             "lr_range": LR_RANGE, "lr_top": LR_TOP, "lr_peak": LR_PEAK, "linear": LINEAR,
+             "ppo": PPO, "ppo2": PPO2}
     grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
     bench, out = Path(args.bench), Path(args.out)
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -5,6 +5,7 @@ import math
 import random
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from rapidfuzz.distance import Levenshtein
@@ -447,9 +448,11 @@ def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, ca
     assert changed == {"figa/winrate.json", "dpo/train_done.json", "dpo/winrate.json"}
     again = json.loads((out / "results.json").read_text())["results"]
     assert [r["method"] for r in again] == list(METHODS)
-    first = results["results"]
-    assert again[3:] == first[3:] and again[0] == first[0]  # read back, not rerun
-    assert again[2]["win_rate"] == first[2]["win_rate"]  # same policy, same sampling seed
+    first = {r["method"]: r for r in results["results"]}
+    again = {r["method"]: r for r in again}
+    for method in set(METHODS) - {"dpo", "figa"}:
+        assert again[method] == first[method], method  # read back, not rerun
+    assert again["figa"]["win_rate"] == first["figa"]["win_rate"]  # same policy and seed
 
 
 def test_presets_leave_explicit_options_alone():
@@ -464,7 +467,11 @@ def test_presets_leave_explicit_options_alone():
     assert args.run_ppo_iterations == PRESETS["smoke"]["run_ppo_iterations"]
     assert args.sft_steps == PRESETS["smoke"]["sft_steps"]
     quick = apply_preset(parser.parse_args(["run", "--quick"]))
-    assert quick.run_eval_max_new_tokens == PRESETS["quick"]["run_eval_max_new_tokens"]
+    assert quick.max_new_tokens == PRESETS["quick"]["max_new_tokens"] and not quick.num_seeds
+    assert apply_preset(parser.parse_args(["run", "--full"])).num_seeds == 5
+    full = apply_preset(parser.parse_args(["run", "--full", "--seeds", "3,4"]))
+    assert full.num_seeds is None and full.seeds == "3,4"  # explicit seeds win
+    assert apply_preset(parser.parse_args(["run", "--full", "--num-seeds", "3"])).num_seeds == 3
     plain = apply_preset(parser.parse_args(["run"]))
     assert plain.run_max_steps == 100 and plain.preset is None
 
@@ -505,3 +512,46 @@ def test_results_table_error_columns_and_reward_model_table():
     assert mean_row.endswith("| 0.50 (1.00) | 0.20 (0.50) |")
     # The token RM's accuracy is read as the PPO arm reads it: summed over tokens.
     assert lines[-1] == "| ppo-token | 0 | 0.750 | 0.900 |"
+
+
+def test_each_method_gets_its_tuned_settings_and_explicit_flags_win(tmp_path, monkeypatch):
+    from editalign.bench import runner
+
+    calls: list[tuple[str, list[str]]] = []
+
+    def fake_train(trainer, argv):
+        calls.append((trainer, argv))
+        out = Path(argv[argv.index("--output_dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reward_config.json").write_text("{}")
+        return 0.0
+
+    monkeypatch.setattr(runner, "_train", fake_train)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "prompts.train.jsonl").write_text("")
+
+    def flags(config, method):
+        calls.clear()
+        runner.train_method(method, tmp_path / "bench", tmp_path / "pairs.jsonl",
+                            tmp_path / f"out{len(list(tmp_path.iterdir()))}", config)
+        return calls
+
+    def value(argv, flag):  # the last occurrence wins in argparse
+        return argv[len(argv) - 1 - argv[::-1].index(flag) + 1]
+
+    tuned = runner.RunConfig()
+    [(trainer, argv)] = flags(tuned, "figa")
+    assert trainer == "figa"
+    assert float(value(argv, "--learning_rate")) == runner.TUNED_LEARNING_RATES["figa"]
+    assert value(argv, "--gamma") == "1" and value(argv, "--beta") == "0.25"
+    [(trainer, argv)] = flags(tuned, "dpo-sft")
+    assert trainer == "dpo" and argv[argv.index("--loss_type") + 1:][:2] == ["sigmoid", "sft"]
+    (rm, rm_argv), (ppo, ppo_argv) = flags(tuned, "ppo-token")
+    assert (rm, ppo) == ("token-rm", "ppo") and value(rm_argv, "--equal_weight") == "1"
+    assert value(ppo_argv, "--reward") == "token"
+    # An explicit learning rate and --method-args override; --untuned drops the tuned flags.
+    mine = runner.RunConfig(learning_rate=2e-5, extra={"figa": ["--gamma", "0"]})
+    [(_, argv)] = flags(mine, "figa")
+    assert value(argv, "--learning_rate") == "2e-05" and value(argv, "--gamma") == "0"
+    [(_, argv)] = flags(runner.RunConfig(tuned=False), "figa")
+    assert "--gamma" not in argv

@@ -21,21 +21,22 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from editalign.bench.runner import RunConfig
+from editalign.bench.runner import METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import BenchConfig
 
-# Sizes of `bench run --quick` / `--smoke` (argparse destinations; every method shares the
-# same pairs, steps, batch size and seed as always). Applied only to options left at their
-# defaults.
+# Sizes of `bench run --full` / `--quick` / `--smoke` (argparse destinations; every method
+# shares the same pairs, steps, batch size and seed as always). Applied only to options left
+# at their defaults. --full is the reported setting; --quick is one seed of it.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"max_new_tokens": 64, "run_ppo_learning_rate": 3e-5,
-              "run_eval_max_new_tokens": 64},
+    "full": {"max_new_tokens": 64, "num_seeds": 5},
+    "quick": {"max_new_tokens": 64},
     "smoke": {"num_people": 4, "num_animals": 2, "responses_per_prompt": 2, "sft_steps": 30,
               "sft_batch_size": 8, "sft_warmup_steps": 2, "samples_per_prompt": 1,
               "max_new_tokens": 16, "run_max_steps": 2, "run_batch_size": 4,
               "run_ppo_iterations": 1, "run_ppo_rollout_batch_size": 4, "run_eval_limit": 4,
-              "run_eval_max_new_tokens": 8},
+              "run_eval_max_new_tokens": 8, "run_eval_samples_per_prompt": 1,
+              "run_eval_batch_size": 8},
 }
 
 
@@ -48,10 +49,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="init: task files, initial policy, edit pairs (into --out); run: train "
                    "every method on the pairs of --bench and measure win rates (into --out)")
     p.add_argument("--config", help="YAML file whose keys are any of these options")
+    p.add_argument("--full", dest="preset", action="store_const", const="full",
+                   help="run: the reported benchmark on tiny-bench: bench init into OUT/bench "
+                   "when --bench is not given, every method at the tuned settings for 5 seeds, "
+                   "evaluation, report (~25 min on this 2-core CPU). Explicit options win.")
     p.add_argument("--quick", dest="preset", action="store_const", const="quick",
-                   help="run: the whole pipeline at a small size on tiny-bench (bench init into "
-                   "OUT/bench when --bench is not given, every method, evaluation, report; "
-                   "~4 min on 2 CPU cores). Options given explicitly still win.")
+                   help="run: --full with one seed (~6 min); the demo runs this")
     p.add_argument("--smoke", dest="preset", action="store_const", const="smoke",
                    help="like --quick at a toy size (seconds; checks the pipeline runs, "
                    "its numbers mean nothing)")
@@ -72,7 +75,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                          help=f"(default: {f.default})")
     run = p.add_argument_group("bench run (see editalign.bench.runner)")
     run.add_argument("--bench", help="directory written by `editalign bench init`")
-    run.add_argument("--methods", default="sft,dpo,figa,ppo-seq,ppo-token",
+    run.add_argument("--methods", default=",".join(METHODS),
                      help="comma-separated methods (default: %(default)s)")
     run.add_argument("--method-args", dest="method_args", action="append", default=[],
                      metavar="STAGE=FLAGS",
@@ -86,8 +89,13 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     for f in fields(RunConfig):
         if f.name in ("methods", "extra", "seed", "seeds"):
             continue
+        if f.name == "tuned":
+            run.add_argument("--untuned", dest="run_tuned", action="store_false",
+                             help="every trainer's own defaults instead of the settings tuned "
+                             "on the tuning task (editalign.bench.runner.TUNED_ARGS)")
+            continue
         default = f.default if f.default is not MISSING else None
-        kind = int if f.name == "eval_limit" else type(default)
+        kind = {"eval_limit": int, "learning_rate": float}.get(f.name, type(default))
         run.add_argument(_flag("run_" + f.name) if f.name in ("batch_size",) else _flag(f.name),
                          dest="run_" + f.name, type=kind, default=default,
                          help=f"(default: {default})")
@@ -180,12 +188,14 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     add_bench_args(parser)
     defaults = vars(parser.parse_args([args.action]))
     for dest, value in PRESETS[preset].items():
+        if dest == "num_seeds" and args.seeds != defaults["seeds"]:
+            continue  # explicit --seeds is also an explicit number of seeds
         if getattr(args, dest) == defaults[dest]:
             setattr(args, dest, value)
     return args
 
 
-STAGES = ("sft", "dpo", "figa", "ppo-seq", "ppo-token", "rm", "token-rm", "ppo")
+STAGES = (*METHODS, "rm", "token-rm", "ppo")
 
 
 def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:

@@ -9,6 +9,7 @@ prompts. Methods:
 
 - ``sft``: TRL SFT on the revised responses;
 - ``dpo``: TRL DPO, revised preferred over original;
+- ``dpo-sft``: TRL DPO plus SFT on the revised side (RPO);
 - ``figa``: the FIGA loss;
 - ``ppo-seq``: a sequence-level reward model (``rm``) then PPO with its last-token reward;
 - ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards.
@@ -30,7 +31,27 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sft", "dpo", "figa", "ppo-seq", "ppo-token")
+METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
+# The `editalign train` command of each supervised method, and the flags that make it that
+# method: dpo-sft is DPO plus SFT on the revised side (RPO, Pang et al. 2024; TRL 1.x writes
+# it as two weighted loss types), the strongest pairwise baseline we know to run.
+SUPERVISED = {"sft": ("sft", []), "dpo": ("dpo", []), "figa": ("figa", []),
+              "dpo-sft": ("dpo", ["--loss_type", "sigmoid", "sft", "--loss_weights", "1", "1"])}
+
+# Hyper-parameters chosen on a *tuning* task (another world: `bench init --seed 1`), never
+# on the reported one: benchmarks/bench_tuning.py, results in
+# benchmarks/results/bench_tuning_*.{json,md}; each method got the same learning-rate range.
+TUNED_LEARNING_RATES = {"sft": 3e-3, "dpo": 1e-4, "dpo-sft": 1e-3, "figa": 3e-3}
+TUNED_ARGS: dict[str, list[str]] = {
+    "dpo": ["--beta", "0.3"],
+    # The best FIGA with a push-down term: γ = 1 (every revised token), β = 0.25 on the
+    # deletions. On the tuning task β = 0 was better still, but that is SFT exactly; γ < 1
+    # and larger β lost at every tuned rate, and the official γ = 0 diverged at lr ≥ 1e-3.
+    "figa": ["--gamma", "1", "--beta", "0.25"],
+    # Kept tokens trained towards reward 0: without it the token RM gives every kept token
+    # a negative reward (Σ ≈ −10 per response), a length penalty that PPO then follows.
+    "token-rm": ["--equal_weight", "1"],
+}
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
 # The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
 # directory beside pairs.edited.jsonl; the reward models are evaluated on them.
@@ -44,28 +65,39 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     max_steps: int = 100  # optimizer steps of sft / dpo / figa and of each reward model
     batch_size: int = 16
-    learning_rate: float = 1e-4
+    learning_rate: float | None = None  # sft / dpo / dpo-sft / figa; None: TUNED_LEARNING_RATES
     rm_learning_rate: float = 1e-3
-    ppo_iterations: int = 20
+    ppo_iterations: int = 100
     ppo_rollout_batch_size: int = 16
-    ppo_learning_rate: float = 1e-5
+    ppo_learning_rate: float = 5e-5
     seed: int = 0  # the seed of one run (set from ``seeds`` by run_benchmark)
     seeds: list[int] = field(default_factory=lambda: [0])  # one full run per seed
     eval_limit: int | None = None
-    eval_max_new_tokens: int = 96
+    eval_max_new_tokens: int = 64
     eval_temperature: float = 1.0
-    eval_samples_per_prompt: int = 1  # responses per held-out prompt and side
-    eval_batch_size: int = 16
+    eval_samples_per_prompt: int = 4  # responses per held-out prompt and side
+    eval_batch_size: int = 72
     # Extra `editalign train` flags per stage, appended last so they override the shared
-    # ones: keys are methods (sft, dpo, figa, ppo-seq, ppo-token), the reward models
-    # (rm, token-rm) and ppo (both PPO arms; keep arm-specific PPO flags for the reward).
+    # and tuned ones: keys are methods, the reward models (rm, token-rm) and ppo (both PPO
+    # arms; keep arm-specific PPO flags for the reward).
     extra: dict[str, list[str]] = field(default_factory=dict)
+    tuned: bool = True  # apply TUNED_ARGS (False: every trainer's own defaults)
+
+    def stage_args(self, stage: str) -> list[str]:
+        return [*(TUNED_ARGS.get(stage, []) if self.tuned else []), *self.extra.get(stage, [])]
+
+    def method_learning_rate(self, method: str) -> float:
+        return self.learning_rate if self.learning_rate is not None \
+            else TUNED_LEARNING_RATES[method]
 
 
 def _common(config: RunConfig, lr: float) -> list[str]:
     return ["--max_steps", str(config.max_steps),
             "--per_device_train_batch_size", str(config.batch_size),
             "--learning_rate", str(lr), "--seed", str(config.seed),
+            # One schedule for every method (TRL's trainers default to linear decay, FIGA's
+            # official code to constant): a method must not win by its schedule.
+            "--lr_scheduler_type", "linear",
             "--report_to", "none", "--save_strategy", "no",
             "--logging_steps", str(max(1, min(10, config.max_steps // 5))),
             "--disable_tqdm", "True"]
@@ -98,7 +130,7 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
                  ) -> tuple[Path, float]:
     """Train one method; returns the policy directory and the seconds it took."""
     policy = str(bench / "policy")
-    extra = list(config.extra.get(method, []))
+    extra = config.stage_args(method)
     target = out / method
     marker = target / TRAIN_DONE
     if marker.is_file():  # resume: this stage finished in an earlier (interrupted) run
@@ -112,9 +144,12 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
 def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig,
                   policy: str, extra: list[str]) -> tuple[Path, float]:
     target = out / method
-    if method in ("sft", "dpo", "figa"):
-        seconds = _train(method, ["--model", policy, "--data", str(pairs), "--output_dir",
-                                  str(target), *_common(config, config.learning_rate), *extra])
+    if method in SUPERVISED:
+        trainer, flags = SUPERVISED[method]
+        seconds = _train(trainer, ["--model", policy, "--data", str(pairs), "--output_dir",
+                                   str(target),
+                                   *_common(config, config.method_learning_rate(method)),
+                                   *flags, *extra])
         return target, seconds
     if method in ("ppo-seq", "ppo-token"):
         rm_method, reward = ("rm", "sequence") if method == "ppo-seq" else ("token-rm", "token")
@@ -126,7 +161,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
                 "--model", policy, "--data", str(pairs), "--output_dir", str(rm_dir),
                 *_common(config, config.rm_learning_rate),
                 *(["--eval_data", str(held_out)] if held_out.is_file() else []),
-                *config.extra.get(rm_method, [])])
+                *config.stage_args(rm_method)])
         seconds += _train("ppo", [
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
             "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
@@ -135,7 +170,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
             "--per_device_train_batch_size", str(config.batch_size),
             "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
             "--report_to", "none", "--save_strategy", "no",
-            *config.extra.get("ppo", []), *extra])
+            *config.stage_args("ppo"), *extra])
         return target, seconds
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
