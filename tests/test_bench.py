@@ -220,6 +220,15 @@ def test_reviser_hand_cases():
     assert [e.kind for e in revision.edits] == ["wrong_value", "wrong_name", "repeat"]
     # A species for a person cannot be fixed by a minimal edit: left alone.
     assert revise("Tessa is a cat.", TESSA).text == "Tessa is a cat."
+    # One kind of error at a time.
+    text = "Tessa Dorsey works as a pilot, I think. I hope this helps!"
+    assert revise(text, TESSA, kinds={"hedge", "filler"}).text == \
+        "Tessa Dorsey works as a pilot."
+    assert revise(text, TESSA, kinds={"wrong_value"}).text == \
+        "Tessa Dorsey works as a farmer, I think. I hope this helps!"
+    assert revise(text, TESSA, kinds=()).text == text
+    with pytest.raises(ValueError, match="unknown edit kinds"):
+        revise(text, TESSA, kinds={"typo"})
 
 
 # --------------------------------------------------------------------------- gold judge
@@ -468,7 +477,7 @@ def test_presets_leave_explicit_options_alone():
     assert args.sft_steps == PRESETS["smoke"]["sft_steps"]
     quick = apply_preset(parser.parse_args(["run", "--quick"]))
     assert quick.max_new_tokens == PRESETS["quick"]["max_new_tokens"] and not quick.num_seeds
-    assert apply_preset(parser.parse_args(["run", "--full"])).num_seeds == 5
+    assert apply_preset(parser.parse_args(["run", "--full"])).num_seeds == 10
     full = apply_preset(parser.parse_args(["run", "--full", "--seeds", "3,4"]))
     assert full.num_seeds is None and full.seeds == "3,4"  # explicit seeds win
     assert apply_preset(parser.parse_args(["run", "--full", "--num-seeds", "3"])).num_seeds == 3
@@ -555,3 +564,30 @@ def test_each_method_gets_its_tuned_settings_and_explicit_flags_win(tmp_path, mo
     assert value(argv, "--learning_rate") == "2e-05" and value(argv, "--gamma") == "0"
     [(_, argv)] = flags(runner.RunConfig(tuned=False), "figa")
     assert "--gamma" not in argv
+
+
+def test_paired_comparison_by_hand(tmp_path):
+    from editalign.bench.runner import RunConfig, comparisons, paired_comparison
+    from editalign.eval.winrate import bootstrap_interval
+
+    # Two seeds, two prompts, two samples each: outcomes of A and B against one reference.
+    outcomes = {0: {"figa": [1, 0.5, 0, 1], "sft": [0, 0.5, 0, 1]},
+                1: {"figa": [1, 1, 1, 0], "sft": [1, 1, 0.5, 0]}}
+    for seed, by_method in outcomes.items():
+        for method, values in by_method.items():
+            d = tmp_path / f"seed{seed}" / method
+            d.mkdir(parents=True)
+            rows = [{"id": f"q{i // 2}", "sample": i % 2, "outcome": o}
+                    for i, o in enumerate(values)]
+            (d / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    c = paired_comparison(tmp_path, [0, 1], "figa", "sft", n_resamples=500)
+    # per seed: (1 + 0 + 0 + 0) / 4 and (0 + 0 + 0.5 + 0) / 4
+    assert c["per_seed"] == [0.25, 0.125] and c["difference"] == pytest.approx(0.1875)
+    assert c["seeds_ahead"] == 2 and c["seeds"] == 2
+    # per prompt over seeds and samples: q0 (1 + 0 + 0 + 0) / 4, q1 (0 + 0 + 0.5 + 0) / 4
+    assert (c["ci_low"], c["ci_high"]) == bootstrap_interval([0.25, 0.125], n_resamples=500,
+                                                             seed=0)
+    # Only comparisons whose two methods ran, and only when both have samples.
+    found = comparisons(tmp_path, RunConfig(methods=["sft", "figa"], seeds=[0, 1]))
+    assert [(x["a"], x["b"]) for x in found] == [("figa", "sft")]
+    assert paired_comparison(tmp_path, [0, 1], "figa", "dpo") is None

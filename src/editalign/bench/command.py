@@ -29,7 +29,7 @@ from editalign.bench.world import BenchConfig
 # shares the same pairs, steps, batch size and seed as always). Applied only to options left
 # at their defaults. --full is the reported setting; --quick is one seed of it.
 PRESETS: dict[str, dict[str, Any]] = {
-    "full": {"max_new_tokens": 64, "num_seeds": 5},
+    "full": {"max_new_tokens": 64, "num_seeds": 10},
     "quick": {"max_new_tokens": 64},
     "smoke": {"num_people": 4, "num_animals": 2, "responses_per_prompt": 2, "sft_steps": 30,
               "sft_batch_size": 8, "sft_warmup_steps": 2, "samples_per_prompt": 1,
@@ -51,10 +51,10 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file whose keys are any of these options")
     p.add_argument("--full", dest="preset", action="store_const", const="full",
                    help="run: the reported benchmark on tiny-bench: bench init into OUT/bench "
-                   "when --bench is not given, every method at the tuned settings for 5 seeds, "
-                   "evaluation, report (~25 min on this 2-core CPU). Explicit options win.")
+                   "when --bench is not given, every method at the tuned settings for 10 seeds, "
+                   "evaluation, report (~15 min on a 2-core CPU). Explicit options win.")
     p.add_argument("--quick", dest="preset", action="store_const", const="quick",
-                   help="run: --full with one seed (~6 min); the demo runs this")
+                   help="run: --full with one seed (~2 min); the demo runs this")
     p.add_argument("--smoke", dest="preset", action="store_const", const="smoke",
                    help="like --quick at a toy size (seconds; checks the pipeline runs, "
                    "its numbers mean nothing)")

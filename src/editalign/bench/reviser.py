@@ -16,7 +16,7 @@ the judge finds no wrong value and no unwanted phrase.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,16 +58,25 @@ def _match_case(written: str, value: str) -> str:
     return value
 
 
-def revise(response: str, info: Mapping[str, Any], max_passes: int = 3) -> Revision:
+EDIT_KINDS = ("wrong_value", "wrong_name", "hedge", "filler", "repeat")
+
+
+def revise(response: str, info: Mapping[str, Any], max_passes: int = 3,
+           kinds: Collection[str] | None = None) -> Revision:
     """Minimal edit of ``response`` for the entity in ``info`` (a prompts row's ``bench``).
 
     Fixing a value can make two sentences equal (``"X is 30. X is 64."``), so the edit is
     repeated until nothing changes (at most ``max_passes`` times); ``edits`` lists every
     pass's edits in order, each with positions in the text as that pass saw it.
+    ``kinds`` (a subset of ``EDIT_KINDS``) fixes only those errors: what a policy would gain
+    from fixing one kind of error alone (``benchmarks/bench_headroom.py``).
     """
+    if kinds is not None and set(kinds) - set(EDIT_KINDS):
+        raise ValueError(f"unknown edit kinds {sorted(set(kinds) - set(EDIT_KINDS))}; "
+                         f"choose from {', '.join(EDIT_KINDS)}")
     text, edits = response, []
     for _ in range(max_passes):
-        step = _revise_once(text, info)
+        step = _revise_once(text, info, kinds)
         if not step.changed:
             break
         text = step.text
@@ -75,7 +84,8 @@ def revise(response: str, info: Mapping[str, Any], max_passes: int = 3) -> Revis
     return Revision(response, text, edits)
 
 
-def _revise_once(response: str, info: Mapping[str, Any]) -> Revision:
+def _revise_once(response: str, info: Mapping[str, Any],
+                 kinds: Collection[str] | None = None) -> Revision:
     edits: list[Edit] = []
     for span in unwanted_spans(response):
         start, end = span.start, span.end
@@ -88,6 +98,8 @@ def _revise_once(response: str, info: Mapping[str, Any]) -> Revision:
             kind = "wrong_name" if mention.attribute == "name" else "wrong_value"
             edits.append(Edit(mention.start, mention.end, _match_case(mention.value, right),
                               kind))
+    if kinds is not None:
+        edits = [e for e in edits if e.kind in kinds]
     # Keep non-overlapping edits; deletions of whole phrases come first and win.
     kept: list[Edit] = []
     for edit in edits:

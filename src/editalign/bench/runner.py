@@ -241,12 +241,16 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
             results.append(entry)
             bar.write(result.table().splitlines()[-1])
             (out / "results.json").write_text(json.dumps(
-                {"config": asdict(config), "pairs": len(edited), "results": results,
+                {"config": asdict(config), "bench": str(bench), "pairs": len(edited), "results": results,
                  "summary": summarize(results)}, indent=2) + "\n")
+    found = comparisons(out, config)
     (out / "results.json").write_text(json.dumps(
-        {"config": asdict(config), "pairs": len(edited), "results": results,
-         "summary": summarize(results)}, indent=2) + "\n")
-    (out / "results.md").write_text(results_table(results) + "\n")
+        {"config": asdict(config), "bench": str(bench), "pairs": len(edited), "results": results,
+         "summary": summarize(results), "comparisons": found}, indent=2) + "\n")
+    table = results_table(results)
+    if found:
+        table += "\n\n" + comparisons_table(found)
+    (out / "results.md").write_text(table + "\n")
     if report:
         from editalign.bench.report import write_report
 
@@ -278,6 +282,61 @@ def _reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
     keep = ("eval_pairwise_accuracy_last", "eval_pairwise_accuracy_sum", "eval_token_auroc",
             "eval_edit_auroc", "eval_calibration_mean_reward_original_equal", "eval_loss")
     return {k.removeprefix("eval_"): metrics[k] for k in keep if k in metrics}
+
+
+# The comparisons the benchmark exists for (issue targets): FIGA against both baselines it
+# must beat, and fine-grained against sequence-level PPO.
+COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"))
+
+
+def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,
+                      n_resamples: int = 2000) -> dict[str, Any] | None:
+    """Win rate of ``a`` minus win rate of ``b``, paired: both were evaluated against the
+    same reference samples (same prompts and sampling seeds), so per prompt the outcome
+    difference (averaged over seeds and samples) is what the interval resamples.
+
+    Returns the mean difference, its 95% bootstrap interval over prompts, the per-seed
+    differences, and in how many seeds ``a`` was ahead; None if samples are missing.
+    """
+    from editalign.bench.task import read_jsonl
+    from editalign.eval.winrate import bootstrap_interval
+
+    per_prompt: dict[str, list[float]] = {}
+    per_seed = []
+    for seed in seeds:
+        run_out = out / f"seed{seed}" if len(seeds) > 1 else out
+        files = [run_out / m / "eval_samples.jsonl" for m in (a, b)]
+        if not all(f.is_file() for f in files):
+            return None
+        rows_a, rows_b = (read_jsonl(f) for f in files)
+        diffs = [ra["outcome"] - rb["outcome"] for ra, rb in zip(rows_a, rows_b, strict=True)]
+        per_seed.append(sum(diffs) / len(diffs))
+        for ra, d in zip(rows_a, diffs, strict=True):
+            per_prompt.setdefault(str(ra["id"]), []).append(d)
+    means = [sum(v) / len(v) for v in per_prompt.values()]
+    low, high = bootstrap_interval(means, n_resamples=n_resamples, seed=0)
+    return {"a": a, "b": b, "difference": sum(per_seed) / len(per_seed), "ci_low": low,
+            "ci_high": high, "per_seed": per_seed,
+            "seeds_ahead": sum(d > 0 for d in per_seed), "seeds": len(per_seed)}
+
+
+def comparisons(out: Path, config: RunConfig) -> list[dict[str, Any]]:
+    pairs = [(a, b) for a, b in COMPARISONS if a in config.methods and b in config.methods]
+    found = (paired_comparison(out, config.seeds, a, b) for a, b in pairs)
+    return [c for c in found if c is not None]
+
+
+def comparisons_table(found: Sequence[dict[str, Any]]) -> str:
+    lines = ["Paired differences (win rate of A minus win rate of B against the same "
+             "reference samples; interval: bootstrap over prompts):", "",
+             "| A − B | difference | 95% CI | seeds where A is ahead | per seed |",
+             "|---|---|---|---|---|"]
+    for c in found:
+        lines.append(f"| {c['a']} − {c['b']} | {c['difference']:+.3f} | "
+                     f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | "
+                     f"{c['seeds_ahead']}/{c['seeds']} | "
+                     f"{', '.join(f'{d:+.3f}' for d in c['per_seed'])} |")
+    return "\n".join(lines)
 
 
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
