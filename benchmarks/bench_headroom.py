@@ -14,7 +14,7 @@ samples of seed s+1 (the reference side of that seed's evaluation), fixed, again
 reference samples of seed s, on the same prompts. Compare with the methods' win rates and
 the error counts in the run's ``results.md``.
 
-    python benchmarks/bench_headroom.py --run bench-full     # a `bench run --full` directory
+    python benchmarks/bench_headroom.py --run bench-full     # after benchmarks/bench_full.py
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ ORACLES = {"initial": (), "phrases": ("hedge", "filler", "repeat"),
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a finished `bench run` directory")
+    parser.add_argument("--run", default="bench-full",
+                        help="a finished `bench run` directory with several seeds (default: "
+                        "bench_full.py's)")
     parser.add_argument("--method", default="sft",
                         help="any method of the run: only its reference samples are read")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /

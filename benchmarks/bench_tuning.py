@@ -9,8 +9,8 @@ Each grid point is one `editalign bench run` of a subset of methods into its own
 the win rate of every (method, setting) against the tuning task's initial policy on its
 held-out prompts, with KL and gold score, in ``benchmarks/results/bench_tuning.{json,md}``.
 
-    python benchmarks/bench_tuning.py --bench /tmp/tune/bench --out /tmp/tune/runs
-    python benchmarks/bench_tuning.py --bench /tmp/tune/bench --out /tmp/tune/runs --only ppo
+    python benchmarks/bench_tuning.py                      # every grid (~40 min, 2 cores)
+    python benchmarks/bench_tuning.py --only linear,ppo2   # some grids
 """
 
 from __future__ import annotations
@@ -179,8 +179,9 @@ def run_point(name: str, methods: str, flags: list[str], bench: Path, out: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bench", required=True, help="a tuning task from `bench init`")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--bench", default="bench-tuning/bench",
+                        help="a tuning task from `bench init --seed 1` (built if missing)")
+    parser.add_argument("--out", default="bench-tuning/runs")
     parser.add_argument("--only", default="supervised,ppo",
                         help="comma-separated grids: supervised, figa, baselines, lr_range, lr_top, "
                         "lr_peak, linear, ppo, ppo2")
@@ -192,6 +193,9 @@ def main() -> None:
              "ppo": PPO, "ppo2": PPO2}
     grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
     bench, out = Path(args.bench), Path(args.out)
+    if not (bench / "summary.json").is_file():
+        subprocess.run([sys.executable, "-m", "editalign.cli", "bench", "init", "--out",
+                        str(bench), "--seed", "1"], check=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_point, name, m, f, bench, out)
                    for name, (m, f) in grid.items()]
