@@ -46,10 +46,11 @@ def main() -> None:
                                              "bench_headroom.json"))
     args = parser.parse_args()
     run = Path(args.run)
-    seeds = json.loads((run / "results.json").read_text())["config"]["seeds"]
+    results = json.loads((run / "results.json").read_text())
+    seeds = results["config"]["seeds"]
     if len(seeds) < 2:
         sys.exit("needs a run with at least two seeds (independent draws)")
-    bench = Path(json.loads((run / "results.json").read_text()).get("bench", run / "bench"))
+    bench = Path(results.get("bench", run / "bench"))
     rows = {r["id"]: r["bench"] for r in read_jsonl(bench / "prompts.test.jsonl")}
     samples = {s: read_jsonl(run / f"seed{s}" / args.method / "eval_samples.jsonl")
                for s in seeds}

@@ -240,13 +240,10 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
             done.write_text(json.dumps(entry, indent=2) + "\n")
             results.append(entry)
             bar.write(result.table().splitlines()[-1])
-            (out / "results.json").write_text(json.dumps(
-                {"config": asdict(config), "bench": str(bench), "pairs": len(edited), "results": results,
-                 "summary": summarize(results)}, indent=2) + "\n")
+            # After every method, so an interrupted run still leaves what it measured.
+            _write_results(out, config, bench, len(edited), results)
     found = comparisons(out, config)
-    (out / "results.json").write_text(json.dumps(
-        {"config": asdict(config), "bench": str(bench), "pairs": len(edited), "results": results,
-         "summary": summarize(results), "comparisons": found}, indent=2) + "\n")
+    _write_results(out, config, bench, len(edited), results, found)
     table = results_table(results)
     if found:
         table += "\n\n" + comparisons_table(found)
@@ -256,6 +253,15 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
 
         write_report(out, bench, results)
     return results
+
+
+def _write_results(out: Path, config: RunConfig, bench: Path, n_pairs: int,
+                   results: Sequence[dict[str, Any]],
+                   found: Sequence[dict[str, Any]] = ()) -> None:
+    (out / "results.json").write_text(json.dumps(
+        {"config": asdict(config), "bench": str(bench), "pairs": n_pairs,
+         "results": list(results), "summary": summarize(results),
+         "comparisons": list(found)}, indent=2) + "\n")
 
 
 def _error_breakdown(samples: Path, rows: Sequence[dict[str, Any]], k: int
