@@ -222,7 +222,7 @@ def test_lora_with_gradient_checkpointing_trains_only_adapters(tmp_path, pairs, 
 
     model_args = ModelArguments(model="tiny", lora_r=4, lora_alpha=8,
                                 lora_target_modules=["q_proj", "v_proj"])
-    from editalign.train.figa import load_policy
+    from editalign.train.cli import load_policy
 
     args = config(tmp_path, gradient_checkpointing=True, max_steps=2, learning_rate=1e-2)
     model, _ = load_policy(model_args, args)

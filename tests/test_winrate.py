@@ -7,12 +7,10 @@ import math
 import httpx
 import pytest
 
-from editalign.bench import BenchConfig, BenchTask
+from editalign.bench import BenchConfig, BenchTask, GoldWinJudge
 from editalign.eval.judges import (
     ApiJudge,
-    GoldWinJudge,
     RewardModelJudge,
-    make_judge,
     outcome,
     parse_preference,
 )
@@ -25,6 +23,7 @@ from editalign.eval.winrate import (
     sequence_logprobs,
     win_rate,
 )
+from editalign.registry import make_judge
 
 # --------------------------------------------------------------------------- arithmetic
 

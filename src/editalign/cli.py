@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -221,7 +222,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--policy against --reference on --prompts, judged by the bench task's gold judge, a "
         "reward model or an LLM behind an OpenAI-compatible endpoint; see docs/benchmark.md.")
     add_eval_args(evaluate)
-    evaluate.set_defaults(func=cmd_eval)
+    from editalign.registry import make_judge
+
+    evaluate.set_defaults(func=functools.partial(cmd_eval, make_judge=make_judge))
     from editalign.bench.command import add_bench_args, cmd_bench
 
     bench = sub.add_parser(
@@ -244,7 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import editalign.bench  # noqa: F401  (registers --model tiny-bench)
     try:
         return int(args.func(args) or 0)
     except (DataError, ValueError, FileNotFoundError) as err:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# ----------------------------------------------------------------------------- FIGA (METHODS §2)
+# ----------------------------------------------------------------------------- FIGA (docs/methods.md §2)
 
 FIGA_GATES = ("le", "band", "none")
 FIGA_NEGATIVES = ("likelihood", "unlikelihood")
@@ -30,7 +30,7 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def figa_weights(edit_labels: Tensor, revised: Tensor, final_eos: Tensor, *, alpha: float,
                  beta: float, gamma: float) -> Tensor:
-    """Static FIGA weight of every token, before the gate (METHODS §2).
+    """Static FIGA weight of every token, before the gate (docs/methods.md §2).
 
     Args:
         edit_labels: edit label of each token (``Label`` code, ``-100`` on prompt/padding).
@@ -89,7 +89,7 @@ def figa_loss_from_nll(nll: Tensor, weights: Tensor, *, tau: float = 0.6, gate: 
       gate still counts. N is then a property of the data, known before the forward pass:
       the trainer passes the count over the whole accumulated, all-rank batch, and
       gradient accumulation and data parallelism give exactly the big-batch loss.
-    - ``active``: #{t: w_t ≠ 0} after the gate (METHODS §2 read literally, per batch). It
+    - ``active``: #{t: w_t ≠ 0} after the gate, per batch (the official code's normaliser). It
       depends on the current losses, so it cannot be known for a whole accumulated batch.
 
     N = 0 gives a loss of 0 (with a gradient graph), never NaN.
@@ -120,7 +120,7 @@ def figa_loss(logits: Tensor, targets: Tensor, edit_labels: Tensor, revised: Ten
               final_eos: Tensor, *, alpha: float = 1.0, beta: float = 0.5, gamma: float = 0.0,
               tau: float = 0.6, gate: str = "le", negative: str = "likelihood",
               normalize: str = "eligible", num_items: Tensor | int | None = None) -> FigaLoss:
-    """FIGA loss from logits (METHODS §2); the reference the fused trainer path is tested against.
+    """FIGA loss from logits (docs/methods.md §2); the reference the fused trainer path is tested against.
 
     All tensors are aligned per predicted token: ``logits[..., t, :]`` scores
     ``targets[..., t]``, whose edit label, side and EOS flag are ``edit_labels[..., t]``,
@@ -134,7 +134,7 @@ def figa_loss(logits: Tensor, targets: Tensor, edit_labels: Tensor, revised: Ten
                               normalize=normalize, num_items=num_items)
 
 
-# ----------------------------------------------------------------------------- reward models (METHODS §3)
+# ----------------------------------------------------------------------------- reward models (docs/methods.md §3)
 
 REWARD_OBJECTIVES = ("token_cls", "edit_bt", "seq_bt", "seq_bt_last")
 REWARD_TRANSFORMS = ("sigmoid", "identity")
@@ -239,7 +239,7 @@ def default_transform(objectives: dict[str, float]) -> str:
 def reward_model_loss(logits: Tensor, edit_labels: Tensor, objectives: dict[str, float], *,
                       transform: str, equal_weight: float = 0.0,
                       center_coefficient: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of the reward objectives on a paired batch (METHODS §3).
+    """Weighted sum of the reward objectives on a paired batch (docs/methods.md §3).
 
     ``logits``/``edit_labels``: (2B, L), the B revised sides first, then the B original
     sides (row i and row B + i are one pair). Returns the total and each objective's loss.
@@ -269,7 +269,7 @@ def reward_model_loss(logits: Tensor, edit_labels: Tensor, objectives: dict[str,
 
 
 
-# ----------------------------------------------------------------------------- PPO (METHODS §4)
+# ----------------------------------------------------------------------------- PPO (docs/methods.md §4)
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -306,7 +306,7 @@ def kl_per_token(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") 
 
 
 def shape_rewards(token_rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
-    """r_t = −β_KL·KL_t + reward_t on response tokens (METHODS §4).
+    """r_t = −β_KL·KL_t + reward_t on response tokens (docs/methods.md §4).
 
     ``token_rewards`` is the reward source's (batch, response length) tensor: a
     sequence-level model fills only the last response token, a token-level one every

@@ -10,6 +10,8 @@ never downloads anything, so every load passes ``local_files_only=True``.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
 import json
 import logging
@@ -41,12 +43,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ModelNotFoundError",
     "cache_dir",
+    "declare_model",
     "load_model",
     "load_model_and_tokenizer",
     "load_tokenizer",
     "register_model",
     "registered_models",
     "resolve_model_path",
+    "tokenizer_fingerprint",
 ]
 
 
@@ -104,6 +108,23 @@ def register_model(
     return decorator
 
 
+def declare_model(name: str, target: str, *,
+                  cache_name: Callable[[str | None], str] | None = None) -> None:
+    """Register ``--model NAME`` to a builder named by ``"package.module:function"``.
+
+    For models that a higher layer builds (the benchmark's ``tiny-bench``): the entry is
+    declared here, explicitly, and the builder's module is imported only when the model is
+    first built, so this module imports nothing of editalign and no import has the side
+    effect of registering a model.
+    """
+    module, _, function = target.partition(":")
+
+    def build(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return getattr(importlib.import_module(module), function)(variant)
+
+    register_model(name, cache_name=cache_name)(build)
+
+
 def registered_models() -> list[str]:
     """Names accepted by ``--model`` besides local paths, for help texts and error messages."""
     return sorted(_REGISTRY)
@@ -115,6 +136,17 @@ def _split_name(name_or_path: str) -> tuple[str, str | None] | None:
     if name not in _REGISTRY:
         return None
     return name, (variant if sep else None)
+
+
+# --------------------------------------------------------------------------- tokenizers
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the vocabulary and special tokens, to refuse mixing tokenizers."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    special = [tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id]
+    payload = json.dumps([vocab, special], ensure_ascii=False).encode()
+    return hashlib.sha1(payload).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- cache
@@ -340,6 +372,12 @@ def build_tiny_model(
 @register_model("tiny", cache_name=lambda variant: f"tiny-seed{_tiny_seed(variant)}")
 def _build_tiny(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return build_tiny_model(_tiny_seed(variant))
+
+
+# The benchmark task's model: the ``tiny`` Llama with a BPE tokenizer trained on the task's
+# text (editalign.bench.tokenizer); ``tiny-bench:SEED`` seeds its initial weights.
+declare_model("tiny-bench", "editalign.bench.tokenizer:build_tiny_bench",
+              cache_name=lambda variant: f"tiny-bench-seed{seed_variant('tiny-bench', variant)}")
 
 
 # --------------------------------------------------------------------------- loading

@@ -86,8 +86,7 @@ class TokenRewardModel(nn.Module):
         With LoRA only the adapters and the head train (the head lives outside the PEFT
         wrapper, so it needs no ``modules_to_save``).
         """
-        from editalign.data.labeling import tokenizer_fingerprint
-        from editalign.models import load_tokenizer, resolve_model_path
+        from editalign.models import load_tokenizer, resolve_model_path, tokenizer_fingerprint
 
         path = resolve_model_path(name_or_path)
         kwargs: dict[str, Any] = {"local_files_only": True}
@@ -140,7 +139,7 @@ class TokenRewardModel(nn.Module):
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` is the one trained with."""
-        from editalign.data.labeling import tokenizer_fingerprint
+        from editalign.models import tokenizer_fingerprint
 
         expected = self.reward_config.tokenizer_fingerprint
         if expected is None:

@@ -42,6 +42,7 @@ from editalign.bench.world import (
     SPECIES,
     World,
 )
+from editalign.eval.judges import Judgement, outcome
 
 _VALUE_ATTRIBUTE = {v.lower(): a for a, values in
                     (("job", JOBS), ("city", CITIES), ("colour", COLOURS), ("species", SPECIES))
@@ -211,8 +212,23 @@ class GoldJudge:
         return score
 
 
-def outcome(score_a: float, score_b: float, tolerance: float = 1e-9) -> float:
-    """Win (1), tie (0.5) or loss (0) of ``a`` against ``b`` from their scores."""
-    if abs(score_a - score_b) <= tolerance:
-        return 0.5
-    return 1.0 if score_a > score_b else 0.0
+class GoldWinJudge:
+    """The gold judge as a win-rate judge (``--judge gold``); every prompts row must carry
+    its ``bench`` object."""
+
+    name = "gold"
+
+    def __init__(self, judge: GoldJudge | None = None) -> None:
+        self.judge = judge or GoldJudge()
+
+    def compare(self, rows: Sequence[Mapping[str, Any]], policy: Sequence[str],
+                reference: Sequence[str]) -> Judgement:
+        for i, row in enumerate(rows):
+            if not isinstance(row.get("bench"), Mapping):
+                raise ValueError(f"prompts row {i} has no 'bench' object: the gold judge needs "
+                                 "a prompts file written by the bench task "
+                                 "(prompts.test.jsonl)")
+        a = [self.judge.score(r, row["bench"]) for r, row in zip(policy, rows, strict=True)]
+        b = [self.judge.score(r, row["bench"]) for r, row in zip(reference, rows, strict=True)]
+        return Judgement([outcome(x, y, self.judge.tie_tolerance)
+                          for x, y in zip(a, b, strict=True)], a, b)

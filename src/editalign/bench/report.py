@@ -130,7 +130,7 @@ def _frame(doc: str, height: int = 520) -> str:
 
 
 def _table(results: Sequence[dict[str, Any]]) -> str:
-    from editalign.bench.runner import summarize
+    from editalign.bench.results import summarize
 
     head = ("<tr><th>method</th><th>seeds</th><th>win rate</th><th>95% CI</th>"
             "<th>gold score</th><th>initial's score</th><th>KL</th><th>length</th>"
@@ -191,7 +191,7 @@ def _token_rewards(rm_dir: Path, pairs_file: Path, n: int) -> str | None:
 def write_report(out: str | Path, bench: str | Path, results: Sequence[dict[str, Any]],
                  *, pairs_shown: int = PAIRS_SHOWN) -> Path:
     """Write ``winrate.png``, ``curves.png`` (when anything was logged) and ``report.html``."""
-    from editalign.bench.runner import HELD_OUT_PAIRS, results_table
+    from editalign.bench.results import HELD_OUT_PAIRS, results_table
 
     out, bench = Path(out), Path(bench)
     seeds = list(dict.fromkeys(r.get("seed", 0) for r in results))

@@ -39,6 +39,7 @@ from editalign.bench.world import (
     render_response,
 )
 from editalign.data.pairs import EditPair
+from editalign.data.prompts import encode_example
 
 logger = logging.getLogger(__name__)
 
@@ -188,23 +189,6 @@ class PolicySFTConfig:
     seed: int = 0
     max_length: int = 256
     log_every: int = 50
-
-
-def encode_example(tokenizer: Any, prompt: str, response: str,
-                   max_length: int | None = None) -> tuple[list[int], int]:
-    """Token ids of prompt + response + EOS (the prompt in the chat template when there is
-    one, as ``editalign label`` renders it) and where the response starts."""
-    from editalign.data.labeling import render_prompt
-
-    text, add_special = render_prompt(prompt, tokenizer, "auto")
-    enc = tokenizer(text + response, add_special_tokens=add_special, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    start = next((t for t, (_, end) in enumerate(enc["offset_mapping"]) if end > len(text)),
-                 len(ids))
-    ids.append(tokenizer.eos_token_id)
-    if max_length and len(ids) > max_length:
-        ids = ids[:max_length]
-    return ids, start
 
 
 def train_initial_policy(rows: Sequence[dict[str, Any]], model: str, out_dir: str | Path, *,

@@ -7,8 +7,8 @@ values and template words into one token and makes responses ~4x shorter. It kee
 (unknown words fall back to bytes).
 
 ``--model tiny-bench`` (or ``tiny-bench:SEED``) is the ``tiny`` Llama with this tokenizer,
-randomly initialised and bitwise reproducible from SEED. It is registered when this module
-is imported (``import editalign.bench`` does that; the ``editalign`` command always does).
+randomly initialised and bitwise reproducible from SEED. :mod:`editalign.models` declares
+it and imports this module only when the model is first built.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from editalign.bench.world import (
 from editalign.models import (
     TINY_SPECIAL_TOKENS,
     build_tiny_model,
-    register_model,
     seed_variant,
     wrap_chatml_tokenizer,
 )
@@ -75,10 +74,6 @@ def build_bench_model(seed: int = 0, *, hidden_size: int = 128, num_layers: int 
                             num_layers=num_layers)
 
 
-def _seed(variant: str | None) -> int:
-    return seed_variant("tiny-bench", variant)
-
-
-@register_model("tiny-bench", cache_name=lambda variant: f"tiny-bench-seed{_seed(variant)}")
-def _build_tiny_bench(variant: str | None):
-    return build_bench_model(_seed(variant))
+def build_tiny_bench(variant: str | None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The ``--model tiny-bench[:SEED]`` builder, declared in :mod:`editalign.models`."""
+    return build_bench_model(seed_variant("tiny-bench", variant))

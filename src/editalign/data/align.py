@@ -1,4 +1,4 @@
-"""Token labels from a minimal edit (METHODS §1).
+"""Token labels from a minimal edit (docs/methods.md §1).
 
 The two response token-id sequences are aligned with unit-cost Levenshtein edit
 operations (rapidfuzz's C++ implementation; it returns the same operations as

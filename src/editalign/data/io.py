@@ -24,10 +24,10 @@ from editalign.data.labeling import (
     LabelStats,
     config_dict,
     to_dataset,
-    tokenizer_fingerprint,
 )
 from editalign.data.pairs import LoadReport
 from editalign.data.preview import render_preview
+from editalign.models import tokenizer_fingerprint
 
 
 @contextlib.contextmanager

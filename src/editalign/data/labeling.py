@@ -4,17 +4,14 @@ Labels are computed once, stored with the data set and reused by every trainer. 
 of a pair is stored as the full model input (prompt + response + EOS) with a label per
 position: ``IGNORE`` (-100) on the prompt, a :class:`Label` on every response token.
 
-The prompt/response boundary rule: the sequence ``prompt_text + response`` is tokenized in
-one call, as the model will read it in training, and a token belongs to the response as
-soon as its character span ends after the prompt's last character. A token that a
-tokenizer merges *across* the boundary therefore belongs to the response (it is predicted
-from the prompt and carries response text), and the two sides of a pair may then differ in
-their last prompt token; this is why each side keeps its own ``response_start``.
+Prompts are rendered and responses split off by :mod:`editalign.data.prompts`, the one
+home of the prompt/response boundary rule; each side keeps its own ``response_start``
+because a token merged across the boundary may make the two sides' prompts differ in their
+last token.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -26,14 +23,19 @@ from rapidfuzz.distance import Levenshtein
 
 from editalign.data.align import IGNORE, Label, align, align_words
 from editalign.data.pairs import EditPair
+from editalign.data.prompts import (
+    CHAT_TEMPLATE_MODES,
+    ChatTemplateMode,
+    render_prompt,
+    split_response,
+)
+from editalign.models import tokenizer_fingerprint  # noqa: F401  (re-exported: its old home)
 
 Granularity = Literal["token", "word"]
 Truncation = Literal["keep_start", "keep_end"]
-ChatTemplateMode = Literal["auto", "always", "never"]
 
 GRANULARITIES = ("token", "word")
 TRUNCATIONS = ("keep_start", "keep_end")
-CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -144,45 +146,6 @@ class SkipPair(Exception):
     """A pair that cannot be used; the message is the reason counted in the stats."""
 
 
-def render_prompt(prompt: str | list[dict[str, str]], tokenizer: Any,
-                  mode: ChatTemplateMode = "auto") -> tuple[str, bool]:
-    """The prompt as text, and whether the tokenizer should add its special tokens.
-
-    A chat template already writes the special tokens (BOS, role markers) into the text, so
-    tokenizing its output must not add them a second time.
-    """
-    has_template = getattr(tokenizer, "chat_template", None) is not None
-    if isinstance(prompt, str):
-        if mode == "always" and has_template:
-            prompt = [{"role": "user", "content": prompt}]
-        else:
-            return prompt, True
-    if mode != "never" and has_template:
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return text, False
-    lines = [f"{m['role']}: {m['content']}" for m in prompt]
-    return "\n".join(lines) + "\nassistant: ", True
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A short hash of the vocabulary and special tokens, to refuse mixing tokenizers."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    special = [tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id]
-    payload = json.dumps([vocab, special], ensure_ascii=False).encode()
-    return hashlib.sha1(payload).hexdigest()[:16]
-
-
-def _split_response(
-    encoding: Any, prompt_len: int, eos_id: int
-) -> tuple[list[int], int, list[tuple[int, int]]]:
-    ids: list[int] = list(encoding["input_ids"])
-    offsets: list[tuple[int, int]] = [tuple(o) for o in encoding["offset_mapping"]]
-    start = next((t for t, (_, end) in enumerate(offsets) if end > prompt_len), len(ids))
-    response_offsets = [(max(s, prompt_len) - prompt_len, e - prompt_len)
-                        for s, e in offsets[start:]]
-    return [*ids, eos_id], start, [*response_offsets, (0, 0)]
-
-
 def _truncate(side: TokenizedSide, config: LabelingConfig) -> tuple[TokenizedSide, int]:
     """Cut a side to ``max_length``; returns the side and how many tokens were dropped."""
     limit = config.max_length
@@ -221,8 +184,8 @@ def label_pair(pair: EditPair, tokenizer: Any, config: LabelingConfig | None = N
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos_token; set one before labelling")
-    o_ids, o_start, o_off = _split_response(encodings[0], len(prompt_text), eos)
-    r_ids, r_start, r_off = _split_response(encodings[1], len(prompt_text), eos)
+    o_ids, o_start, o_off = split_response(encodings[0], len(prompt_text), eos)
+    r_ids, r_start, r_off = split_response(encodings[1], len(prompt_text), eos)
     if config.granularity == "word":
         alignment = align_words(pair.original, pair.revised, o_off[:-1], r_off[:-1])
         # edit_distance stays in tokens whatever the granularity, so ratios compare.

@@ -1,9 +1,10 @@
-"""Pairwise judges for the win rate: gold (benchmark task), reward model, LLM behind an API.
+"""Pairwise judges for the win rate: a reward model, an LLM behind an API.
 
 Every judge answers ``compare(rows, policy_responses, reference_responses)`` with one
 outcome per prompt (1 = the policy's response is better, 0.5 = tie, 0 = the reference's)
-and, where it has them, per-response scores (``scores``). ``make_judge("gold" |
-"rm:DIR" | "api:URL")`` builds one from the ``--judge`` flag.
+and, where it has them, per-response scores (``scores``). The benchmark's gold judge
+(:class:`editalign.bench.judge.GoldWinJudge`) answers the same way; every judge the
+``--judge`` flag can name is in one table, :data:`editalign.registry.JUDGES`.
 """
 
 from __future__ import annotations
@@ -35,32 +36,6 @@ def outcome(score_a: float, score_b: float, tolerance: float = 1e-9) -> float:
     return 1.0 if score_a > score_b else 0.0
 
 
-# --------------------------------------------------------------------------- gold
-
-
-class GoldWinJudge:
-    """The benchmark's gold judge; every prompts row must carry its ``bench`` object."""
-
-    name = "gold"
-
-    def __init__(self, judge: Any = None) -> None:
-        from editalign.bench.judge import GoldJudge
-
-        self.judge = judge or GoldJudge()
-
-    def compare(self, rows: Sequence[Row], policy: Sequence[str],
-                reference: Sequence[str]) -> Judgement:
-        for i, row in enumerate(rows):
-            if not isinstance(row.get("bench"), Mapping):
-                raise ValueError(f"prompts row {i} has no 'bench' object: the gold judge needs "
-                                 "a prompts file written by the bench task "
-                                 "(prompts.test.jsonl)")
-        a = [self.judge.score(r, row["bench"]) for r, row in zip(policy, rows, strict=True)]
-        b = [self.judge.score(r, row["bench"]) for r, row in zip(reference, rows, strict=True)]
-        return Judgement([outcome(x, y, self.judge.tie_tolerance) for x, y in zip(a, b, strict=True)],
-                         a, b)
-
-
 # --------------------------------------------------------------------------- reward model
 
 
@@ -79,7 +54,7 @@ class RewardModelJudge:
     def scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
         import torch
 
-        from editalign.bench.task import encode_example
+        from editalign.data.prompts import encode_example
 
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -199,16 +174,3 @@ class ApiJudge:
             outcomes.append(value)
             details.append({"policy_first": first, "policy_second": second})
         return Judgement(outcomes, details=details)
-
-
-def make_judge(spec: str, *, judge_model: str = "gpt-4o-mini",
-               api_key_env: str = "OPENAI_API_KEY") -> Any:
-    """``gold``, ``rm:DIR`` or ``api:URL`` (see the module docstring)."""
-    if spec == "gold":
-        return GoldWinJudge()
-    kind, sep, target = spec.partition(":")
-    if sep and kind == "rm" and target:
-        return RewardModelJudge(target)
-    if sep and kind == "api" and target:
-        return ApiJudge(target, judge_model, api_key_env=api_key_env)
-    raise ValueError(f"unknown judge {spec!r}: use gold, rm:DIR or api:URL")

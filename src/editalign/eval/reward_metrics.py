@@ -1,4 +1,4 @@
-"""How good is a reward model: pairwise accuracy, token AUROC / F1, calibration (METHODS §3).
+"""How good is a reward model: pairwise accuracy, token AUROC / F1, calibration (docs/methods.md §3).
 
 Input is one :class:`PairRewards` per held-out pair: the token rewards and edit labels of
 the response tokens of both sides (final EOS included, as stored), and optionally which

@@ -1,4 +1,4 @@
-"""Win rate of a policy against a reference model (METHODS §5).
+"""Win rate of a policy against a reference model (docs/methods.md §5).
 
 For every prompt both models sample one response with the same settings and seeds; a
 judge prefers one (win 1, tie 0.5, loss 0). Reported next to the mean and its 95%
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -229,8 +229,7 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
                      sampling: SamplingConfig | None = None, *, n_resamples: int = 2000,
                      samples_out: str | Path | None = None) -> WinRateResult:
     """Sample both models on ``rows``' prompts, judge, and summarise (see the module doc)."""
-    from editalign.data.labeling import tokenizer_fingerprint
-    from editalign.models import load_model, load_tokenizer
+    from editalign.models import load_model, load_tokenizer, tokenizer_fingerprint
 
     sampling = sampling or SamplingConfig()
     started = time.perf_counter()
@@ -317,12 +316,11 @@ def add_eval_args(p: Any) -> None:
                    "(JSONL) here")
 
 
-def cmd_eval(args: Any) -> int:
+def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
+    """``editalign eval winrate``; ``make_judge`` turns ``--judge`` into a judge (the CLI
+    passes :func:`editalign.registry.make_judge`, the table of every judge)."""
     if not (args.policy and args.reference and args.prompts):
         raise ValueError("--policy, --reference and --prompts are required")
-    import editalign.bench  # noqa: F401  (registers tiny-bench)
-    from editalign.eval.judges import make_judge
-
     rows = read_prompt_rows(args.prompts, args.limit)
     judge = make_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

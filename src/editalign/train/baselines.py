@@ -18,8 +18,7 @@ from typing import Any
 
 from editalign.data.align import IGNORE
 from editalign.data.labeling import LabeledPair
-from editalign.train.common import register_trainer
-from editalign.train.figa import finish, load_policy, parse_train_args, resume_arg
+from editalign.train.cli import finish, load_policy, parse_train_args, resume_arg
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,6 @@ def _pretokenized_dpo_trainer() -> type:
     return PretokenizedDPOTrainer
 
 
-@register_trainer("sft", "baseline: TRL SFTTrainer on the revised responses")
 def run_sft(argv: Sequence[str]) -> int:
     from trl import SFTConfig, SFTTrainer
 
@@ -95,7 +93,6 @@ def run_sft(argv: Sequence[str]) -> int:
     return finish(trainer, config, resume_arg(config))
 
 
-@register_trainer("dpo", "baseline: TRL DPOTrainer with revised preferred over original")
 def run_dpo(argv: Sequence[str]) -> int:
     from trl import DPOConfig
 

@@ -1,8 +1,8 @@
 """What every trainer shares: model/LoRA arguments, data arguments, and the trainer registry.
 
-Each method lives in its own module (config + trainer side by side) and registers a
-``run(argv)`` entry point with :func:`register_trainer`; ``editalign train METHOD ...``
-dispatches to it. Arguments are parsed with TRL's ``TrlParser`` so ``--config x.yaml``
+Each method lives in its own module (config + trainer side by side) with a ``run(argv)``
+entry point named in the :data:`TRAINERS` table; ``editalign train METHOD ...`` dispatches
+to it. Arguments are parsed with TRL's ``TrlParser`` so ``--config x.yaml``
 (values become defaults) and every ``transformers.TrainingArguments`` flag work the same
 way as in TRL's own scripts.
 """
@@ -23,50 +23,74 @@ from editalign.data.labeling import (
     LabeledPair,
     LabelingConfig,
     label_pairs,
-    tokenizer_fingerprint,
 )
+from editalign.models import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
 TrainerEntry = Callable[[Sequence[str]], int]
-_TRAINERS: dict[str, tuple[TrainerEntry, str]] = {}
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """An ``editalign train NAME`` method: its ``run(argv) -> exit code``, named as
+    ``"package.module:function"`` and imported only when called (so ``editalign label``
+    never loads torch training code), and its one-line help."""
+
+    target: str
+    help: str
+
+    def load(self) -> TrainerEntry:
+        import importlib
+
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
+
+
+# Every built-in method, explicitly: a new method adds its row here.
+TRAINERS: dict[str, TrainerSpec] = {
+    "dpo": TrainerSpec("editalign.train.baselines:run_dpo",
+                       "baseline: TRL DPOTrainer with revised preferred over original"),
+    "figa": TrainerSpec("editalign.train.figa:run", "FIGA: token-weighted SFT on revised + "
+                        "gated push-down on deleted tokens"),
+    "ppo": TrainerSpec("editalign.train.ppo:run",
+                       "PPO with token-level (dense) or sequence-level (sparse) rewards"),
+    "rm": TrainerSpec("editalign.train.reward:run_rm",
+                      "sequence-level reward model (seq_bt_last, as TRL's RewardTrainer)"),
+    "sft": TrainerSpec("editalign.train.baselines:run_sft",
+                       "baseline: TRL SFTTrainer on the revised responses"),
+    "token-rm": TrainerSpec("editalign.train.reward:run_token_rm",
+                            "token-level reward model from edits (default token_cls)"),
+}
+_EXTRA: dict[str, tuple[TrainerEntry, str]] = {}
 
 
 def register_trainer(name: str, help: str) -> Callable[[TrainerEntry], TrainerEntry]:
-    """Make ``editalign train NAME`` call the decorated ``run(argv) -> exit code``."""
+    """Make ``editalign train NAME`` call the decorated ``run(argv) -> exit code``: for a
+    method defined outside editalign (the built-in ones are rows of :data:`TRAINERS`)."""
 
     def decorator(run: TrainerEntry) -> TrainerEntry:
-        if name in _TRAINERS:
+        if name in TRAINERS or name in _EXTRA:
             raise ValueError(f"trainer {name!r} is already registered")
-        _TRAINERS[name] = (run, help)
+        _EXTRA[name] = (run, help)
         return run
 
     return decorator
 
 
 def registered_trainers() -> dict[str, str]:
-    _import_trainer_modules()
-    return {name: help for name, (_, help) in sorted(_TRAINERS.items())}
+    helps = {name: spec.help for name, spec in TRAINERS.items()}
+    helps.update({name: help for name, (_, help) in _EXTRA.items()})
+    return dict(sorted(helps.items()))
 
 
 def run_trainer(name: str, argv: Sequence[str]) -> int:
-    _import_trainer_modules()
-    if name not in _TRAINERS:
-        raise ValueError(f"unknown trainer {name!r}; available: {', '.join(sorted(_TRAINERS))}")
-    return _TRAINERS[name][0](argv)
-
-
-# Modules that register trainers; imported lazily so `editalign label` never loads torch
-# training code. A method module adds itself here.
-TRAINER_MODULES: list[str] = ["editalign.train.figa", "editalign.train.baselines",
-                              "editalign.train.reward", "editalign.train.ppo"]
-
-
-def _import_trainer_modules() -> None:
-    import importlib
-
-    for module in TRAINER_MODULES:
-        importlib.import_module(module)
+    if name in TRAINERS:
+        return TRAINERS[name].load()(argv)
+    if name in _EXTRA:
+        return _EXTRA[name][0](argv)
+    raise ValueError(f"unknown trainer {name!r}; available: "
+                     f"{', '.join(sorted([*TRAINERS, *_EXTRA]))}")
 
 
 @dataclass

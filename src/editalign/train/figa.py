@@ -1,4 +1,4 @@
-"""FIGA: supervised learning with per-token weights from a minimal edit (METHODS §2).
+"""FIGA: supervised learning with per-token weights from a minimal edit (docs/methods.md §2).
 
 ``FIGAConfig`` extends ``transformers.TrainingArguments``; ``FIGATrainer`` is a
 ``transformers.Trainer`` whose ``compute_loss`` reads one step top to bottom:
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import torch
@@ -38,8 +38,14 @@ from editalign.losses import (
     figa_loss_from_nll,
     figa_weights,
 )
+from editalign.train.cli import (  # noqa: F401  (re-exported: their old home)
+    _has_accelerator,
+    finish,
+    load_policy,
+    parse_train_args,
+    resume_arg,
+)
 from editalign.train.collate import PairCollator, pair_features
-from editalign.train.common import DataArguments, ModelArguments, register_trainer
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
     additive_mask,
@@ -55,8 +61,15 @@ PAIR_LAYOUTS = ("padded", "packed", "shared", "auto")
 class FIGAConfig(TrainingArguments):
     """FIGA options; every ``transformers.TrainingArguments`` option works as well.
 
-    Defaults follow the official code (α = 1, β = 0.5, γ = 0, gate ℓ ≤ τ with τ = 0.6,
-    likelihood negative term, lr 1e-5 constant without warm-up).
+    The loss's defaults are the official code's (α = 1, β = 0.5, γ = 0, gate ℓ ≤ τ with
+    τ = 0.6, likelihood negative term, lr 1e-5 constant without warm-up) except one: the
+    normaliser. editalign's default ``normalize="eligible"`` counts the tokens with a nonzero
+    weight before the gate, over the whole accumulated batch and all ranks; the official
+    code normalises as ``"active"`` does, by the tokens left after the gate, per
+    micro-batch. They give different losses whenever the gate closes on a D(ŷ) token (see
+    docs/methods.md §2). The labels differ from the official code's near a truncation cut
+    only: editalign aligns the full responses and then truncates, the official code
+    truncates first (editalign's labels are the faithful ones; docs/methods.md §1).
     """
 
     alpha: float = field(default=1.0, metadata={
@@ -74,11 +87,13 @@ class FIGAConfig(TrainingArguments):
         "help": f"negative term: {', '.join(FIGA_NEGATIVES)} (likelihood: -β·(-log p) as the "
                 "official code; unlikelihood: β·(-log(1-p)))"})
     normalize: str = field(default="eligible", metadata={
-        "help": f"loss normaliser: {', '.join(FIGA_NORMALIZE)} (eligible: tokens with a nonzero "
-                "weight before the gate, over the whole accumulated batch and all ranks, exact "
-                "under gradient accumulation/DDP; active: after the gate, per micro-batch)"})
-    granularity: str = field(default="token", metadata={
-        "help": f"edit label granularity when labelling raw pairs: {', '.join(GRANULARITIES)}"})
+        "help": f"loss normaliser: {', '.join(FIGA_NORMALIZE)} (eligible, the default, which "
+                "differs from the official code: tokens with a nonzero weight before the gate, "
+                "over the whole accumulated batch and all ranks, exact under gradient "
+                "accumulation/DDP; active, the official code's: after the gate, per "
+                "micro-batch)"})
+    # The cut the trainer applies to already-labelled sides (an `editalign label` directory,
+    # LabeledPairs passed in); on the command line it is DataArguments' --max_length.
     max_length: int | None = field(default=1024, metadata={
         "help": "longest prompt+response+EOS per side, in tokens; longer sides are truncated "
                 "and counted, pairs whose response vanishes are skipped"})
@@ -106,11 +121,15 @@ class FIGAConfig(TrainingArguments):
         "help": "bf16 mixed precision; default: on where the accelerator supports it (CUDA "
                 "with bf16), off on CPU"})
 
-    def __post_init__(self) -> None:
+    # A labelling option (DataArguments owns it, and its --granularity flag): accepted here
+    # for callers that set it on the config, checked, and not kept.
+    granularity: InitVar[str] = "token"
+
+    def __post_init__(self, granularity: str) -> None:
         check_choice("gate", self.gate, FIGA_GATES)
         check_choice("negative", self.negative, FIGA_NEGATIVES)
         check_choice("normalize", self.normalize, FIGA_NORMALIZE)
-        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("granularity", granularity, GRANULARITIES)
         if self.pair_layout is None:
             self.pair_layout = "packed" if self.padding_free else "padded"
         check_choice("pair_layout", self.pair_layout, PAIR_LAYOUTS)
@@ -278,101 +297,6 @@ def _as_features(dataset: Any, max_length: int | None, name: str) -> Any:
     return features
 
 
-# ----------------------------------------------------------------------------- command line
-# Shared with baselines.py: the same model/LoRA/data arguments and parsing for every method.
-
-
-def _data_arguments_without(names: set[str]) -> type:
-    """DataArguments minus the fields the trainer config owns (e.g. ``max_length``)."""
-    specs = []
-    for f in fields(DataArguments):
-        if f.name in names:
-            continue
-        kwargs: dict[str, Any] = {"metadata": f.metadata}
-        if f.default is not MISSING:
-            kwargs["default"] = f.default
-        if f.default_factory is not MISSING:
-            kwargs["default_factory"] = f.default_factory
-        specs.append((f.name, f.type, field(**kwargs)))
-    cls = make_dataclass("DataArguments", specs)
-    cls.__module__ = DataArguments.__module__
-    return cls
-
-
-def parse_train_args(config_cls: type, argv: Sequence[str],
-                     ) -> tuple[ModelArguments, DataArguments, Any]:
-    """Parse ``editalign train METHOD`` flags: model/LoRA, data and the trainer config.
-
-    Uses TRL's ``TrlParser`` so ``--config x.yaml`` and every TrainingArguments flag work;
-    options both the data and the trainer config have (``max_length``, ``granularity``)
-    belong to the trainer config and are passed on to the data loading.
-    """
-    from trl import TrlParser
-
-    argv = list(argv)
-    if not _has_accelerator() and "--use_cpu" not in argv:
-        argv += ["--use_cpu", "True"]  # TRL's configs would otherwise ask for bf16 on CPU
-    shared = {f.name for f in fields(DataArguments)} & {f.name for f in fields(config_cls)}
-    data_cls = _data_arguments_without(shared)
-    parser = TrlParser((ModelArguments, data_cls, config_cls))
-    model_args, data_ns, config = parser.parse_args_and_config(list(argv))
-    data_kwargs = {f.name: getattr(data_ns, f.name) for f in fields(data_cls)}
-    data_kwargs.update({name: getattr(config, name) for name in shared})
-    data_args = DataArguments(**data_kwargs)
-    # Seed before any model is built: a new reward head or LoRA adapter is initialised from
-    # the global RNG, so without this two runs with the same --seed start differently.
-    from transformers import set_seed
-
-    set_seed(config.seed)
-    return model_args, data_args, config
-
-
-def _has_accelerator() -> bool:
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-
-
-def resume_arg(config: Any) -> Any:
-    """``--resume_from_checkpoint DIR``, or ``true``/``last`` for the newest checkpoint."""
-    value = config.resume_from_checkpoint
-    if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True
-    return value
-
-
-def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
-    """The policy (LoRA-wrapped when ``--lora_r`` > 0) and its tokenizer."""
-    from editalign.models import load_model, load_tokenizer, resolve_model_path
-
-    path = resolve_model_path(model_args.model)
-    tokenizer = load_tokenizer(path)
-    model = load_model(path, dtype=model_args.torch_dtype())
-    peft_config = model_args.peft_config()
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        if getattr(config, "gradient_checkpointing", False):
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=config.gradient_checkpointing_kwargs)
-        model = get_peft_model(model, peft_config)
-        model.print_trainable_parameters()
-    return model, tokenizer
-
-
-def finish(trainer: Trainer, config: Any, resume: Any) -> int:
-    """Train (resuming when asked), save the model and tokenizer, log the final metrics."""
-    result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(config.output_dir)
-    trainer.save_state()  # trainer_state.json: log_history (loss curves for reports)
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    if trainer.eval_dataset is not None and len(trainer.eval_dataset):
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    return 0
-
-
-@register_trainer("figa", "FIGA: token-weighted SFT on revised + gated push-down on deleted tokens")
 def run(argv: Sequence[str]) -> int:
     model_args, data_args, config = parse_train_args(FIGAConfig, argv)
     model, tokenizer = load_policy(model_args, config)

@@ -10,7 +10,7 @@ top to bottom like AlpacaFarm's reference PPO. One iteration is four named steps
 4. ``update``: several PPO epochs of clipped policy and value losses over mini-batches.
 
 Dense and sparse PPO are one code path: a sequence-level reward model fills the last
-response token of the reward tensor, a token-level one fills every token (METHODS §4). For a
+response token of the reward tensor, a token-level one fills every token (docs/methods.md §4). For a
 fair comparison the two arms share every hyper-parameter and seed.
 
 Sequences are kept right-padded, one row = prompt (no padding) + response (up to and
@@ -46,7 +46,6 @@ from editalign.losses import (
     shape_rewards,
     whiten,
 )
-from editalign.train.common import register_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -553,15 +552,14 @@ class PPOScriptArguments:
         "help": "prompt rendering: auto, always, never (as in editalign label)"})
 
 
-@register_trainer("ppo", "PPO with token-level (dense) or sequence-level (sparse) rewards")
 def run(argv: Sequence[str]) -> int:
     """``editalign train ppo``: PPO with a token-level or sequence-level reward model."""
-    from peft import get_peft_model
     from trl import TrlParser
 
     from editalign.data.pairs import load_prompts
     from editalign.models import load_model, load_tokenizer, resolve_model_path
     from editalign.reward_model import RewardModelConfig, TokenRewardModel
+    from editalign.train.cli import load_policy
     from editalign.train.common import ModelArguments
 
     parser = TrlParser([ModelArguments, PPOScriptArguments, PPOConfig])
@@ -576,14 +574,12 @@ def run(argv: Sequence[str]) -> int:
     tokenizer = load_tokenizer(model_args.model)
     reward_model = TokenRewardModel.from_pretrained(script.reward_model, tokenizer=tokenizer)
     reward_model.requires_grad_(False)
-    dtype = model_args.torch_dtype()
-    policy = load_model(model_args.model, dtype=dtype)
-    peft_config = model_args.peft_config()
-    ref_model = None
-    if peft_config is not None:
-        policy = get_peft_model(policy, peft_config)
-    else:
-        ref_model = load_model(model_args.model, dtype=dtype)
+    # After the reward model, as before: loading it draws from the global RNG (its head).
+    # No config: PPOTrainer turns gradient checkpointing on itself, after wrapping.
+    policy, _ = load_policy(model_args, None)
+    # With LoRA the reference is the policy without its adapter.
+    ref_model = None if model_args.lora_r > 0 else load_model(model_args.model,
+                                                              dtype=model_args.torch_dtype())
     value_config = RewardModelConfig(transform="identity")
     if script.value_init == "reward_model":
         value_model = TokenRewardModel.from_pretrained(script.reward_model)

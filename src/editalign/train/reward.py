@@ -1,4 +1,4 @@
-"""Reward models from edits: ``RewardConfig`` and ``RewardTrainer`` side by side (METHODS §3).
+"""Reward models from edits: ``RewardConfig`` and ``RewardTrainer`` side by side (docs/methods.md §3).
 
 One trainer for token-level and sequence-level reward models. A batch of B pairs is 2B
 sequences in one forward pass (revised sides first, then original sides, right-padded),
@@ -42,7 +42,6 @@ from editalign.eval.spans import human_bad_tokens
 from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
 from editalign.reward_model import RewardModelConfig, TokenRewardModel, TokenRewardOutput
 from editalign.train.collate import shared_prefix_ratio
-from editalign.train.common import register_trainer
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
     additive_mask,
@@ -397,7 +396,7 @@ class SequenceRewardConfig(RewardConfig):
 
 def _run(argv: Sequence[str], config_cls: type[RewardConfig]) -> int:
     from editalign.models import load_tokenizer
-    from editalign.train.figa import finish, parse_train_args, resume_arg
+    from editalign.train.cli import finish, parse_train_args, resume_arg
 
     model_args, data_args, config = parse_train_args(config_cls, argv)
     tokenizer = load_tokenizer(model_args.model)
@@ -412,11 +411,9 @@ def _run(argv: Sequence[str], config_cls: type[RewardConfig]) -> int:
     return finish(trainer, config, resume_arg(config))
 
 
-@register_trainer("token-rm", help="token-level reward model from edits (default token_cls)")
 def run_token_rm(argv: Sequence[str]) -> int:
     return _run(argv, RewardConfig)
 
 
-@register_trainer("rm", help="sequence-level reward model (seq_bt_last, as TRL's RewardTrainer)")
 def run_rm(argv: Sequence[str]) -> int:
     return _run(argv, SequenceRewardConfig)
