@@ -158,7 +158,9 @@ class DataArguments:
     granularity: str = field(default="token", metadata={
         "help": f"label granularity: {', '.join(GRANULARITIES)}"})
     max_length: int | None = field(default=1024, metadata={
-        "help": "longest prompt+response+EOS in tokens"})
+        "help": "longest prompt+response+EOS per side, in tokens (labelling, and the trainer "
+                "config's own max_length); longer sides are truncated and counted, pairs "
+                "whose response vanishes are skipped"})
     truncation: str = field(default="keep_start", metadata={
         "help": f"what to keep when too long: {', '.join(TRUNCATIONS)}"})
     chat_template: str = field(default="auto", metadata={
