@@ -271,7 +271,7 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
                     record["score_reference"] = judgement.reference_scores[i]
                 if judgement.details:
                     record["judge"] = judgement.details[i]
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
     return WinRateResult(
         policy=policy, reference=reference, judge=getattr(judge, "name", type(judge).__name__),
         n=len(outcomes), win_rate=win_rate(outcomes), ci_low=low, ci_high=high,
@@ -334,6 +334,6 @@ def cmd_eval(args: Any) -> int:
     print(result.table())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.out}")
     return 0

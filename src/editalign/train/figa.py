@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,7 +41,12 @@ from editalign.losses import (
     figa_weights,
 )
 from editalign.train.collate import PairCollator, pair_features
-from editalign.train.common import DataArguments, ModelArguments, register_trainer
+from editalign.train.common import (
+    DataArguments,
+    ModelArguments,
+    check_max_steps,
+    register_trainer,
+)
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
     additive_mask,
@@ -316,6 +323,7 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     data_cls = _data_arguments_without(shared)
     parser = TrlParser((ModelArguments, data_cls, config_cls))
     model_args, data_ns, config = parser.parse_args_and_config(list(argv))
+    check_max_steps(config.max_steps)
     data_kwargs = {f.name: getattr(data_ns, f.name) for f in fields(data_cls)}
     data_kwargs.update({name: getattr(config, name) for name in shared})
     data_args = DataArguments(**data_kwargs)
@@ -331,12 +339,63 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def resume_arg(config: Any) -> Any:
-    """``--resume_from_checkpoint DIR``, or ``true``/``last`` for the newest checkpoint."""
+def resume_arg(config: Any) -> str | None:
+    """The checkpoint directory to resume from, one rule for every trainer (PPO too).
+
+    ``--resume_from_checkpoint DIR`` must be a complete checkpoint; ``true``/``last`` is the
+    newest complete ``checkpoint-N`` in ``--output_dir``: an incomplete newer one (a save
+    interrupted by a crash) is skipped with a warning. Complete means the trainer state
+    file, which every trainer writes last, is valid JSON and the weights it saved are all
+    readable (see :func:`checkpoint_problem`). Problems raise ``ValueError`` naming the file.
+    """
+    import re
+
     value = config.resume_from_checkpoint
-    if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True
-    return value
+    if value is None or value is False or (isinstance(value, str) and not value):
+        return None
+    if value is True or str(value).lower() in ("true", "last"):
+        output = Path(config.output_dir)
+        numbered = sorted(((int(m.group(1)), d) for d in output.glob("checkpoint-*")
+                           if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name))),
+                          reverse=True)
+        for _, directory in numbered:
+            problem = checkpoint_problem(directory)
+            if problem is None:
+                return str(directory)
+            logger.warning("skipping incomplete checkpoint %s: %s", directory, problem)
+        raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-N directory "
+                         f"in {output}" + (f" ({len(numbered)} incomplete)" if numbered else ""))
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}")
+    return str(value)
+
+
+CHECKPOINT_STATE = "trainer_state.json"  # transformers' Trainer and PPO both write it last
+
+
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why ``directory`` is not a complete checkpoint (naming the file), or ``None``.
+
+    A finished checkpoint has ``trainer_state.json`` (written after everything else by
+    transformers' ``Trainer`` and by PPO) holding valid JSON, and readable weights: the
+    model files in the directory itself, or PPO's ``policy/`` sub-directory.
+    """
+    from editalign.models import weights_problem
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory}: no such checkpoint directory"
+    state = directory / CHECKPOINT_STATE
+    if not state.is_file():
+        return (f"{state}: missing (the file a checkpoint gets last: the save was "
+                "interrupted)")
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{state}: not valid JSON ({err}); the checkpoint is corrupt or half-written"
+    weights = directory / "policy" if (directory / "policy").is_dir() else directory
+    return weights_problem(weights)
 
 
 def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
