@@ -280,6 +280,35 @@ def test_cli_trains_ppo_with_a_saved_reward_model(tmp_path, tok):
     assert (out / "config.json").exists()  # the trained policy
 
 
+def test_cli_resume_from_last_skips_an_incomplete_newest_checkpoint(tmp_path, tok, caplog,
+                                                                   capsys):
+    import json
+
+    from editalign.cli import main
+
+    rm_dir = tmp_path / "rm"
+    TokenRewardModel.from_backbone("tiny").save_pretrained(rm_dir, tokenizer=tok)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Q{i}:"}) for i in range(6)) + "\n")
+    out = tmp_path / "out"
+    argv = ["train", "ppo", "--model", "tiny", "--reward_model", str(rm_dir),
+            "--prompts", str(prompts), "--output_dir", str(out), "--rollout_batch_size", "4",
+            "--per_device_train_batch_size", "2", "--max_new_tokens", "6", "--use_cpu",
+            "--report_to", "none", "--save_strategy", "steps", "--save_steps", "1"]
+    assert main([*argv, "--num_iterations", "2"]) == 0
+    # A crash while checkpoint-2 was being written: its state file never came.
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--num_iterations", "3", "--resume_from_checkpoint", "last"]) == 0
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-2" in caplog.text
+    assert _log_iterations(out) == [0, 1, 2]  # resumed at iteration 1, not from scratch
+    # An explicit half-written checkpoint is refused, naming the missing file (exit 2).
+    (out / "checkpoint-3" / "trainer_state.json").unlink()
+    assert main([*argv, "--num_iterations", "4", "--resume_from_checkpoint",
+                 str(out / "checkpoint-3")]) == 2
+    assert f"{out / 'checkpoint-3' / 'trainer_state.json'}: missing" in capsys.readouterr().err
+
+
 def test_two_process_data_parallel_run_keeps_ranks_in_sync(tmp_path):
     import json
     import os
