@@ -81,13 +81,10 @@ def weights_problem(directory: str | os.PathLike[str]) -> str | None:
     path = Path(directory)
     if not path.is_dir():
         return f"{path}: no such directory"
-    for name in ("config.json", "adapter_config.json", "reward_config.json"):
-        file = path / name
-        if file.exists():
-            try:
-                json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError) as err:
-                return f"{file}: not valid JSON ({err}); the file is corrupt or half-written"
+    problem = json_files_problem(path, ("config.json", "adapter_config.json",
+                                        "reward_config.json"))
+    if problem is not None:
+        return problem
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         return (f"{path}: no weights file (expected one of {', '.join(WEIGHT_FILES)}); the "
                 "directory is incomplete")
@@ -97,6 +94,22 @@ def weights_problem(directory: str | os.PathLike[str]) -> str | None:
                 pass
         except Exception as err:  # safetensors raises its own SafetensorError (not OSError)
             return f"{file}: unreadable safetensors file ({err}); truncated or corrupt"
+    return None
+
+
+TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def json_files_problem(directory: Path, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` in ``directory`` that exists but is not JSON, named."""
+    for name in names:
+        file = directory / name
+        if file.exists():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                return f"{file}: not valid JSON ({err}); the file is corrupt or half-written"
     return None
 
 
@@ -430,6 +443,10 @@ def resolve_model_path(name_or_path: str) -> str:
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
     """Offline tokenizer with a pad token, because batching code pads unconditionally."""
     path = resolve_model_path(name_or_path)
+    if os.path.isdir(path):
+        problem = json_files_problem(Path(path), TOKENIZER_FILES)
+        if problem is not None:
+            raise WeightsError(problem)
     tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, "local_files_only": True})
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -246,6 +246,13 @@ class TokenRewardModel(nn.Module):
     @staticmethod
     def load_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         """The tokenizer saved next to a reward model (pad token set, as every loader here)."""
+        from editalign.models import TOKENIZER_FILES, WeightsError, json_files_problem
+
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"{directory}: no such reward model directory")
+        problem = json_files_problem(Path(directory), TOKENIZER_FILES)
+        if problem is not None:
+            raise WeightsError(problem)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
