@@ -242,6 +242,10 @@ class PPOTrainer:
             mixed_precision="bf16" if config.bf16 else ("fp16" if config.fp16 else "no"))
         set_seed(config.seed + self.accelerator.process_index)
         self.prompt_ids = [self._encode_prompt(p, chat_template) for p in prompts]
+        empty = [i for i, ids in enumerate(self.prompt_ids) if not ids]
+        if empty:  # generate() cannot start from nothing
+            raise ValueError(f"prompts {empty[:10]} render to no tokens (empty text); remove "
+                             "them or give them text")
         if ref_model is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("a reference model is needed unless the policy is a PEFT model "
                              "(then the policy without its adapter is the reference)")
