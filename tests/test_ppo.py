@@ -130,6 +130,16 @@ def test_nan_reward_stops_with_an_error_naming_the_batch(tmp_path, tok):
         trainer.step()
 
 
+def test_statistics_that_overflow_stop_the_run_instead_of_writing_invalid_json(tmp_path, tok):
+    def huge(input_ids, attention_mask, response_start):  # finite, but sums overflow
+        return torch.full_like(planted_dense(input_ids, attention_mask, response_start), 3e38)
+
+    trainer = make_trainer(tmp_path, tok, huge)
+    with pytest.raises(FloatingPointError, match=r"iteration 0: .*reward.* became NaN or inf"):
+        trainer.train()
+    assert (tmp_path / "ppo" / "ppo_log.jsonl").read_text() == ""  # no invalid row
+
+
 def test_text_reward_source_puts_the_judge_score_on_the_last_token(tmp_path, tok):
     source = text_reward_source(lambda prompts, responses: [len(r) for r in responses], tok)
     trainer = make_trainer(tmp_path, tok, source)

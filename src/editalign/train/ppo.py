@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -438,6 +439,11 @@ class PPOTrainer:
                                * self.accelerator.num_processes)
         stats.update(iteration=self.iteration, time_rollout=t1 - t0, time_scoring=t2 - t1,
                      time_update=t3 - t2)
+        diverged = [k for k, v in stats.items() if not math.isfinite(v)]
+        if diverged:  # the log and checkpoints are strict JSON: say why, not "invalid float"
+            raise FloatingPointError(f"iteration {self.iteration}: {', '.join(diverged)} "
+                                     "became NaN or inf (training diverged); lower "
+                                     "--learning_rate or set --max_grad_norm")
         self.iteration += 1
         self.history.append(stats)
         return stats
