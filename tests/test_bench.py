@@ -417,8 +417,20 @@ def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, ca
     monkeypatch.setenv("EDITALIGN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     assert main(["bench", "run", "--smoke", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"report: {out / 'report.html'}" in printed
+    # Not a terminal: one line per stage, the stage's own output in its directory.
+    for noise in ("Loading weights", "{'loss'", "it/s]", "editalign train sft --model"):
+        assert noise not in captured.out + captured.err, noise
+    for stage in ("sft", "dpo", "figa", "rm", "ppo-seq", "token-rm", "ppo-token"):
+        line = [x for x in printed.splitlines() if x.startswith("train ")
+                and f"-> {out / stage}:" in x]
+        assert len(line) == 1 and line[0].endswith(f"(log: {out / stage / 'stage.log'})"), stage
+    assert "{'loss'" in (out / "sft" / "stage.log").read_text()
+    assert "Loading weights" not in (out / "sft" / "stage.log").read_text()
+    assert sum(x.startswith("eval ") and "win rate" in x for x in printed.splitlines()) == \
+        len(METHODS)
     results = json.loads((out / "results.json").read_text())
     assert [r["method"] for r in results["results"]] == list(METHODS)
     assert results["config"]["max_steps"] == 2 and results["config"]["eval_limit"] == 4
@@ -591,3 +603,49 @@ def test_paired_comparison_by_hand(tmp_path):
     found = comparisons(tmp_path, RunConfig(methods=["sft", "figa"], seeds=[0, 1]))
     assert [(x["a"], x["b"]) for x in found] == [("figa", "sft")]
     assert paired_comparison(tmp_path, [0, 1], "figa", "dpo") is None
+
+
+def test_stage_output_quiet_logs_the_stage_and_prints_one_line(tmp_path, capsys):
+    import logging
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    from editalign.bench.runner import stage_output
+
+    console = logging.StreamHandler(sys.stderr)  # what the CLI's basicConfig installs
+    root = logging.getLogger()
+    root.addHandler(console)
+    try:
+        log = tmp_path / "stage" / "stage.log"
+        with stage_output(log, "train x", quiet=True) as note:
+            print("{'loss': 1.0}")
+            logging.getLogger("editalign.test").warning("a logged warning")
+            for _ in hf_logging.tqdm(range(3), desc="Loading weights"):
+                pass
+            note["summary"] = "done well"
+        assert hf_logging.is_progress_bar_enabled()  # restored afterwards
+        with pytest.raises(RuntimeError, match="boom"), \
+                stage_output(tmp_path / "bad.log", "train y", quiet=True):
+            print("partial output")
+            raise RuntimeError("boom")
+    finally:
+        root.removeHandler(console)
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 2 and captured.err == ""
+    assert lines[0].startswith("train x: done well, ") and lines[0].endswith(f"(log: {log})")
+    assert lines[1].startswith("train y: failed after ") and "RuntimeError: boom" in lines[1]
+    text = log.read_text()
+    assert "{'loss': 1.0}" in text and "a logged warning" in text
+    assert "Loading weights" not in text
+    assert "partial output" in (tmp_path / "bad.log").read_text()
+
+
+def test_stage_output_on_a_terminal_changes_nothing(tmp_path, capsys):
+    from editalign.bench.runner import stage_output
+
+    with stage_output(tmp_path / "stage.log", "train x", quiet=False):
+        print("shown as it comes")
+    assert capsys.readouterr().out == "shown as it comes\n"
+    assert not (tmp_path / "stage.log").exists()

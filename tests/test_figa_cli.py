@@ -58,3 +58,44 @@ def test_pairs_whose_response_vanishes_are_skipped_with_the_reason(tmp_path, cap
     assert code == 0
     assert "response truncated away" in caplog.text
     assert "labelled 3 of 6 pairs" in caplog.text
+
+
+def test_resume_from_last_skips_an_incomplete_newest_checkpoint(data, tmp_path, caplog):
+    out = tmp_path / "run"
+    argv = ["train", "figa", "--data", str(data), *common(out), "--save_strategy", "steps",
+            "--save_steps", "1", "--logging_steps", "1"]
+    assert main(argv) == 0
+    # A crash while checkpoint-2 was written: the weights are cut short (trainer_state.json,
+    # written last, is there only because the crash hit a copy; the weights check finds it).
+    weights = out / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--max_steps", "3", "--resume_from_checkpoint", "last"]) == 0
+    assert f"skipping incomplete checkpoint {out / 'checkpoint-2'}" in caplog.text
+    assert "model.safetensors: unreadable safetensors file" in caplog.text
+    state = json.loads((out / "trainer_state.json").read_text())
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == [1, 2, 3]  # resumed after step 1: steps 2 and 3 trained again
+
+
+def test_resume_from_a_half_written_checkpoint_names_the_file(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "figa", "--data", str(data), *common(out), "--max_steps", "1",
+                 "--save_strategy", "steps", "--save_steps", "1"]) == 0
+    (out / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1, ')
+    code = main(["train", "figa", "--data", str(data), *common(out), "--resume_from_checkpoint",
+                 str(out / "checkpoint-1")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint-1' / 'trainer_state.json'}: not valid JSON" in err
+
+
+@pytest.mark.parametrize("method", ["figa", "sft", "dpo", "token-rm", "rm"])
+@pytest.mark.parametrize("max_steps", ["0", "-3"])
+def test_max_steps_zero_or_below_minus_one_is_refused(data, tmp_path, capsys, method, max_steps):
+    code = main(["train", method, "--data", str(data), *common(tmp_path / "run"),
+                 "--max_steps", max_steps])
+    assert code == 2
+    assert f"--max_steps must be a positive number of optimizer steps, or -1 to train by " \
+           f"--num_train_epochs; got {max_steps}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything is written

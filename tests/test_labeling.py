@@ -114,6 +114,28 @@ def test_truncation_keep_end_drops_prompt_tokens_first(tok):
     assert cut.original.response_start == full.original.response_start - 3
 
 
+def test_edit_ratio_of_a_truncated_pair_uses_the_untruncated_responses(tok):
+    from rapidfuzz.distance import Levenshtein
+
+    # A long rewrite cut to a few response tokens: the distance counts the whole responses
+    # (here about 60 tokens), so dividing by the ~5 kept tokens gave ratios far above 1.
+    long = pair(prompt="Q:", original=" " + "wrong words here " * 4,
+                revised=" " + "right answer now! " * 4)
+    full = label_pair(long, tok)
+    cut = label_pair(long, tok, LabelingConfig(max_length=full.original.response_start + 5))
+    assert cut.truncated and cut.edit_distance == full.edit_distance
+    o = tok(long.prompt + long.original)["input_ids"][len(tok(long.prompt)["input_ids"]):]
+    r = tok(long.prompt + long.revised)["input_ids"][len(tok(long.prompt)["input_ids"]):]
+    expected = Levenshtein.distance(o, r) / (max(len(o), len(r)) + 1)  # +1: the EOS
+    assert cut.edit_ratio == pytest.approx(expected) == pytest.approx(full.edit_ratio)
+    assert 0 < cut.edit_ratio < 1
+    # The statistics see every pair: the histogram counts sum to the pairs kept.
+    labeled, stats = label_pairs([long, pair()], tok, LabelingConfig(max_length=40))
+    counts = stats.to_dict()["edit_ratio"]["histogram"]["counts"]
+    assert sum(counts) == len(labeled) == 2
+    assert stats.to_dict()["edit_ratio"]["max"] < 1
+
+
 def test_response_truncated_away_is_skipped_with_a_reason(tok):
     lp = label_pair(pair(), tok)
     with pytest.raises(SkipPair, match="truncated away"):

@@ -126,8 +126,18 @@ def test_nan_reward_stops_with_an_error_naming_the_batch(tmp_path, tok):
         return out
 
     trainer = make_trainer(tmp_path, tok, broken)
-    with pytest.raises(FloatingPointError, match=r"iteration 0.*rows \[1\]"):
+    with pytest.raises(FloatingPointError, match=r"iteration 0.*rollout row 1\b"):
         trainer.step()
+
+
+def test_statistics_that_overflow_stop_the_run_instead_of_writing_invalid_json(tmp_path, tok):
+    def huge(input_ids, attention_mask, response_start):  # finite, but sums overflow
+        return torch.full_like(planted_dense(input_ids, attention_mask, response_start), 3e38)
+
+    trainer = make_trainer(tmp_path, tok, huge)
+    with pytest.raises(FloatingPointError, match=r"iteration 0: .*reward.* became NaN or inf"):
+        trainer.train()
+    assert (tmp_path / "ppo" / "ppo_log.jsonl").read_text() == ""  # no invalid row
 
 
 def test_text_reward_source_puts_the_judge_score_on_the_last_token(tmp_path, tok):
@@ -153,6 +163,90 @@ def test_checkpoint_and_resume_continue_the_same_run(tmp_path, tok):
     assert history[:2] == full_history[:2]
     for a, b in zip(history[2:], full_history[2:], strict=True):
         assert a["reward"] == pytest.approx(b["reward"], rel=1e-4, abs=1e-6)
+
+
+class _PlantedPayload:
+    """Unpickling this runs ``Path.touch(sentinel)``: stands for an attacker's code."""
+
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.sentinel),))
+
+
+@pytest.mark.parametrize("target", ["optimizer.pt", "rng_state.pt", "value_model.pt"])
+def test_resume_refuses_a_checkpoint_with_a_planted_pickle_payload(tmp_path, tok, target):
+    full = make_trainer(tmp_path / "a", tok, planted_dense, num_iterations=2, save_steps=2,
+                        save_strategy="steps")
+    full.train()
+    ckpt = tmp_path / "a" / "ppo" / "checkpoint-2"
+    sentinel = tmp_path / "payload-ran"
+    torch.save({"state": {}, "param_groups": [_PlantedPayload(sentinel)]}, ckpt / target)
+    resumed = make_trainer(tmp_path / "b", tok, planted_dense, num_iterations=3,
+                           resume_from_checkpoint=str(ckpt))
+    with pytest.raises(ValueError, match=rf"{target}: refused: .*objects other than tensors"):
+        resumed.train()
+    assert not sentinel.exists()
+
+
+def test_resume_refuses_an_old_pickled_trainer_state_without_loading_it(tmp_path, tok):
+    full = make_trainer(tmp_path / "a", tok, planted_dense, num_iterations=2, save_steps=2,
+                        save_strategy="steps")
+    full.train()
+    ckpt = tmp_path / "a" / "ppo" / "checkpoint-2"
+    sentinel = tmp_path / "payload-ran"
+    (ckpt / "trainer_state.json").unlink()
+    torch.save({"iteration": 2, "rng": _PlantedPayload(sentinel)}, ckpt / "trainer_state.pt")
+    resumed = make_trainer(tmp_path / "b", tok, planted_dense, num_iterations=3,
+                           resume_from_checkpoint=str(ckpt))
+    with pytest.raises(ValueError, match=r"trainer_state.pt: .*pickle.*not loaded"):
+        resumed.train()
+    assert not sentinel.exists()
+
+
+def test_checkpoint_holds_only_tensors_and_json(tmp_path, tok):
+    import json
+
+    full = make_trainer(tmp_path, tok, planted_dense, num_iterations=2, save_steps=2,
+                        save_strategy="steps")
+    full.train()
+    ckpt = tmp_path / "ppo" / "checkpoint-2"
+    for name in ("optimizer.pt", "rng_state.pt", "value_model.pt"):
+        torch.load(ckpt / name, weights_only=True)  # raises on anything but tensors/containers
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["iteration"] == 2 and len(state["history"]) == 2
+    assert not (ckpt / "trainer_state.pt").exists()
+
+
+def _log_iterations(directory):
+    import json
+
+    lines = (directory / "ppo_log.jsonl").read_text().splitlines()
+    return [json.loads(line)["iteration"] for line in lines]
+
+
+def test_log_of_a_resumed_run_continues_from_the_checkpoint(tmp_path, tok):
+    full = make_trainer(tmp_path, tok, planted_dense, num_iterations=4, save_steps=2,
+                        save_strategy="steps")
+    full.train()
+    assert _log_iterations(tmp_path / "ppo") == [0, 1, 2, 3]
+    # Resume from iteration 2 into the same directory: rows 2, 3 are redone, not repeated.
+    resumed = make_trainer(tmp_path, tok, planted_dense, num_iterations=5,
+                           resume_from_checkpoint=str(tmp_path / "ppo" / "checkpoint-2"))
+    resumed.train()
+    assert _log_iterations(tmp_path / "ppo") == [0, 1, 2, 3, 4]
+    # A fresh run into the same directory starts a fresh log.
+    make_trainer(tmp_path, tok, planted_dense, num_iterations=2).train()
+    assert _log_iterations(tmp_path / "ppo") == [0, 1]
+
+
+@pytest.mark.parametrize("max_steps", [0, -3, 5])
+def test_ppo_refuses_max_steps(tmp_path, tok, max_steps):
+    with pytest.raises(ValueError, match="--max_steps"):
+        PPOConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=max_steps)
 
 
 def _learning_curve(tmp_path, tok, reward, seed):
@@ -194,6 +288,35 @@ def test_cli_trains_ppo_with_a_saved_reward_model(tmp_path, tok):
     assert {"reward", "kl", "entropy", "clip_fraction", "value_loss", "response_length",
             "time_rollout", "time_scoring", "time_update"} <= set(log[0])
     assert (out / "config.json").exists()  # the trained policy
+
+
+def test_cli_resume_from_last_skips_an_incomplete_newest_checkpoint(tmp_path, tok, caplog,
+                                                                   capsys):
+    import json
+
+    from editalign.cli import main
+
+    rm_dir = tmp_path / "rm"
+    TokenRewardModel.from_backbone("tiny").save_pretrained(rm_dir, tokenizer=tok)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Q{i}:"}) for i in range(6)) + "\n")
+    out = tmp_path / "out"
+    argv = ["train", "ppo", "--model", "tiny", "--reward_model", str(rm_dir),
+            "--prompts", str(prompts), "--output_dir", str(out), "--rollout_batch_size", "4",
+            "--per_device_train_batch_size", "2", "--max_new_tokens", "6", "--use_cpu",
+            "--report_to", "none", "--save_strategy", "steps", "--save_steps", "1"]
+    assert main([*argv, "--num_iterations", "2"]) == 0
+    # A crash while checkpoint-2 was being written: its state file never came.
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert main([*argv, "--num_iterations", "3", "--resume_from_checkpoint", "last"]) == 0
+    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-2" in caplog.text
+    assert _log_iterations(out) == [0, 1, 2]  # resumed at iteration 1, not from scratch
+    # An explicit half-written checkpoint is refused, naming the missing file (exit 2).
+    (out / "checkpoint-3" / "trainer_state.json").unlink()
+    assert main([*argv, "--num_iterations", "4", "--resume_from_checkpoint",
+                 str(out / "checkpoint-3")]) == 2
+    assert f"{out / 'checkpoint-3' / 'trainer_state.json'}: missing" in capsys.readouterr().err
 
 
 def test_two_process_data_parallel_run_keeps_ranks_in_sync(tmp_path):

@@ -99,3 +99,83 @@ def test_same_seed_gives_the_same_reward_model_whatever_ran_before(pairs, tmp_pa
     torch.rand(1000)  # what an earlier test or import might have done
     assert torch.equal(head("b", "0"), first)
     assert not torch.equal(head("c", "1"), first)
+
+
+def _copy_with_nan_head(token_rm, tmp_path):
+    """The reward model with a NaN head bias: every reward it gives is NaN."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "nan-rm"
+    shutil.copytree(token_rm, broken)
+    head = load_file(broken / "reward_head.safetensors")
+    head["bias"] = torch.full_like(head["bias"], float("nan"))
+    save_file(head, broken / "reward_head.safetensors")
+    return broken
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_score_refuses_nan_rewards_naming_the_pair_and_writes_nothing(token_rm, pairs,
+                                                                      tmp_path, capsys):
+    broken = _copy_with_nan_head(token_rm, tmp_path)
+    out = tmp_path / "scores"
+    code = main(["score", "--reward-model", str(broken), "--data", str(pairs), "--out", str(out),
+                 "--limit", "3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "returned NaN or inf rewards for pair 'default-0' (revised)" in err
+    assert not out.exists()
+
+
+def test_score_writes_strict_json_with_undefined_metrics_as_null(token_rm, tmp_path):
+    # Pairs without an edit: no token is deleted or substituted, so the token AUROC (edited
+    # vs kept tokens) is undefined: null in the file, never NaN (which is not JSON).
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({**r, "revised": r["original"]}) + "\n" for r in ROWS[:2]))
+    out = tmp_path / "scores"
+    assert main(["score", "--reward-model", str(token_rm), "--data", str(same),
+                 "--out", str(out)]) == 0
+    metrics = _strict_json((out / "metrics.json").read_text())
+    for line in (out / "rewards.jsonl").read_text().splitlines():
+        _strict_json(line)
+    assert metrics["token_auroc"] is None
+
+
+def test_score_names_a_truncated_or_missing_weight_file(token_rm, pairs, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken-rm"
+    shutil.copytree(token_rm, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    argv = ["score", "--reward-model", str(broken), "--data", str(pairs), "--out",
+            str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert f"{weights}: unreadable safetensors file" in capsys.readouterr().err
+    weights.unlink()
+    assert main(argv) == 2
+    assert f"{broken}: no weights file" in capsys.readouterr().err
+    shutil.copy(token_rm / "model.safetensors", weights)
+    (broken / "reward_head.safetensors").unlink()
+    assert main(argv) == 2
+    assert f"{broken / 'reward_head.safetensors'}: missing" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_reviser_reward_filter_refuses_non_finite_scores_naming_the_row():
+    from editalign.revise.filters import reward_filter
+    from editalign.reward_model import NonFiniteRewardError
+
+    def scorer(prompts, responses):
+        return [float("inf") if r == "bad" else 1.0 for r in responses]
+
+    with pytest.raises(NonFiniteRewardError, match=r"row 'b' \(revised\)"):
+        reward_filter(scorer, ["p", "p"], ["x", "y"], ["fine", "bad"], ids=["a", "b"])

@@ -276,3 +276,47 @@ def test_samples_per_prompt_repeats_prompts_and_bootstraps_per_prompt(cache, ben
                                                                  seed=3)
     with pytest.raises(ValueError, match="samples_per_prompt"):
         SamplingConfig(samples_per_prompt=0)
+
+
+def test_cli_refuses_a_nan_reward_model_judge_naming_the_row(cache, prompts_file, tmp_path,
+                                                              capsys):
+    import torch
+
+    from editalign.cli import main
+    from editalign.models import load_tokenizer
+    from editalign.reward_model import RewardModelConfig, TokenRewardModel
+
+    tok = load_tokenizer("tiny-bench")
+    rm = TokenRewardModel.from_backbone("tiny-bench", RewardModelConfig(), tokenizer=tok)
+    with torch.no_grad():
+        rm.head.bias.fill_(float("nan"))
+    rm.save_pretrained(tmp_path / "rm", tokenizer=tok)
+    out = tmp_path / "result.json"
+    code = main(["eval", "winrate", "--policy", "tiny-bench", "--reference", "tiny-bench:1",
+                 "--prompts", str(prompts_file), "--judge", f"rm:{tmp_path / 'rm'}",
+                 "--max-new-tokens", "4", "--limit", "2", "--bootstrap", "50",
+                 "--out", str(out)])
+    assert code == 2  # before: 0.000 [0.000, 0.000] and exit 0
+    err = capsys.readouterr().err
+    assert "NaN or inf rewards for the policy response to prompts row 0" in err
+    assert not out.exists()
+
+
+def test_cli_names_a_corrupt_policy_weights_file(cache, prompts_file, tmp_path, capsys):
+    from editalign.cli import main
+    from editalign.models import load_model, load_tokenizer
+
+    policy = tmp_path / "policy"
+    load_model("tiny-bench").save_pretrained(policy)
+    load_tokenizer("tiny-bench").save_pretrained(policy)
+    weights = policy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    code = main(["eval", "winrate", "--policy", str(policy), "--reference", "tiny-bench",
+                 "--prompts", str(prompts_file), "--max-new-tokens", "4", "--limit", "2"])
+    assert code == 2
+    assert f"{weights}: unreadable safetensors file" in capsys.readouterr().err
+    (policy / "config.json").write_text("{not json")
+    code = main(["eval", "winrate", "--policy", str(policy), "--reference", "tiny-bench",
+                 "--prompts", str(prompts_file), "--max-new-tokens", "4", "--limit", "2"])
+    assert code == 2
+    assert f"{policy / 'config.json'}: not valid JSON" in capsys.readouterr().err

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ModelNotFoundError",
+    "WeightsError",
     "cache_dir",
     "declare_model",
     "load_model",
@@ -59,6 +60,68 @@ class ModelNotFoundError(ValueError):
 
     A ``ValueError`` so that CLI argument handling can treat it like any other bad value.
     """
+
+
+class WeightsError(ValueError):
+    """A model directory whose weight or config files are missing or unreadable; the message
+    names the file and what is wrong with it."""
+
+
+# What a saved model directory holds its weights in (transformers' names, safetensors first).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
+
+
+def weights_problem(directory: str | os.PathLike[str]) -> str | None:
+    """Why the model directory cannot be loaded (naming the file), or ``None`` if it can.
+
+    Reads only file headers: ``config.json`` (and ``reward_config.json``/``adapter_config.json``
+    when present) must parse, at least one of :data:`WEIGHT_FILES` must exist, and every
+    ``*.safetensors`` file must have a complete header that covers the file (safetensors
+    checks that the data the header announces is all there, so a truncated copy fails).
+    """
+    from safetensors import safe_open
+
+    path = Path(directory)
+    if not path.is_dir():
+        return f"{path}: no such directory"
+    problem = json_files_problem(path, ("config.json", "adapter_config.json",
+                                        "reward_config.json"))
+    if problem is not None:
+        return problem
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        return (f"{path}: no weights file (expected one of {', '.join(WEIGHT_FILES)}); the "
+                "directory is incomplete")
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own SafetensorError (not OSError)
+            return f"{file}: unreadable safetensors file ({err}); truncated or corrupt"
+    return None
+
+
+TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def json_files_problem(directory: Path, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` in ``directory`` that exists but is not JSON, named."""
+    for name in names:
+        file = directory / name
+        if file.exists():
+            try:
+                json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as err:
+                return f"{file}: not valid JSON ({err}); the file is corrupt or half-written"
+    return None
+
+
+def check_weights(directory: str | os.PathLike[str]) -> None:
+    """Raise :class:`WeightsError` naming the file when ``directory`` cannot be loaded."""
+    problem = weights_problem(directory)
+    if problem is not None:
+        raise WeightsError(problem)
 
 
 def cache_dir() -> Path:
@@ -418,6 +481,10 @@ def resolve_model_path(name_or_path: str) -> str:
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
     """Offline tokenizer with a pad token, because batching code pads unconditionally."""
     path = resolve_model_path(name_or_path)
+    if os.path.isdir(path):
+        problem = json_files_problem(Path(path), TOKENIZER_FILES)
+        if problem is not None:
+            raise WeightsError(problem)
     tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, "local_files_only": True})
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -431,6 +498,8 @@ def load_model(
     path = resolve_model_path(name_or_path)
     if dtype is not None:
         kwargs["dtype"] = dtype
+    if os.path.isdir(path):  # a local directory: name a corrupt file instead of a traceback
+        check_weights(path)
     return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, "local_files_only": True})
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,38 @@ READ_AT = ("token", "last")
 
 class TokenizerMismatchError(ValueError):
     """Token ids from one tokenizer fed to a reward model trained with another."""
+
+
+class NonFiniteRewardError(ValueError, FloatingPointError):
+    """A reward source returned NaN or inf: every result computed from it would be garbage
+    (a NaN compares false, so a win rate reads 0 and metrics read plausible), so consumers
+    stop and name the rows. A ``ValueError`` so the CLI exits 2 with the message."""
+
+
+def check_finite_rewards(rewards: Any, valid: Any = None, *,
+                         rows: Sequence[str] | None = None, source: str = "the reward model"
+                         ) -> None:
+    """Raise :class:`NonFiniteRewardError` naming the rows whose rewards are NaN or inf.
+
+    ``rewards`` is a tensor or array whose first axis is the row (a 1-D sequence of scores
+    works too); ``valid`` masks the positions that are rewards (padding may hold anything);
+    ``rows`` names the rows (default: ``row i``). The one check every consumer of rewards
+    uses: scoring pairs, the reward-model judge, the reviser's reward filter and PPO.
+    """
+    values = torch.as_tensor(rewards, dtype=torch.float64) if not isinstance(rewards, Tensor) \
+        else rewards
+    bad = ~torch.isfinite(values)
+    if valid is not None:
+        bad = bad & torch.as_tensor(valid, dtype=torch.bool, device=bad.device)
+    if bad.dim() > 1:
+        bad = bad.flatten(1).any(-1)
+    if not bad.any():
+        return
+    index = bad.nonzero().flatten().tolist()
+    names = [rows[i] if rows is not None else f"row {i}" for i in index]
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    raise NonFiniteRewardError(f"{source} returned NaN or inf rewards for {shown}; refusing to "
+                               "use them (check the reward model's weights and inputs)")
 
 
 @dataclass
@@ -115,13 +148,15 @@ class TokenRewardModel(nn.Module):
 
     @torch.no_grad()
     def response_rewards(self, input_ids: Tensor, attention_mask: Tensor,
-                         response_start: Tensor | list[int]) -> Tensor:
+                         response_start: Tensor | list[int], *,
+                         rows: Sequence[str] | None = None) -> Tensor:
         """The PPO reward source: (batch, response_length) rewards of right-padded sequences.
 
         Row b's response is ``input_ids[b, response_start[b]:]`` up to its last non-pad
         token. A token RM (``read_at="token"``) fills every response position; a sequence
         RM (``read_at="last"``) puts its reward at the last response token and 0 elsewhere.
-        Padding positions are 0.
+        Padding positions are 0. A NaN or inf reward on a response token raises
+        :class:`NonFiniteRewardError` naming the row (``rows[b]``, default ``row b``).
         """
         rewards = self(input_ids=input_ids, attention_mask=attention_mask).rewards.float()
         start = torch.as_tensor(response_start, device=rewards.device)
@@ -133,6 +168,7 @@ class TokenRewardModel(nn.Module):
         valid = cols[None, :] < lengths[:, None]
         if self.reward_config.read_at == "last":
             valid = cols[None, :] == (lengths[:, None] - 1)
+        check_finite_rewards(out, valid, rows=rows)
         return torch.where(valid, out, torch.zeros_like(out))
 
     # ------------------------------------------------------------------ checks
@@ -180,12 +216,22 @@ class TokenRewardModel(nn.Module):
                         tokenizer: PreTrainedTokenizerBase | None = None,
                         dtype: Any = None) -> TokenRewardModel:
         """Load a directory written by :meth:`save_pretrained`; checks ``tokenizer`` if given."""
+        from editalign.models import WeightsError, check_weights
+
         path = Path(directory)
         if not (path / REWARD_CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"{path} is not a reward model directory (no {REWARD_CONFIG_NAME}); train one "
                 "with `editalign train token-rm` or `editalign train rm`")
-        config = RewardModelConfig(**json.loads((path / REWARD_CONFIG_NAME).read_text()))
+        if not (path / HEAD_NAME).is_file():
+            raise WeightsError(f"{path / HEAD_NAME}: missing; the reward model directory is "
+                               "incomplete")
+        check_weights(path)  # names a missing, truncated or corrupt file
+        try:
+            config = RewardModelConfig(**json.loads((path / REWARD_CONFIG_NAME).read_text()))
+        except TypeError as err:
+            raise WeightsError(f"{path / REWARD_CONFIG_NAME}: not a reward config ({err})"
+                               ) from None
         kwargs: dict[str, Any] = {"local_files_only": True}
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -199,6 +245,13 @@ class TokenRewardModel(nn.Module):
     @staticmethod
     def load_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         """The tokenizer saved next to a reward model (pad token set, as every loader here)."""
+        from editalign.models import TOKENIZER_FILES, WeightsError, json_files_problem
+
+        if not Path(directory).is_dir():
+            raise FileNotFoundError(f"{directory}: no such reward model directory")
+        problem = json_files_problem(Path(directory), TOKENIZER_FILES)
+        if problem is not None:
+            raise WeightsError(problem)
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token

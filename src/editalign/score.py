@@ -112,7 +112,8 @@ def render_html(records: Sequence[dict[str, Any]], metrics: dict[str, Any], titl
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
                    for k, v in metrics.items() if isinstance(v, float))
     calib = metrics.get("calibration", {})
-    rows += "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
+    rows += "".join(f"<tr><td>{html.escape(k)}</td><td>"
+                    f"{'n/a' if v is None else format(v, '.4f')}</td></tr>"
                     for k, v in calib.items())
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -161,6 +162,14 @@ def render_html(records: Sequence[dict[str, Any]], metrics: dict[str, Any], titl
     return "\n".join(parts)
 
 
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from editalign.eval.reward_metrics import reward_metrics
     from editalign.reward_model import TokenRewardModel
@@ -174,15 +183,17 @@ def cmd_score(args: argparse.Namespace) -> int:
                          max_length=args.max_length or None)
     pairs, _ = data.load(tokenizer)
     scores = score_labeled(model, pairs, tokenizer.pad_token_id, args.batch_size)
-    metrics = reward_metrics(scores)
+    # An undefined metric (e.g. AUROC without both classes) is NaN in memory and null in the
+    # file: strict JSON has no NaN. Rewards themselves were checked finite when scored.
+    metrics = _nan_to_none(reward_metrics(scores))
     eos = tokenizer.eos_token or ""
     records = [pair_record(lp, s, eos) for lp, s in zip(pairs, scores, strict=True)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with (out / "rewards.jsonl").open("w", encoding="utf-8") as f:
         for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     (out / "index.html").write_text(
         render_html(records[: args.html_pairs], metrics,
                     f"editalign score: {args.reward_model}", model.reward_config.read_at),

@@ -228,8 +228,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if (bench / "summary.json").is_file():
             print(f"bench init: done earlier ({bench / 'summary.json'}), skipped")
         else:
-            cmd_bench(argparse.Namespace(**{**vars(args), "action": "init",
-                                            "out": str(bench)}))
+            from editalign.bench.runner import STAGE_LOG, stage_output
+
+            with stage_output(bench / STAGE_LOG, f"bench init -> {bench}"):
+                cmd_bench(argparse.Namespace(**{**vars(args), "action": "init",
+                                                "out": str(bench)}))
         args.bench = str(bench)
     if not args.bench:
         raise ValueError("--bench (a directory written by `editalign bench init`) is required")

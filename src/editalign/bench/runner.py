@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's old public names)
     COMPARISONS,
@@ -112,14 +115,105 @@ def _common(config: RunConfig, lr: float) -> list[str]:
             "--disable_tqdm", "True"]
 
 
+STAGE_LOG = "stage.log"  # in each trained stage's --output_dir (non-terminal runs)
+EVAL_LOG = "eval.log"  # in <run>/<method>/, the evaluation's output (non-terminal runs)
+
+
+def console_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def stage_output(log_path: Path, label: str, *, quiet: bool | None = None
+                 ) -> Iterator[dict[str, str]]:
+    """Run one stage (a trainer, an evaluation) with its output in ``log_path``.
+
+    On a terminal (``quiet=None`` and stderr a TTY) nothing changes: progress bars and logs
+    show as they come. Otherwise (a log file, CI, the demo piped somewhere) everything the
+    stage prints, logs or warns goes to ``log_path``, progress bars are off, and the console
+    gets one line: ``LABEL: SUMMARY, N s (log: PATH)`` (the caller may put a ``summary``
+    into the yielded dict), or on failure the error and where the full log is.
+    """
+    if quiet is None:
+        quiet = not console_is_terminal()
+    note: dict[str, str] = {}
+    if not quiet:
+        yield note
+        return
+    console = sys.stdout
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log, ExitStack() as stack:
+        stack.enter_context(_log_handlers_to(log))  # first: it looks for today's console
+        stack.enter_context(redirect_stdout(log))
+        stack.enter_context(redirect_stderr(log))
+        stack.enter_context(_progress_bars_off())
+        try:
+            yield note
+        except BaseException as err:
+            print(f"{label}: failed after {time.perf_counter() - started:.1f} s "
+                  f"({type(err).__name__}: {err}); full log: {log_path}", file=console,
+                  flush=True)
+            raise
+    summary = f"{note['summary']}, " if note.get("summary") else ""
+    print(f"{label}: {summary}{time.perf_counter() - started:.1f} s (log: {log_path})",
+          file=console, flush=True)
+
+
+@contextmanager
+def _log_handlers_to(stream: IO[str]) -> Iterator[None]:
+    """Point every logging handler that writes to the console (the root's, and libraries'
+    own such as transformers') at ``stream`` for the duration."""
+    consoles = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
+    loggers = [logging.getLogger(), *(lg for lg in logging.root.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    swapped = []
+    for lg in loggers:
+        for handler in lg.handlers:
+            if type(handler) is logging.StreamHandler and id(handler.stream) in consoles:
+                swapped.append((handler, handler.setStream(stream)))
+    try:
+        yield
+    finally:
+        for handler, previous in swapped:
+            handler.setStream(previous)
+
+
+@contextmanager
+def _progress_bars_off() -> Iterator[None]:
+    """transformers', datasets' and huggingface_hub's progress bars off, restored after."""
+    import datasets
+    import huggingface_hub.utils as hub
+    from transformers.utils import logging as hf_logging
+
+    states = (hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled(),
+              hub.are_progress_bars_disabled())
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    hub.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if states[0]:
+            hf_logging.enable_progress_bar()
+        if states[1]:
+            datasets.enable_progress_bars()
+        if not states[2]:
+            hub.enable_progress_bars()
+
+
 def _train(method: str, argv: list[str]) -> float:
+    """``editalign train METHOD ARGV`` in this process; its output goes to ``stage.log`` in
+    its ``--output_dir`` when the console is not a terminal (see :func:`stage_output`)."""
     from editalign.train.common import run_trainer
 
-    logger.info("editalign train %s %s", method, " ".join(argv))
+    output_dir = Path(argv[argv.index("--output_dir") + 1])
     started = time.perf_counter()
-    code = run_trainer(method, argv)
-    if code:
-        raise RuntimeError(f"editalign train {method} exited with {code}")
+    with stage_output(output_dir / STAGE_LOG, f"train {method} -> {output_dir}"):
+        logger.info("editalign train %s %s", method, " ".join(argv))
+        code = run_trainer(method, argv)
+        if code:
+            raise RuntimeError(f"editalign train {method} exited with {code}")
     return time.perf_counter() - started
 
 
@@ -178,7 +272,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
             "--rollout_batch_size", str(config.ppo_rollout_batch_size),
             "--per_device_train_batch_size", str(config.batch_size),
             "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
-            "--report_to", "none", "--save_strategy", "no",
+            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
             *config.stage_args("ppo"), *extra])
         return target, seconds
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -226,7 +320,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
                                   batch_size=config.eval_batch_size,
                                   samples_per_prompt=config.eval_samples_per_prompt)
         bar = tqdm(config.methods, desc=f"bench run (seed {seed})", unit="method",
-                   disable=not progress)
+                   disable=not progress or not console_is_terminal())
         for method in bar:
             bar.set_postfix(method=method)
             done = run_out / method / EVAL_DONE
@@ -238,8 +332,12 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
             policy_dir, seconds = train_method(method, bench, pairs_file, run_out, run)
             started = time.perf_counter()
             samples = run_out / method / "eval_samples.jsonl"
-            result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(),
-                                      sampling, samples_out=samples)
+            with stage_output(run_out / method / EVAL_LOG,
+                              f"eval {method} (seed {seed})") as note:
+                result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(),
+                                          sampling, samples_out=samples)
+                note["summary"] = (f"win rate {result.win_rate:.3f} "
+                                   f"[{result.ci_low:.3f}, {result.ci_high:.3f}]")
             entry = {"method": method, "seed": seed, "train_seconds": seconds,
                      "eval_seconds": time.perf_counter() - started, **result.to_dict(),
                      "errors": error_breakdown(samples, rows, sampling.samples_per_prompt)}
@@ -248,7 +346,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
                 entry["reward_model_eval"] = rm_eval
             done.write_text(json.dumps(entry, indent=2) + "\n")
             results.append(entry)
-            bar.write(result.table().splitlines()[-1])
+            if console_is_terminal():
+                bar.write(result.table().splitlines()[-1])
             # After every method, so an interrupted run still leaves what it measured.
             write_results(out, config, bench, len(edited), results)
     found = comparisons(out, config)
@@ -260,7 +359,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     if report:
         from editalign.bench.report import write_report
 
-        write_report(out, bench, results)
+        with stage_output(out / "report.log", f"report -> {out / 'report.html'}"):
+            write_report(out, bench, results)
     return results
 
 

@@ -104,8 +104,19 @@ class LabeledPair:
 
     @property
     def edit_ratio(self) -> float:
-        longest = max(len(self.original.response_ids), len(self.revised.response_ids), 1)
-        return self.edit_distance / longest
+        """Edit distance / the longer response, both measured on the whole responses.
+
+        ``edit_distance`` is the distance of the untruncated responses, so it is divided by
+        their untruncated length (kept in ``meta["untruncated_response_tokens"]`` when
+        truncation cut them): the ratio describes the pair, not the ``max_length`` it was
+        labelled with, and stays in [0, 1). Directories labelled before this rule lack the
+        key; their truncated pairs fall back to the kept length.
+        """
+        longest = max(len(self.original.response_ids), len(self.revised.response_ids))
+        untruncated = self.meta.get("untruncated_response_tokens") if self.truncated else None
+        if isinstance(untruncated, int) and untruncated > longest:
+            longest = untruncated
+        return self.edit_distance / max(longest, 1)
 
     def to_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -198,12 +209,16 @@ def label_pair(pair: EditPair, tokenizer: Any, config: LabelingConfig | None = N
     r_labels = [IGNORE] * r_start + alignment.revised_labels + [Label.EQUAL.value]
     original, o_dropped = _truncate(TokenizedSide(o_ids, o_labels, o_start, o_off), config)
     revised, r_dropped = _truncate(TokenizedSide(r_ids, r_labels, r_start, r_off), config)
+    meta = dict(pair.meta)
+    if o_dropped or r_dropped:
+        # The edit ratio divides the (untruncated) distance by the untruncated length.
+        meta.update(truncated_tokens=o_dropped + r_dropped,
+                    untruncated_response_tokens=max(len(o_ids) - o_start,
+                                                    len(r_ids) - r_start))
     return LabeledPair(
         id=pair.id, prompt_text=prompt_text, original_text=pair.original,
         revised_text=pair.revised, original=original, revised=revised,
-        edit_distance=distance, truncated=bool(o_dropped or r_dropped),
-        meta=dict(pair.meta, truncated_tokens=o_dropped + r_dropped)
-        if (o_dropped or r_dropped) else dict(pair.meta),
+        edit_distance=distance, truncated=bool(o_dropped or r_dropped), meta=meta,
     )
 
 
@@ -253,7 +268,9 @@ class LabelStats:
         dist: dict[str, Any] = {}
         if ratios.size:
             q = np.quantile(ratios, [0.1, 0.25, 0.5, 0.75, 0.9])
-            hist, edges = np.histogram(ratios, bins=10, range=(0.0, 1.0))
+            # Ratios are < 1 by construction; clipping keeps a pair from an older labelling
+            # (truncated, ratio > 1) in the last bin instead of silently out of the counts.
+            hist, edges = np.histogram(np.clip(ratios, 0.0, 1.0), bins=10, range=(0.0, 1.0))
             dist = {
                 "mean": float(ratios.mean()),
                 "p10": float(q[0]), "p25": float(q[1]), "p50": float(q[2]),

@@ -91,6 +91,19 @@ def _text(row: _Row, fields: Mapping[str, str], role: str, *,
         return None
     if not isinstance(value, str):
         raise row.error(f"expected text (a string), got {_describe(value)}", field=fields[role])
+    return _unicode(row, value, fields[role])
+
+
+def _unicode(row: _Row, value: str, field: str) -> str:
+    """``value`` if it is valid Unicode text; JSON's ``\\ud800`` escapes can smuggle in lone
+    surrogates, which no tokenizer accepts (they fail deep inside with a TypeError)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise row.error(f"not valid Unicode text: a lone surrogate "
+                            f"{value[err.start]!r} at character {err.start}",
+                            field=field) from None
     return value
 
 
@@ -100,6 +113,8 @@ def _messages(row: _Row, path: str, value: list[Any]) -> list[dict[str, str]]:
     Extra keys (Parquet fills absent struct members with nulls) are dropped so a
     message list always has the one shape chat templates expect.
     """
+    if not value:
+        raise row.error("an empty list of chat messages (no prompt to render)", field=path)
     messages = []
     for i, message in enumerate(value):
         role = message.get("role") if isinstance(message, Mapping) else None
@@ -108,7 +123,8 @@ def _messages(row: _Row, path: str, value: list[Any]) -> list[dict[str, str]]:
             raise row.error(
                 "a chat message must be an object with string 'role' and 'content', "
                 f"got {_describe(message)}", field=f"{path}[{i}]")
-        messages.append({"role": role, "content": content})
+        messages.append({"role": _unicode(row, role, f"{path}[{i}].role"),
+                         "content": _unicode(row, content, f"{path}[{i}].content")})
     return messages
 
 
@@ -119,7 +135,7 @@ def _prompt(row: _Row, fields: Mapping[str, str], role: str = "prompt", *,
     if value is None and not required:
         return None
     if isinstance(value, str):
-        return value
+        return _unicode(row, value, fields[role])
     if isinstance(value, list):
         return _messages(row, fields[role], value)
     raise row.error(f"expected text or a list of chat messages, got {_describe(value)}",

@@ -51,7 +51,10 @@ class RewardModelJudge:
         self.model = TokenRewardModel.from_pretrained(directory, tokenizer=self.tokenizer)
         self.batch_size = batch_size
 
-    def scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]:
+    def scores(self, prompts: Sequence[Any], responses: Sequence[str],
+               names: Sequence[str] | None = None) -> list[float]:
+        """Sum of each response's rewards; NaN or inf raises, naming the row (``names[i]``,
+        default ``row i``)."""
         import torch
 
         from editalign.data.prompts import encode_example
@@ -70,14 +73,21 @@ class RewardModelJudge:
                 ids[j, :len(row)] = torch.tensor(row)
                 mask[j, :len(row)] = 1
             starts = torch.tensor([start for _, start in encoded])
-            rewards = self.model.response_rewards(ids, mask, starts)
+            chunk = range(i, i + len(encoded))
+            rewards = self.model.response_rewards(
+                ids, mask, starts,
+                rows=[names[j] if names is not None else f"row {j}" for j in chunk])
             out.extend(rewards.sum(-1).tolist())
         return out
 
     def compare(self, rows: Sequence[Row], policy: Sequence[str],
                 reference: Sequence[str]) -> Judgement:
         prompts = [row["prompt"] for row in rows]
-        a, b = self.scores(prompts, policy), self.scores(prompts, reference)
+        ids = [row.get("id", i) for i, row in enumerate(rows)]
+        a, b = (self.scores(prompts, responses, [f"the {side} response to prompts row {i} "
+                                                 f"(id {row_id!r})"
+                                                 for i, row_id in enumerate(ids)])
+                for side, responses in (("policy", policy), ("reference", reference)))
         return Judgement([outcome(x, y) for x, y in zip(a, b, strict=True)], a, b)
 
 

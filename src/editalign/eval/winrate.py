@@ -184,7 +184,40 @@ def read_prompt_rows(path: str | Path, limit: int | None = None) -> list[dict[st
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str | list):
             raise ValueError(f"{path}: row {i} has no 'prompt' (text or chat messages)")
+        problem = _prompt_problem(row["prompt"])
+        if problem is not None:
+            where, what = problem
+            raise ValueError(f"{path}: row {i}, field {where!r}: {what}")
     return rows[:limit] if limit else rows
+
+
+def _prompt_problem(prompt: str | list[Any]) -> tuple[str, str] | None:
+    """(field, what is wrong) when a prompt cannot be rendered and sampled from."""
+
+    def bad_text(text: str) -> str | None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            return f"not valid Unicode text (a lone surrogate at character {err.start})"
+        return None
+
+    if isinstance(prompt, str):
+        if not prompt:
+            return "prompt", "empty text: there is nothing to sample a response to"
+        problem = bad_text(prompt)
+        return None if problem is None else ("prompt", problem)
+    if not prompt:
+        return "prompt", "an empty list of chat messages"
+    for j, message in enumerate(prompt):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and message["role"] and isinstance(message.get("content"), str)):
+            return f"prompt[{j}]", "a chat message must be an object with string 'role' " \
+                "and 'content'"
+        for key in ("role", "content"):
+            problem = bad_text(message[key])
+            if problem is not None:
+                return f"prompt[{j}].{key}", problem
+    return None
 
 
 @dataclass
@@ -270,7 +303,7 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
                     record["score_reference"] = judgement.reference_scores[i]
                 if judgement.details:
                     record["judge"] = judgement.details[i]
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
     return WinRateResult(
         policy=policy, reference=reference, judge=getattr(judge, "name", type(judge).__name__),
         n=len(outcomes), win_rate=win_rate(outcomes), ci_low=low, ci_high=high,
@@ -332,6 +365,6 @@ def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
     print(result.table())
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.out}")
     return 0

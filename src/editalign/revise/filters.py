@@ -80,11 +80,14 @@ def check_edit_ratio(ratio: float, max_ratio: float | None) -> Decision:
 
 def reward_filter(scorer: Scorer, prompts: Sequence[str], originals: Sequence[str],
                   revisions: Sequence[str], margin: float = 0.0,
+                  ids: Sequence[str] | None = None,
                   ) -> list[tuple[Decision, dict[str, float]]]:
     """SPA-style filter: keep a revision when its reward beats the original's by ``margin``.
 
     Returns one ``(decision, scores)`` per row, ``scores`` holding ``original``,
-    ``revised`` and ``delta``.
+    ``revised`` and ``delta``. A NaN or inf score raises
+    :class:`~editalign.reward_model.NonFiniteRewardError` naming the row (its id from
+    ``ids``, else its position).
     """
     if not (len(prompts) == len(originals) == len(revisions)):
         raise ValueError("prompts, originals and revisions must have the same length")
@@ -95,6 +98,12 @@ def reward_filter(scorer: Scorer, prompts: Sequence[str], originals: Sequence[st
     if len(before) != len(prompts) or len(after) != len(prompts):
         raise ValueError(f"the scorer returned {len(before)}/{len(after)} scores for "
                          f"{len(prompts)} rows")
+    from editalign.reward_model import check_finite_rewards
+
+    for side, scores in (("original", before), ("revised", after)):
+        check_finite_rewards(scores, rows=[f"row {i if ids is None else repr(ids[i])} "
+                                           f"({side})" for i in range(len(scores))],
+                             source="the reward scorer")
     results = []
     for b, a in zip(before, after, strict=True):
         delta = a - b

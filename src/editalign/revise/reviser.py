@@ -187,7 +187,8 @@ async def revise_pairs_async(pairs: Sequence[EditPair], client: ChatClient, temp
     if scorer is not None and kept:
         verdicts = reward_filter(scorer, [prompt_text(o.pair) for o in kept],
                                  [o.pair.original for o in kept],
-                                 [o.revision or "" for o in kept], options.reward_margin)
+                                 [o.revision or "" for o in kept], options.reward_margin,
+                                 ids=[o.pair.id for o in kept])
         for outcome, (decision, scores) in zip(kept, verdicts, strict=True):
             outcome.decisions.append(decision)
             outcome.info["reward"] = scores

@@ -11,13 +11,18 @@ value to every dataclass that has a field of that name.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from trl import TrlParser
 
-from editalign.train.common import DataArguments, ModelArguments
+from editalign.train.common import DataArguments, ModelArguments, check_max_steps
+
+logger = logging.getLogger(__name__)
 
 
 class TrainParser(TrlParser):
@@ -66,6 +71,7 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
         argv += ["--use_cpu", "True"]  # TRL's configs would otherwise ask for bf16 on CPU
     parser = TrainParser((ModelArguments, DataArguments, config_cls))
     model_args, data_args, config = parser.parse_args_and_config(argv)
+    check_max_steps(config.max_steps)
     # Seed before any model is built: a new reward head or LoRA adapter is initialised from
     # the global RNG, so without this two runs with the same --seed start differently.
     from transformers import set_seed
@@ -78,12 +84,63 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def resume_arg(config: Any) -> Any:
-    """``--resume_from_checkpoint DIR``, or ``true``/``last`` for the newest checkpoint."""
+def resume_arg(config: Any) -> str | None:
+    """The checkpoint directory to resume from, one rule for every trainer (PPO too).
+
+    ``--resume_from_checkpoint DIR`` must be a complete checkpoint; ``true``/``last`` is the
+    newest complete ``checkpoint-N`` in ``--output_dir``: an incomplete newer one (a save
+    interrupted by a crash) is skipped with a warning. Complete means the trainer state
+    file, which every trainer writes last, is valid JSON and the weights it saved are all
+    readable (see :func:`checkpoint_problem`). Problems raise ``ValueError`` naming the file.
+    """
+    import re
+
     value = config.resume_from_checkpoint
-    if isinstance(value, str) and value.lower() in ("true", "last"):
-        return True
-    return value
+    if value is None or value is False or (isinstance(value, str) and not value):
+        return None
+    if value is True or str(value).lower() in ("true", "last"):
+        output = Path(config.output_dir)
+        numbered = sorted(((int(m.group(1)), d) for d in output.glob("checkpoint-*")
+                           if d.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", d.name))),
+                          reverse=True)
+        for _, directory in numbered:
+            problem = checkpoint_problem(directory)
+            if problem is None:
+                return str(directory)
+            logger.warning("skipping incomplete checkpoint %s: %s", directory, problem)
+        raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-N directory "
+                         f"in {output}" + (f" ({len(numbered)} incomplete)" if numbered else ""))
+    problem = checkpoint_problem(value)
+    if problem is not None:
+        raise ValueError(f"--resume_from_checkpoint {value}: {problem}")
+    return str(value)
+
+
+CHECKPOINT_STATE = "trainer_state.json"  # transformers' Trainer and PPO both write it last
+
+
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why ``directory`` is not a complete checkpoint (naming the file), or ``None``.
+
+    A finished checkpoint has ``trainer_state.json`` (written after everything else by
+    transformers' ``Trainer`` and by PPO) holding valid JSON, and readable weights: the
+    model files in the directory itself, or PPO's ``policy/`` sub-directory.
+    """
+    from editalign.models import weights_problem
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory}: no such checkpoint directory"
+    state = directory / CHECKPOINT_STATE
+    if not state.is_file():
+        return (f"{state}: missing (the file a checkpoint gets last: the save was "
+                "interrupted)")
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{state}: not valid JSON ({err}); the checkpoint is corrupt or half-written"
+    weights = directory / "policy" if (directory / "policy").is_dir() else directory
+    return weights_problem(weights)
 
 
 def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:

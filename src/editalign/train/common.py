@@ -93,6 +93,16 @@ def run_trainer(name: str, argv: Sequence[str]) -> int:
                      f"{', '.join(sorted([*TRAINERS, *_EXTRA]))}")
 
 
+def check_max_steps(max_steps: int) -> None:
+    """``--max_steps``: a positive step count, or -1 (transformers' "not set": train by
+    ``--num_train_epochs``). transformers itself trains one step for 0 and silently trains
+    by epochs for any other negative value."""
+    if max_steps == -1 or max_steps >= 1:
+        return
+    raise ValueError(f"--max_steps must be a positive number of optimizer steps, or -1 to "
+                     f"train by --num_train_epochs; got {max_steps}")
+
+
 @dataclass
 class ModelArguments:
     """The policy (or backbone) to train, and optional LoRA."""

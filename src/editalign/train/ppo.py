@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,8 @@ from editalign.losses import (
     shape_rewards,
     whiten,
 )
+from editalign.reward_model import NonFiniteRewardError, check_finite_rewards
+from editalign.train.common import check_max_steps
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +96,11 @@ class PPOConfig(TrainingArguments):
         check_choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         if self.rollout_batch_size < 1 or self.ppo_epochs < 1 or self.num_iterations < 1:
             raise ValueError("rollout_batch_size, ppo_epochs and num_iterations must be >= 1")
+        check_max_steps(self.max_steps)
+        if self.max_steps != -1:
+            raise ValueError(f"--max_steps {self.max_steps}: PPO counts --num_iterations (one "
+                             "rollout and its update each), not optimizer steps; set "
+                             "--num_iterations instead")
 
 
 # A reward source maps a right-padded batch to a (batch, response length) reward tensor.
@@ -235,6 +243,10 @@ class PPOTrainer:
             mixed_precision="bf16" if config.bf16 else ("fp16" if config.fp16 else "no"))
         set_seed(config.seed + self.accelerator.process_index)
         self.prompt_ids = [self._encode_prompt(p, chat_template) for p in prompts]
+        empty = [i for i, ids in enumerate(self.prompt_ids) if not ids]
+        if empty:  # generate() cannot start from nothing
+            raise ValueError(f"prompts {empty[:10]} render to no tokens (empty text); remove "
+                             "them or give them text")
         if ref_model is None and not hasattr(policy, "disable_adapter"):
             raise ValueError("a reference model is needed unless the policy is a PEFT model "
                              "(then the policy without its adapter is the reference)")
@@ -324,18 +336,18 @@ class PPOTrainer:
             with self.accelerator.unwrap_model(self.policy).disable_adapter():
                 rollout.ref_logprobs, _ = policy_logprobs(self.policy, rollout, temperature)
         rollout.values = self._values(self.value_model, rollout)
-        rewards = self.reward_source(rollout.input_ids, rollout.attention_mask,
-                                     rollout.response_start).to(rollout.logprobs)
+        try:
+            rewards = self.reward_source(rollout.input_ids, rollout.attention_mask,
+                                         rollout.response_start).to(rollout.logprobs)
+        except NonFiniteRewardError as err:  # raised by a reward model: add where we are
+            raise NonFiniteRewardError(f"iteration {self.iteration}: {err}") from None
         width = rollout.response_mask.shape[1]
         if rewards.shape != (rollout.input_ids.shape[0], width):
             raise ValueError(f"the reward source returned shape {tuple(rewards.shape)}, expected "
                              f"(batch, response length) = {(rollout.input_ids.shape[0], width)}")
-        bad = ~torch.isfinite(rewards) & rollout.response_mask
-        if bad.any():
-            rows = bad.any(-1).nonzero().flatten().tolist()
-            raise FloatingPointError(
-                f"iteration {self.iteration}: the reward source returned NaN or inf for rows "
-                f"{rows} of the rollout batch; stopping before it corrupts the policy")
+        check_finite_rewards(rewards, rollout.response_mask,
+                             rows=[f"rollout row {b}" for b in range(len(rewards))],
+                             source=f"iteration {self.iteration}: the reward source")
         rollout.rewards = torch.where(rollout.response_mask, rewards, torch.zeros_like(rewards))
         return rollout
 
@@ -427,6 +439,11 @@ class PPOTrainer:
                                * self.accelerator.num_processes)
         stats.update(iteration=self.iteration, time_rollout=t1 - t0, time_scoring=t2 - t1,
                      time_update=t3 - t2)
+        diverged = [k for k, v in stats.items() if not math.isfinite(v)]
+        if diverged:  # the log and checkpoints are strict JSON: say why, not "invalid float"
+            raise FloatingPointError(f"iteration {self.iteration}: {', '.join(diverged)} "
+                                     "became NaN or inf (training diverged); lower "
+                                     "--learning_rate or set --max_grad_norm")
         self.iteration += 1
         self.history.append(stats)
         return stats
@@ -439,15 +456,19 @@ class PPOTrainer:
             self.load_checkpoint(cfg.resume_from_checkpoint)
         bar = tqdm(total=cfg.num_iterations, initial=self.iteration, desc="ppo",
                    disable=not self.accelerator.is_local_main_process or cfg.disable_tqdm)
-        log_path = Path(cfg.output_dir) / "ppo_log.jsonl"
+        log_path = Path(cfg.output_dir) / LOG_NAME
+        if self.accelerator.is_main_process:
+            # The log is rewritten from the history: a fresh run starts an empty log (not
+            # appended to an earlier run's), a resumed one holds exactly the checkpoint's
+            # iterations 0..N-1, so the rows that follow continue from N without repeats.
+            _write_jsonl_atomic(log_path, self.history)
         while self.iteration < cfg.num_iterations:
             stats = self.step()
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.3f}")
             if self.accelerator.is_main_process:
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                with log_path.open("a") as f:
-                    f.write(json.dumps(stats) + "\n")
+                with log_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(stats, allow_nan=False) + "\n")
             self.accelerator.log({f"ppo/{k}": v for k, v in stats.items()}, step=self.iteration)
             every = int(cfg.save_steps) if cfg.save_strategy != "no" and cfg.save_steps else 0
             if every and self.iteration % every == 0:
@@ -459,32 +480,65 @@ class PPOTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, directory: str | Path) -> None:
-        """Policy, value model, optimizer, iteration, KL coefficient and RNG states."""
+        """Policy, value model, optimizer, iteration, KL coefficient and RNG states.
+
+        Nothing in a checkpoint is a pickle of arbitrary objects: weights are safetensors,
+        the optimizer and RNG states are tensors in plain containers (loaded with
+        ``torch.load(weights_only=True)``), the rest is ``trainer_state.json``, written last
+        so that a checkpoint without it is known to be incomplete.
+        """
         directory = Path(directory)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             directory.mkdir(parents=True, exist_ok=True)
+            (directory / STATE_NAME).unlink(missing_ok=True)  # incomplete until rewritten
             self.accelerator.unwrap_model(self.policy).save_pretrained(directory / "policy")
             self.tokenizer.save_pretrained(directory / "policy")
-            torch.save(self.accelerator.unwrap_model(self.value_model).state_dict(),
-                       directory / "value_model.pt")
-            torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
-            state = {"iteration": self.iteration, "kl_coef": self.kl_ctl.value,
-                     "history": self.history, "prompt_order": self._prompt_order,
-                     "rng": {"python": random.getstate(), "torch": torch.get_rng_state()}}
-            torch.save(state, directory / "trainer_state.pt")
+            value_state = self.accelerator.unwrap_model(self.value_model).state_dict()
+            torch.save({k: v.detach().cpu() for k, v in value_state.items()},
+                       directory / VALUE_NAME)
+            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_NAME)
+            rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng.update({f"cuda{i}": state
+                            for i, state in enumerate(torch.cuda.get_rng_state_all())})
+            torch.save(rng, directory / RNG_NAME)
+            version, internal, gauss = random.getstate()
+            state = {"format": STATE_FORMAT, "iteration": self.iteration,
+                     "kl_coef": self.kl_ctl.value, "history": self.history,
+                     "prompt_order": self._prompt_order,
+                     "python_rng": [version, list(internal), gauss]}
+            tmp = directory / f".{STATE_NAME}.tmp"
+            tmp.write_text(json.dumps(state, allow_nan=False), encoding="utf-8")
+            tmp.replace(directory / STATE_NAME)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self, directory: str | Path) -> None:
+        """Resume from :meth:`save_checkpoint`'s directory. Every file is loaded without
+        running code from it (safetensors, ``weights_only=True``, JSON); a file holding
+        anything else, or one that is missing or corrupt, raises ``ValueError`` naming it."""
         from peft import set_peft_model_state_dict
 
+        from editalign.train.cli import checkpoint_problem
+
         directory = Path(directory)
+        if (directory / LEGACY_STATE_NAME).is_file() and not (directory / STATE_NAME).is_file():
+            raise ValueError(
+                f"{directory / LEGACY_STATE_NAME}: a checkpoint of an older editalign whose "
+                "trainer state is a pickle; it is not loaded because unpickling can run code. "
+                "Start a fresh run (or resume from a checkpoint written by this version)")
+        problem = checkpoint_problem(directory)
+        if problem is not None:
+            raise ValueError(f"cannot resume from {directory}: {problem}")
+        state = _read_state(directory / STATE_NAME)
         policy = self.accelerator.unwrap_model(self.policy)
         if hasattr(policy, "peft_config"):
             from safetensors.torch import load_file
 
-            set_peft_model_state_dict(
-                policy, load_file(str(directory / "policy" / "adapter_model.safetensors")))
+            adapter = directory / "policy" / "adapter_model.safetensors"
+            if not adapter.is_file():
+                raise ValueError(f"{adapter}: missing (the policy is a LoRA model)")
+            set_peft_model_state_dict(policy, load_file(str(adapter)))
         else:
             from transformers import AutoModelForCausalLM
 
@@ -492,14 +546,17 @@ class PPOTrainer:
                                                           local_files_only=True)
             policy.load_state_dict(loaded.state_dict())
         self.accelerator.unwrap_model(self.value_model).load_state_dict(
-            torch.load(directory / "value_model.pt", map_location="cpu"))
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt",
-                                                  map_location="cpu"))
-        state = torch.load(directory / "trainer_state.pt", weights_only=False)
+            _load_tensors(directory / VALUE_NAME))
+        self.optimizer.load_state_dict(_load_tensors(directory / OPTIMIZER_NAME))
+        rng = _load_tensors(directory / RNG_NAME)
         self.iteration, self.kl_ctl.value = state["iteration"], state["kl_coef"]
         self.history, self._prompt_order = state["history"], state["prompt_order"]
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        torch.set_rng_state(rng["torch"])
+        cuda = [rng[f"cuda{i}"] for i in range(len(rng) - 1) if f"cuda{i}" in rng]
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
         logger.info("resumed PPO from %s at iteration %d", directory, self.iteration)
 
     def save_model(self, directory: str | Path | None = None) -> None:
@@ -507,6 +564,59 @@ class PPOTrainer:
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(self.policy).save_pretrained(directory)
             self.tokenizer.save_pretrained(directory)
+
+
+LOG_NAME = "ppo_log.jsonl"
+STATE_NAME = "trainer_state.json"
+STATE_FORMAT = "editalign-ppo-1"
+LEGACY_STATE_NAME = "trainer_state.pt"  # a pickle (editalign before the JSON state)
+VALUE_NAME = "value_model.pt"
+OPTIMIZER_NAME = "optimizer.pt"
+RNG_NAME = "rng_state.pt"
+
+
+def _load_tensors(path: Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
+    import pickle
+
+    if not path.is_file():
+        raise ValueError(f"{path}: missing; the checkpoint is incomplete")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain "
+                         f"containers, and loading it could run code ({first})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: unreadable ({err}); the file is truncated or corrupt"
+                         ) from None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``trainer_state.json``, with its fields checked (a wrong value names the field)."""
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a PPO trainer state (format {STATE_FORMAT!r} expected)")
+    expected = {"iteration": int, "kl_coef": (int, float), "history": list,
+                "prompt_order": list, "python_rng": list}
+    for key, kind in expected.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            raise ValueError(f"{path}: field {key!r} is missing or not "
+                             f"{getattr(kind, '__name__', 'a number')}")
+    rng = state["python_rng"]
+    if len(rng) != 3 or not isinstance(rng[1], list):
+        raise ValueError(f"{path}: field 'python_rng' is not a Python random state")
+    return state
+
+
+def _write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """A crash leaves the previous file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, allow_nan=False) + "\n")
+    tmp.replace(path)
 
 
 def _select(rollout: Rollout, idx: Tensor) -> Rollout:
@@ -559,7 +669,7 @@ def run(argv: Sequence[str]) -> int:
     from editalign.data.pairs import load_prompts
     from editalign.models import load_model, load_tokenizer, resolve_model_path
     from editalign.reward_model import RewardModelConfig, TokenRewardModel
-    from editalign.train.cli import load_policy
+    from editalign.train.cli import load_policy, resume_arg
     from editalign.train.common import ModelArguments
 
     parser = TrlParser([ModelArguments, PPOScriptArguments, PPOConfig])
@@ -568,6 +678,9 @@ def run(argv: Sequence[str]) -> int:
     check_choice("value_init", script.value_init, ("reward_model", "policy"))
     if not script.prompts or not script.reward_model:
         raise ValueError("--prompts and --reward_model are required")
+    # `last`/`true` and explicit directories: the same rule (and checks) as every trainer,
+    # before any model is loaded.
+    config.resume_from_checkpoint = resume_arg(config)
     from transformers import set_seed
 
     set_seed(config.seed)  # before building models: a LoRA adapter or value head is random

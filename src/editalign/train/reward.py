@@ -40,7 +40,12 @@ from editalign.data.labeling import LabeledPair
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
 from editalign.eval.spans import human_bad_tokens
 from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
-from editalign.reward_model import RewardModelConfig, TokenRewardModel, TokenRewardOutput
+from editalign.reward_model import (
+    RewardModelConfig,
+    TokenRewardModel,
+    TokenRewardOutput,
+    check_finite_rewards,
+)
 from editalign.train.collate import shared_prefix_ratio
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
@@ -370,8 +375,16 @@ def _shared_prefix_forward(model: torch.nn.Module, unwrapped: TokenRewardModel,
 
 def batch_pair_rewards(logits: torch.Tensor, rewards: torch.Tensor, edit_labels: torch.Tensor,
                        pairs: Sequence[LabeledPair]) -> list[PairRewards]:
-    """Split a (2B, L) paired batch into one :class:`PairRewards` per pair."""
+    """Split a (2B, L) paired batch into one :class:`PairRewards` per pair.
+
+    Every consumer of pair rewards (``editalign score``, the reviser's reward-model scorer,
+    the reward trainer's evaluation) goes through here: a NaN or inf reward on a response
+    token raises :class:`~editalign.reward_model.NonFiniteRewardError` naming the pair.
+    """
     n = len(pairs)
+    check_finite_rewards(rewards, edit_labels != IGNORE,
+                         rows=[f"pair {lp.id!r} ({side})" for side in ("revised", "original")
+                               for lp in pairs])
     logits, rewards, labels = (t.float().cpu().numpy() for t in (logits, rewards, edit_labels))
     out = []
     for i, lp in enumerate(pairs):
