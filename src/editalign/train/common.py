@@ -22,6 +22,7 @@ from editalign.data.labeling import (
     TRUNCATIONS,
     LabeledPair,
     LabelingConfig,
+    check_labeled,
     label_pairs,
     tokenizer_fingerprint,
 )
@@ -183,8 +184,13 @@ class DataArguments:
         pairs, report = load_pairs(source, preset=self.preset, fields=fields, strict=self.strict,
                                    split=self.split, limit=self.limit)
         logger.info("%s", report.summary())
-        labeled, stats = label_pairs(pairs, tokenizer, self.labeling_config(), strict=self.strict)
-        logger.info("%s", stats.summary())
-        if not labeled:
+        if not pairs:
             raise ValueError(f"{source}: no usable pairs ({report.summary()})")
+        config = self.labeling_config()
+        labeled, stats = label_pairs(pairs, tokenizer, config, strict=self.strict)
+        logger.info("%s", stats.summary())
+        warning = check_labeled(stats, config, source, max_length_flag="--max_length",
+                                truncation_flag="--truncation")
+        if warning:
+            logger.warning("%s: %s", source, warning)
         return labeled
