@@ -58,3 +58,22 @@ def test_pairs_whose_response_vanishes_are_skipped_with_the_reason(tmp_path, cap
     assert code == 0
     assert "response truncated away" in caplog.text
     assert "labelled 3 of 6 pairs" in caplog.text
+
+
+def test_labelling_options_that_a_labelled_dir_would_ignore_are_refused(data, tmp_path, capsys):
+    labelled = tmp_path / "labelled"
+    assert main(["label", "--data", str(data), "--model", "tiny", "--out", str(labelled)]) == 0
+    capsys.readouterr()
+    base = ["train", "figa", "--data", str(labelled), *common(tmp_path / "run")]
+    assert main([*base, "--granularity", "word"]) == 2
+    err = capsys.readouterr().err
+    assert "--granularity word (labelled with token)" in err and "would be ignored" in err
+    cfg = tmp_path / "word.yaml"
+    cfg.write_text("granularity: word\ntruncation: keep_end\n")
+    assert main([*base, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "--granularity word" in err and "--truncation keep_end" in err
+    assert main(["train", "token-rm", "--data", str(labelled), *common(tmp_path / "rm"),
+                 "--field", "prompt=question"]) == 2
+    assert "--field (applies to raw pairs only)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "rm").exists()

@@ -39,7 +39,12 @@ from editalign.losses import (
     figa_weights,
 )
 from editalign.train.collate import PairCollator, pair_features
-from editalign.train.common import DataArguments, ModelArguments, register_trainer
+from editalign.train.common import (
+    DataArguments,
+    ModelArguments,
+    given_options,
+    register_trainer,
+)
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
     additive_mask,
@@ -319,6 +324,10 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     data_kwargs = {f.name: getattr(data_ns, f.name) for f in fields(data_cls)}
     data_kwargs.update({name: getattr(config, name) for name in shared})
     data_args = DataArguments(**data_kwargs)
+    defaults = DataArguments()
+    data_args.explicit = frozenset(
+        given_options(argv) | {f.name for f in fields(DataArguments)
+                               if getattr(data_args, f.name) != getattr(defaults, f.name)})
     # Seed before any model is built: a new reward head or LoRA adapter is initialised from
     # the global RNG, so without this two runs with the same --seed start differently.
     from transformers import set_seed
