@@ -228,6 +228,7 @@ def _get(row: _Row, fields: Mapping[str, str], role: str, *, required: bool = Tr
     path = fields[role]
     value = _lookup(row.record, path)
     if value is not _MISSING:
+        _check_encodable(row, value, path)
         return value
     if not required:
         return None
@@ -237,6 +238,26 @@ def _get(row: _Row, fields: Mapping[str, str], role: str, *, required: bool = Tr
     if parent and isinstance(nested := _lookup(row.record, parent), Mapping):
         message += f"; {parent!r} has: {_keys(nested)}"
     raise row.error(message, field=path)
+
+
+def _check_encodable(row: _Row, value: Any, path: str) -> None:
+    """Refuse text UTF-8 cannot hold: JSON may carry unpaired surrogates (``"\\ud800"``), which
+    a tokenizer, the request to a reviser or a written file would fail on much later."""
+    stack = [(path, value)]
+    while stack:  # iterative: a value may be nested as deep as the JSON parser allows
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise row.error(f"text with an unpaired surrogate ({item[exc.start]!r} at "
+                                f"character {exc.start}), which is not valid Unicode text; "
+                                "the writer of the file split a character", field=where) from None
+        elif isinstance(item, Mapping):
+            stack += [(f"{where}.{key}", key) for key in item if isinstance(key, str)]
+            stack += [(f"{where}.{key}", sub) for key, sub in item.items()]
+        elif isinstance(item, list | tuple):
+            stack += [(f"{where}[{i}]", sub) for i, sub in enumerate(item)]
 
 
 def _text(row: _Row, fields: Mapping[str, str], role: str, *,
@@ -661,6 +682,9 @@ def _read_jsonl(path: Path, source: str) -> _Rows:
             except json.JSONDecodeError as exc:
                 raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}",
                                 source=source, row=index, line=line) from None
+            except RecursionError:
+                raise DataError("JSON nested too deeply", source=source, row=index,
+                                line=line) from None
             yield _Row(record, source, index, line)
             index += 1
 
@@ -687,6 +711,8 @@ def _read_json(path: Path, source: str) -> _Rows:
                 if exc.msg == "Extra data" else "")
         raise DataError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: "
                         f"{exc.msg}{hint}", source=source) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", source=source) from None
     for index, record in enumerate(_json_records(data, source)):
         yield _Row(record, source, index)
 
