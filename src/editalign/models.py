@@ -377,10 +377,15 @@ def resolve_model_path(name_or_path: str) -> str:
     )
 
 
+# Every load: from local files only, and never the code a model directory may carry (without
+# an explicit False, transformers asks "run the custom code? [y/N]" in a terminal).
+SAFE_LOAD = {"local_files_only": True, "trust_remote_code": False}
+
+
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
     """Offline tokenizer with a pad token, because batching code pads unconditionally."""
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, "local_files_only": True})
+    tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, **SAFE_LOAD})
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -393,7 +398,7 @@ def load_model(
     path = resolve_model_path(name_or_path)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, "local_files_only": True})
+    return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, **SAFE_LOAD})
 
 
 def load_model_and_tokenizer(

@@ -29,6 +29,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from editalign.losses import REWARD_TRANSFORMS, check_choice, token_rewards
+from editalign.models import SAFE_LOAD
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"
@@ -90,7 +91,7 @@ class TokenRewardModel(nn.Module):
         from editalign.models import load_tokenizer, resolve_model_path
 
         path = resolve_model_path(name_or_path)
-        kwargs: dict[str, Any] = {"local_files_only": True}
+        kwargs: dict[str, Any] = dict(SAFE_LOAD)
         if dtype is not None:
             kwargs["dtype"] = dtype
         backbone = AutoModel.from_pretrained(path, **kwargs)
@@ -187,7 +188,7 @@ class TokenRewardModel(nn.Module):
                 f"{path} is not a reward model directory (no {REWARD_CONFIG_NAME}); train one "
                 "with `editalign train token-rm` or `editalign train rm`")
         config = RewardModelConfig(**json.loads((path / REWARD_CONFIG_NAME).read_text()))
-        kwargs: dict[str, Any] = {"local_files_only": True}
+        kwargs: dict[str, Any] = dict(SAFE_LOAD)
         if dtype is not None:
             kwargs["dtype"] = dtype
         model = cls(AutoModel.from_pretrained(path, **kwargs), config)
@@ -200,7 +201,7 @@ class TokenRewardModel(nn.Module):
     @staticmethod
     def load_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         """The tokenizer saved next to a reward model (pad token set, as every loader here)."""
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **SAFE_LOAD)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer

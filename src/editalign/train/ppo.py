@@ -489,8 +489,9 @@ class PPOTrainer:
         else:
             from transformers import AutoModelForCausalLM
 
-            loaded = AutoModelForCausalLM.from_pretrained(directory / "policy",
-                                                          local_files_only=True)
+            from editalign.models import SAFE_LOAD
+
+            loaded = AutoModelForCausalLM.from_pretrained(directory / "policy", **SAFE_LOAD)
             policy.load_state_dict(loaded.state_dict())
         self.accelerator.unwrap_model(self.value_model).load_state_dict(
             torch.load(directory / "value_model.pt", map_location="cpu"))
