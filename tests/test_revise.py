@@ -178,6 +178,15 @@ def test_backoff_is_exponential_with_full_jitter_and_honours_retry_after():
 def test_parse_answer_rejects_malformed_bodies():
     ok = parse_answer(b'{"choices":[{"message":{"content":"x"},"finish_reason":"stop"}]}')
     assert ok["text"] == "x" and ok["finish_reason"] == "stop"
+    # only the usage counts and a short finish_reason are kept; nothing else a server sends
+    odd = parse_answer(json.dumps({"choices": [{"message": {"content": "x"},
+                                                "finish_reason": {"nested": "x" * 100}}],
+                                   "usage": {"prompt_tokens": "many", "completion_tokens": 3,
+                                             "secret": "x" * 1000}}).encode())
+    assert odd == {"text": "x", "finish_reason": None, "usage": {"completion_tokens": 3}}
+    assert len(parse_answer(json.dumps({"choices": [{"message": {"content": "x"},
+                                                     "finish_reason": "y" * 500}]}).encode()
+                            )["finish_reason"]) == 64
     for body in (b"", b"{", b"[]", b'{"choices": []}', b'{"choices": [{"message": 3}]}',
                  b'{"choices":[{"message":{"content":7}}]}'):
         with pytest.raises(ValueError, match="malformed"):
@@ -507,3 +516,21 @@ def test_redirect_is_reported_as_a_redirect_not_a_malformed_answer(tmp_path, cap
 def test_redact_replaces_plain_and_json_escaped_forms():
     assert redact('key "k/1" and k/1', ["k/1", None, ""]) == 'key "[REDACTED]" and [REDACTED]'
     assert redact(json.dumps({"e": 'a"b'}), ['a"b']) == '{"e": "[REDACTED]"}'
+
+
+def test_a_large_error_body_is_cut_not_treated_as_an_answer():
+    calls = []
+
+    def handle(request):
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(503, content=b"x" * 1_000_000)
+        return httpx.Response(200, content=answer_body("fine"))
+
+    async def run():
+        config = ClientConfig("http://mock/v1", "m", backoff_base=0.01, max_tokens=8)
+        async with ChatClient(config, transport=httpx.MockTransport(handle)) as client:
+            return await client.complete([{"role": "user", "content": "hi"}]), client.stats
+
+    completion, stats = asyncio.run(run())
+    assert completion.text == "fine" and stats.retries == {"http 503": 1}

@@ -52,6 +52,7 @@ FATAL_STATUS = frozenset({401, 403, 404})
 ANSWER_BYTES_PER_TOKEN = 256
 MIN_ANSWER_BYTES = 64 * 1024
 REDACTED = "[REDACTED]"
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 class RequestFailed(Exception):
@@ -189,8 +190,14 @@ def parse_answer(body: bytes) -> dict[str, Any]:
         raise ValueError(f"malformed response ({type(err).__name__})") from None
     if content is not None and not isinstance(content, str):
         raise ValueError("malformed response (content is not text)")
+    # Only what is used, in the types it is used as: the rest of a server's answer is never
+    # stored (a huge or hostile usage object would otherwise reach the cache).
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return {"text": content or "", "finish_reason": choice.get("finish_reason"), "usage": usage}
+    usage = {key: value for key, value in usage.items()
+             if key in USAGE_KEYS and type(value) is int and value >= 0}
+    finish = choice.get("finish_reason") if isinstance(choice, dict) else None
+    finish = finish[:64] if isinstance(finish, str) else None
+    return {"text": content or "", "finish_reason": finish, "usage": usage}
 
 
 class ChatClient:
@@ -284,6 +291,8 @@ class ChatClient:
                     setattr(err, name, self._redact(value))
             raise
         answer["text"] = self._redact(answer["text"])
+        if answer["finish_reason"] is not None:
+            answer["finish_reason"] = self._redact(answer["finish_reason"])
         return answer
 
     async def _attempt(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -326,14 +335,16 @@ class ChatClient:
             if 300 <= status < 400:
                 return status, headers, b""
             declared = headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
+            if declared.isdigit() and int(declared) > limit and status < 300:
                 raise self._too_large(limit, f"the server announced {int(declared)} bytes", b"")
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 chunks.append(chunk)
                 size += len(chunk)
-                if size > limit:
+                if size > limit and status < 300:
                     raise self._too_large(limit, f"more than {limit} bytes", b"".join(chunks))
+                if size > limit:
+                    break  # an error's body: its beginning is all the message needs
         return status, headers, b"".join(chunks)
 
     def _too_large(self, limit: int, what: str, head: bytes) -> AnswerTooLarge:
