@@ -188,7 +188,8 @@ def test_parse_answer_rejects_malformed_bodies():
                                                      "finish_reason": "y" * 500}]}).encode()
                             )["finish_reason"]) == 64
     for body in (b"", b"{", b"[]", b'{"choices": []}', b'{"choices": [{"message": 3}]}',
-                 b'{"choices":[{"message":{"content":7}}]}'):
+                 b'{"choices":[{"message":{"content":7}}]}',
+                 b'{"choices":[{"message":{"content":"a\\ud800"}}]}'):
         with pytest.raises(ValueError, match="malformed"):
             parse_answer(body)
 

@@ -190,6 +190,10 @@ def parse_answer(body: bytes) -> dict[str, Any]:
         raise ValueError(f"malformed response ({type(err).__name__})") from None
     if content is not None and not isinstance(content, str):
         raise ValueError("malformed response (content is not text)")
+    try:
+        (content or "").encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate escaped in the JSON: no file takes it
+        raise ValueError("malformed response (content is not valid Unicode)") from None
     # Only what is used, in the types it is used as: the rest of a server's answer is never
     # stored (a huge or hostile usage object would otherwise reach the cache).
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
