@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import httpx
 import pytest
 
-from editalign.annotate.server import MAX_BODY, AnnotateServer
-from editalign.annotate.store import AnnotationStore
+from editalign.annotate.server import MAX_BODY, MIN_TOKEN_LENGTH, AnnotateServer
+from editalign.annotate.store import AnnotationStore, Invalid
 from editalign.cli import main
 from editalign.data.pairs import EditPair, load_pairs
 
@@ -200,3 +202,84 @@ def test_data_is_escaped_everywhere(tmp_path):
                              code), name
     html = (static / "index.html").read_text()
     assert not re.search(r"<script>|\son\w+=", html)  # no inline code for the CSP to allow
+
+
+def _raw_post(base, body: bytes):
+    return httpx.post(f"{base}/api/items/0", content=body, timeout=30,
+                      headers={"content-type": "application/json"})
+
+
+def test_body_shape_is_checked_and_a_400_names_the_field(tmp_path):
+    ok = {"annotator": "a", "revised": "ok", "spans": [], "version": 0}
+    cases = [
+        ({**ok, "spans": 5}, "'spans'"), ({**ok, "spans": True}, "'spans'"),
+        ({**ok, "spans": "0-3"}, "'spans'"), ({**ok, "spans": {"start": 0}}, "'spans'"),
+        ({**ok, "spans": [5]}, "'spans[0]'"), ({**ok, "spans": None}, "'spans'"),
+        ({**ok, "spans": [{"start": 0, "end": 1, "type": ["error"]}]}, "'spans[0].type'"),
+        ({**ok, "spans": [{"start": 0, "end": 1, "explanation": 7}]}, "'spans[0].explanation'"),
+        ({**ok, "spans": [{"start": 0, "end": 1, "explanation": "\ud800"}]},
+         "'spans[0].explanation'"),
+        ({**ok, "revised": "\ud800 unpaired surrogate"}, "'revised'"),
+        ({**ok, "revised": ["list"]}, "'revised'"), ({**ok, "version": True}, "'version'"),
+        ({**ok, "version": 1.0}, "'version'"), ({**ok, "annotator": {"n": 1}}, "'annotator'"),
+        ({**ok, "annotator": "a\n"}, "'annotator'"), ({"revised": "ok"}, "'annotator'"),
+    ]
+    with serve(tmp_path) as (server, base):
+        for body, field in cases:
+            reply = _raw_post(base, json.dumps(body).encode())
+            assert reply.status_code == 400 and field in reply.json()["error"], (body, reply.text)
+        for raw in (b"[" * 100_000 + b"]" * 100_000,
+                    json.dumps({**ok, "spans": "PLACEHOLDER"}).encode().replace(
+                        b'"PLACEHOLDER"', b"[" * 50_000 + b"]" * 50_000)):
+            reply = _raw_post(base, raw)
+            assert reply.status_code == 400 and "nested too deeply" in reply.json()["error"]
+        for raw in (b"[]", b"5", b"null", b'"text"'):
+            assert _raw_post(base, raw).status_code == 400
+        # nothing was stored, and the server still answers
+        assert server.store.export_pairs() == []
+        assert _raw_post(base, json.dumps(ok).encode()).json() == {"version": 1}
+    store = AnnotationStore(tmp_path / "direct.sqlite")
+    store.import_pairs(PAIRS[:1])
+    with pytest.raises(Invalid, match="'annotator'"):
+        store.save(0, "name\n", "ok", [], 0)  # "$" would have matched before the newline
+
+
+def test_a_slow_or_short_body_does_not_hold_a_thread(tmp_path):
+    store = AnnotationStore(tmp_path / "slow.sqlite")
+    store.import_pairs(PAIRS[:1])
+    server = AnnotateServer(store, "127.0.0.1", 0, read_timeout=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    head = (b"POST /api/items/0 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    try:
+        for trickle in (False, True):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                started = time.monotonic()
+                sock.sendall(head + b"{\"")
+                reply = b""
+                while trickle and time.monotonic() - started < 4 and not reply:
+                    # one byte every 0.3 s: no single read waits a whole second
+                    with contextlib.suppress(OSError):
+                        sock.sendall(b" ")
+                    sock.settimeout(0.3)
+                    with contextlib.suppress(TimeoutError):
+                        reply = sock.recv(4096)
+                sock.settimeout(10)
+                reply = reply or sock.recv(4096)
+                assert reply.startswith(b"HTTP/1.1 408"), (trickle, reply[:80])
+                assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_token_off_loopback_must_be_long(tmp_path, capsys):
+    store = AnnotationStore(tmp_path / "t.sqlite")
+    with pytest.raises(ValueError, match=f"at least {MIN_TOKEN_LENGTH} characters"):
+        AnnotateServer(store, "0.0.0.0", 0, token="a")  # refused before anything is bound
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    assert main(["annotate", "--data", str(data), "--field", "response=response",
+                 "--host", "0.0.0.0", "--port", "0", "--token", "short"]) == 2
+    assert f"at least {MIN_TOKEN_LENGTH} characters" in capsys.readouterr().err

@@ -102,3 +102,58 @@ def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "editalign.cli", "label", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--granularity" in result.stdout and "--field" in result.stdout
+
+
+def test_label_without_a_usable_pair_is_an_error_and_writes_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "o"
+    assert main(["label", "--data", str(empty), "--preset", "default", "--model", "tiny",
+                 "--out", str(out)]) == 2
+    assert "empty.jsonl: no usable pair: read 0 rows" in capsys.readouterr().err
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"prompt": "p", "original": "a", "revised": " "}) + "\n")
+    assert main(["label", "--data", str(blank), "--model", "tiny", "--out", str(out)]) == 2
+    assert "skipped all (1 empty revised)" in capsys.readouterr().err
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"prompt": "a question", "original": "a b", "revised": "a c"})
+                   + "\n")
+    assert main(["label", "--data", str(one), "--model", "tiny", "--max-length", "2",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no usable pair: 1 pairs in, none labelled" in err
+    assert "--max-length (now 2)" in err and "--truncation keep_end" in err
+    assert not out.exists()
+
+
+def test_label_warns_loudly_when_truncation_loses_most_pairs(tmp_path, capsys):
+    long_prompt = " ".join(f"word{i}" for i in range(60))
+    rows = [{"prompt": long_prompt if i < 3 else "short?", "original": "It is red.",
+             "revised": "It is blue."} for i in range(4)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["label", "--data", str(path), "--model", "tiny", "--max-length", "30"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: truncation lost 3 of 4 pairs (75%)" in err
+    assert "--max-length (now 30)" in err and "--truncation keep_end" in err
+    assert main([*args, "--truncation", "keep_end", "--out", str(tmp_path / "b")]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "stats.json").read_text())["labels"]["kept"] == 4
+
+
+def test_training_data_gets_the_same_truncation_warning(tmp_path, caplog):
+    from editalign.models import load_tokenizer
+    from editalign.train.common import DataArguments
+
+    long_prompt = " ".join(f"word{i}" for i in range(60))
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": long_prompt if i < 3 else "short?",
+                                        "original": "red", "revised": "blue"}) + "\n"
+                            for i in range(4)))
+    with caplog.at_level("WARNING"):
+        train, _ = DataArguments(data=str(path), max_length=30).load(load_tokenizer("tiny"))
+    assert len(train) == 1
+    assert "truncation lost 3 of 4 pairs" in caplog.text and "--max_length" in caplog.text
+    with pytest.raises(ValueError, match="no usable pair"):
+        DataArguments(data=str(path), max_length=2).load(load_tokenizer("tiny"))

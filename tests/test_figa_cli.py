@@ -99,3 +99,22 @@ def test_max_steps_zero_or_below_minus_one_is_refused(data, tmp_path, capsys, me
     assert f"--max_steps must be a positive number of optimizer steps, or -1 to train by " \
            f"--num_train_epochs; got {max_steps}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_labelling_options_that_a_labelled_dir_would_ignore_are_refused(data, tmp_path, capsys):
+    labelled = tmp_path / "labelled"
+    assert main(["label", "--data", str(data), "--model", "tiny", "--out", str(labelled)]) == 0
+    capsys.readouterr()
+    base = ["train", "figa", "--data", str(labelled), *common(tmp_path / "run")]
+    assert main([*base, "--granularity", "word"]) == 2
+    err = capsys.readouterr().err
+    assert "--granularity word (labelled with token)" in err and "would be ignored" in err
+    cfg = tmp_path / "word.yaml"
+    cfg.write_text("granularity: word\ntruncation: keep_end\n")
+    assert main([*base, "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "--granularity word" in err and "--truncation keep_end" in err
+    assert main(["train", "token-rm", "--data", str(labelled), *common(tmp_path / "rm"),
+                 "--field", "prompt=question"]) == 2
+    assert "--field (applies to raw pairs only)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "rm").exists()

@@ -332,3 +332,29 @@ def test_smollm2_cache_matches_the_gguf_exactly(smollm2_cache, monkeypatch):
     for text in TEXTS:
         assert cached_tok(text).input_ids == gguf_tok(text).input_ids
     assert cached_tok.chat_template == gguf_tok.chat_template
+
+
+def test_code_shipped_in_a_model_directory_never_runs(cache, tmp_path, monkeypatch):
+    """A directory whose config asks for its own classes: transformers would ask "run the
+    custom code? [y/N]" in a terminal; editalign never asks and never runs it."""
+    from editalign.reward_model import TokenRewardModel
+
+    evil = tmp_path / "evil-model"
+    shutil.copytree(resolve_model_path("tiny"), evil)
+    marker = tmp_path / "code-ran"
+    (evil / "evil_code.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class EvilConfig(LlamaConfig):\n    model_type = 'evil-custom'\n"
+        "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n")
+    config = json.loads((evil / "config.json").read_text())
+    config.update(model_type="evil-custom", auto_map={
+        "AutoConfig": "evil_code.EvilConfig", "AutoModel": "evil_code.EvilModel",
+        "AutoModelForCausalLM": "evil_code.EvilModel"})
+    (evil / "config.json").write_text(json.dumps(config))
+    (evil / "reward_config.json").write_text("{}")
+    monkeypatch.setattr("builtins.input", lambda *args: "y")  # a user who would say yes
+    for load in (load_model, lambda d: TokenRewardModel.from_pretrained(d)):
+        with pytest.raises(ValueError, match=r"trust_remote_code|custom code"):
+            load(str(evil))
+    assert not marker.exists()

@@ -603,3 +603,24 @@ def test_load_prompts_from_prompt_rows_and_from_pairs(tmp_path):
     bad.write_text(json.dumps({"prompt": 3}) + "\n")
     with pytest.raises(DataError, match=r"row 0 \(line 1\), field 'prompt'"):
         load_prompts(bad)
+
+
+def test_unpaired_surrogates_and_deep_nesting_are_errors_naming_row_and_field(tmp_path):
+    # JSON may escape an unpaired surrogate; no tokenizer, request or UTF-8 file can take it.
+    path = tmp_path / "sur.jsonl"
+    rows = [{"prompt": "p", "original": "a", "revised": "b"},
+            {"prompt": [{"role": "user", "content": "q\ud800"}], "original": "a", "revised": "b"},
+            {"prompt": "p", "original": "a", "revised": "b", "meta": {"note": "\udfff"}}]
+    for i in (1, 2):
+        path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[i]) + "\n")
+        with pytest.raises(DataError, match="unpaired surrogate") as err:
+            load_pairs(path)
+        assert err.value.row == 1 and err.value.line == 2
+        assert err.value.field == ("prompt[0].content" if i == 1 else "meta.note")
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_pairs(deep)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply"):
+        load_pairs(tmp_path / "deep.json")

@@ -8,14 +8,20 @@ a real server is in test_revise_server.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
 from editalign.cli import main
 from editalign.data.pairs import EditPair, load_pairs
+from editalign.eval.judges import ApiJudge
 from editalign.revise import (
     ChatClient,
     ClientConfig,
@@ -26,12 +32,18 @@ from editalign.revise import (
     clean_completion,
     edit_ratio,
     load_template,
+    redact,
     request_key,
     revise_pairs,
     reward_filter,
     shipped_templates,
 )
-from editalign.revise.client import parse_answer
+from editalign.revise.client import (
+    ANSWER_BYTES_PER_TOKEN,
+    MIN_ANSWER_BYTES,
+    RequestFailed,
+    parse_answer,
+)
 from editalign.revise.command import revise_fields, reward_model_scorer
 from editalign.revise.prompts import parse_template
 
@@ -166,8 +178,18 @@ def test_backoff_is_exponential_with_full_jitter_and_honours_retry_after():
 def test_parse_answer_rejects_malformed_bodies():
     ok = parse_answer(b'{"choices":[{"message":{"content":"x"},"finish_reason":"stop"}]}')
     assert ok["text"] == "x" and ok["finish_reason"] == "stop"
+    # only the usage counts and a short finish_reason are kept; nothing else a server sends
+    odd = parse_answer(json.dumps({"choices": [{"message": {"content": "x"},
+                                                "finish_reason": {"nested": "x" * 100}}],
+                                   "usage": {"prompt_tokens": "many", "completion_tokens": 3,
+                                             "secret": "x" * 1000}}).encode())
+    assert odd == {"text": "x", "finish_reason": None, "usage": {"completion_tokens": 3}}
+    assert len(parse_answer(json.dumps({"choices": [{"message": {"content": "x"},
+                                                     "finish_reason": "y" * 500}]}).encode()
+                            )["finish_reason"]) == 64
     for body in (b"", b"{", b"[]", b'{"choices": []}', b'{"choices": [{"message": 3}]}',
-                 b'{"choices":[{"message":{"content":7}}]}'):
+                 b'{"choices":[{"message":{"content":7}}]}',
+                 b'{"choices":[{"message":{"content":"a\\ud800"}}]}'):
         with pytest.raises(ValueError, match="malformed"):
             parse_answer(body)
 
@@ -319,3 +341,197 @@ def test_cli_reward_scorer_must_name_a_callable(tmp_path, capsys):
                           ("json:__doc__", "not callable")):
         assert main([*base, "--reward-scorer", spec]) == 2
         assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- hostile servers
+
+
+@contextlib.contextmanager
+def loopback_server(respond):
+    """An HTTP server on 127.0.0.1 answering POSTs with ``respond(handler, body)``.
+
+    Handler threads are daemons and every scripted response ends by itself, so nothing
+    outlives the test.
+    """
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with contextlib.suppress(OSError):  # the client gave up: fine
+                respond(self, body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def trickle(handler, body, seconds=8.0, interval=0.25):
+    """A 200 that announces a body and sends one byte per ``interval``: never idle for long."""
+    body = b'{"choices": [{"message": {"content": "' + b"x" * int(seconds / interval) + b'"}}]}'
+    body = body[:int(seconds / interval)]
+    handler.send_response(200)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    for byte in body:
+        handler.wfile.write(bytes([byte]))
+        handler.wfile.flush()
+        time.sleep(interval)
+
+
+def send(handler, status, body=b"{}", headers=None, length=True):
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    if length:
+        handler.send_header("content-length", str(len(body)))
+    else:
+        handler.send_header("connection", "close")
+        handler.close_connection = True
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def answer_body(text):
+    return json.dumps({"choices": [{"message": {"content": text},
+                                    "finish_reason": "stop"}]}).encode()
+
+
+def _complete(config):
+    async def run():
+        async with ChatClient(config) as client:
+            return await client.complete([{"role": "user", "content": "hi"}])
+
+    return asyncio.run(run())
+
+
+def test_timeout_is_a_total_deadline_not_an_idle_timeout():
+    with loopback_server(trickle) as base:
+        started = time.monotonic()
+        with pytest.raises(RequestFailed, match="timeout"):
+            _complete(ClientConfig(base, "m", timeout=1.0, max_retries=0))
+        assert time.monotonic() - started < 3.5
+        # The API judge goes through the same client.
+        judge = ApiJudge(base, timeout=1.0, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="timeout"):
+            judge.ask("p", "a", "b")
+        assert time.monotonic() - started < 3.5
+
+
+def test_answer_byte_limit_is_derived_from_max_tokens():
+    assert ClientConfig("http://h/v1", "m", max_tokens=16).answer_byte_limit == MIN_ANSWER_BYTES
+    assert ClientConfig("http://h/v1", "m", max_tokens=4096).answer_byte_limit == (
+        4096 * ANSWER_BYTES_PER_TOKEN)
+    assert ClientConfig("http://h/v1", "m", max_answer_bytes=10).answer_byte_limit == 10
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["content-length", "until-close"])
+def test_oversized_answer_is_dropped_with_a_reason_and_not_cached(tmp_path, capsys, announced):
+    huge = answer_body("word " * 1_000_000)  # ~5 MB, far over the 64 KiB limit
+    with loopback_server(lambda h, _: send(h, 200, huge, length=announced)) as base:
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+        out, cache = tmp_path / "o.jsonl", tmp_path / "c.sqlite"
+        rc = main(["revise", "--data", str(data), "--field", "response=response",
+                   "--api-base", base, "--model", "m", "--out", str(out), "--cache", str(cache),
+                   "--max-tokens", "16", "--max-retries", "0", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    assert out.read_text() == ""
+    dropped = out.with_name("o.dropped.jsonl")
+    assert dropped.stat().st_size < 2000
+    record = json.loads(dropped.read_text())
+    assert record["status"] == "dropped" and record["reason"].startswith("answer too large")
+    assert record["candidate"] is None and len(record["answer_prefix"]) <= 200
+    assert "dropped, answer too large: 1" in capsys.readouterr().out
+    with RequestCache(cache) as opened:
+        assert len(opened) == 0
+
+
+SECRET = "sk-echo-DO-NOT-LEAK-31337"
+
+
+def test_api_key_echoed_by_the_server_is_redacted_everywhere(tmp_path, capsys, monkeypatch,
+                                                             caplog):
+    monkeypatch.setenv("EA_ECHO_KEY", SECRET)
+
+    def echo(handler, body):
+        auth = handler.headers.get("authorization", "")
+        if b"echo-error" in body:
+            send(handler, 400, json.dumps({"error": f"bad request with key {auth}"}).encode())
+        else:
+            send(handler, 200, answer_body(f"It is Paris. (your key: {auth[7:]})"))
+
+    with loopback_server(echo) as base:
+        data = tmp_path / "d.jsonl"
+        data.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "p", "response": text})
+                                + "\n" for i, text in enumerate(["It is Berlin.",
+                                                                 "echo-error please"])))
+        out, cache = tmp_path / "o.jsonl", tmp_path / "c.sqlite"
+        with caplog.at_level(logging.DEBUG):
+            rc = main(["-v", "revise", "--data", str(data), "--field", "response=response",
+                       "--api-base", base, "--model", "m", "--out", str(out), "--cache",
+                       str(cache), "--api-key-env", "EA_ECHO_KEY", "--max-retries", "0",
+                       "--max-edit-ratio", "1", "--no-progress"])
+        judge = ApiJudge(base, api_key_env="EA_ECHO_KEY", max_retries=0)
+        with pytest.raises(RuntimeError) as judged:
+            judge.ask("p", "echo-error", "b")
+    assert rc == 1  # the 400 row failed
+    printed = capsys.readouterr()
+    written = [out.read_text(), out.with_name("o.dropped.jsonl").read_text(),
+               *(p.read_bytes().decode("utf-8", "replace") for p in tmp_path.glob("c.sqlite*"))]
+    assert "It is Paris. (your key: [REDACTED])" in written[0]
+    assert "HTTP 400" in written[1] and "[REDACTED]" in written[1]
+    assert "HTTP 400" in str(judged.value) and "[REDACTED]" in str(judged.value)
+    for text in (*written, printed.out, printed.err, caplog.text, str(judged.value)):
+        assert SECRET not in text
+
+
+def test_redirect_is_reported_as_a_redirect_not_a_malformed_answer(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setenv("EA_REDIRECT_KEY", SECRET)
+    moved = {"location": f"https://elsewhere.example/v1/chat/completions?key={SECRET}"}
+    with loopback_server(lambda h, _: send(h, 307, b"", moved)) as base:
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+        rc = main(["revise", "--data", str(data), "--field", "response=response",
+                   "--api-base", base, "--model", "m", "--out", str(tmp_path / "o.jsonl"),
+                   "--cache", str(tmp_path / "c.sqlite"), "--api-key-env", "EA_REDIRECT_KEY",
+                   "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "HTTP 307 (a redirect to https://elsewhere.example/" in err
+        assert "malformed" not in err and SECRET not in err and "key=[REDACTED]" in err
+        with pytest.raises(RuntimeError, match=r"HTTP 307 \(a redirect"):
+            ApiJudge(base).ask("p", "a", "b")
+
+
+def test_redact_replaces_plain_and_json_escaped_forms():
+    assert redact('key "k/1" and k/1', ["k/1", None, ""]) == 'key "[REDACTED]" and [REDACTED]'
+    assert redact(json.dumps({"e": 'a"b'}), ['a"b']) == '{"e": "[REDACTED]"}'
+
+
+def test_a_large_error_body_is_cut_not_treated_as_an_answer():
+    calls = []
+
+    def handle(request):
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(503, content=b"x" * 1_000_000)
+        return httpx.Response(200, content=answer_body("fine"))
+
+    async def run():
+        config = ClientConfig("http://mock/v1", "m", backoff_base=0.01, max_tokens=8)
+        async with ChatClient(config, transport=httpx.MockTransport(handle)) as client:
+            return await client.complete([{"role": "user", "content": "hi"}]), client.stats
+
+    completion, stats = asyncio.run(run())
+    assert completion.text == "fine" and stats.retries == {"http 503": 1}

@@ -80,8 +80,8 @@ def _parse_with_config(parser: argparse.ArgumentParser,
 
 def cmd_label(args: argparse.Namespace) -> int:
     from editalign.data.io import write_labeled
-    from editalign.data.labeling import LabelingConfig, label_pairs
-    from editalign.data.pairs import load_pairs, parse_field_mapping
+    from editalign.data.labeling import LabelingConfig, check_labeled, label_pairs
+    from editalign.data.pairs import DataError, load_pairs, parse_field_mapping
     from editalign.models import load_tokenizer
 
     if not args.data or not args.out:
@@ -91,11 +91,17 @@ def cmd_label(args: argparse.Namespace) -> int:
     pairs, report = load_pairs(args.data, preset=args.preset, fields=fields, strict=args.strict,
                                split=args.split, limit=args.limit)
     print(report.summary())
+    if not pairs:
+        skipped = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common())
+        raise DataError(f"no usable pair: read {report.rows_read} rows"
+                        + (f", skipped all ({skipped})" if skipped else ""), source=args.data)
     config = LabelingConfig(granularity=args.granularity, max_length=args.max_length or None,
                             truncation=args.truncation, chat_template=args.chat_template)
     tokenizer = load_tokenizer(args.model)
     labeled, stats = label_pairs(pairs, tokenizer, config, strict=args.strict,
                                  progress=sys.stderr.isatty())
+    # Nothing is written when no pair is usable; most pairs lost is said loudly, with the fix.
+    warning = check_labeled(stats, config, args.data)
     write_labeled(args.out, labeled, stats, config=config, tokenizer=tokenizer,
                   model_name=args.model, load_report=report, preview_pairs=args.preview_pairs)
     print(stats.summary())
@@ -103,6 +109,8 @@ def cmd_label(args: argparse.Namespace) -> int:
           f"({time.perf_counter() - started:.1f} s)")
     print(f"  stats:   {Path(args.out) / 'stats.json'}")
     print(f"  preview: {Path(args.out) / 'preview.html'}")
+    if warning:
+        print(f"editalign label: WARNING: {warning}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -478,6 +478,11 @@ def resolve_model_path(name_or_path: str) -> str:
     )
 
 
+# Every load: from local files only, and never the code a model directory may carry (without
+# an explicit False, transformers asks "run the custom code? [y/N]" in a terminal).
+SAFE_LOAD = {"local_files_only": True, "trust_remote_code": False}
+
+
 def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
     """Offline tokenizer with a pad token, because batching code pads unconditionally."""
     path = resolve_model_path(name_or_path)
@@ -485,7 +490,7 @@ def load_tokenizer(name_or_path: str, **kwargs: Any) -> PreTrainedTokenizerBase:
         problem = json_files_problem(Path(path), TOKENIZER_FILES)
         if problem is not None:
             raise WeightsError(problem)
-    tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, "local_files_only": True})
+    tokenizer = AutoTokenizer.from_pretrained(path, **{**kwargs, **SAFE_LOAD})
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -500,7 +505,7 @@ def load_model(
         kwargs["dtype"] = dtype
     if os.path.isdir(path):  # a local directory: name a corrupt file instead of a traceback
         check_weights(path)
-    return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, "local_files_only": True})
+    return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, **SAFE_LOAD})
 
 
 def load_model_and_tokenizer(

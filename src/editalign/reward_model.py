@@ -30,6 +30,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from editalign.losses import REWARD_TRANSFORMS, check_choice, token_rewards
+from editalign.models import SAFE_LOAD
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"
@@ -122,7 +123,7 @@ class TokenRewardModel(nn.Module):
         from editalign.models import load_tokenizer, resolve_model_path, tokenizer_fingerprint
 
         path = resolve_model_path(name_or_path)
-        kwargs: dict[str, Any] = {"local_files_only": True}
+        kwargs: dict[str, Any] = dict(SAFE_LOAD)
         if dtype is not None:
             kwargs["dtype"] = dtype
         backbone = AutoModel.from_pretrained(path, **kwargs)
@@ -232,7 +233,7 @@ class TokenRewardModel(nn.Module):
         except TypeError as err:
             raise WeightsError(f"{path / REWARD_CONFIG_NAME}: not a reward config ({err})"
                                ) from None
-        kwargs: dict[str, Any] = {"local_files_only": True}
+        kwargs: dict[str, Any] = dict(SAFE_LOAD)
         if dtype is not None:
             kwargs["dtype"] = dtype
         model = cls(AutoModel.from_pretrained(path, **kwargs), config)
@@ -252,7 +253,7 @@ class TokenRewardModel(nn.Module):
         problem = json_files_problem(Path(directory), TOKENIZER_FILES)
         if problem is not None:
             raise WeightsError(problem)
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **SAFE_LOAD)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer

@@ -4,7 +4,12 @@ Security model: bound to 127.0.0.1 by default; bound anywhere else it requires a
 (``?token=`` on the page URL, then an ``X-Token`` header on every API call). On loopback
 the ``Host`` header must name the loopback too, so a web page elsewhere cannot reach the
 API through DNS rebinding. Writes must be ``application/json`` (a plain HTML form cannot
-send that cross-site). Request bodies are capped at :data:`MAX_BODY`. The page never puts
+send that cross-site). Request bodies are capped at :data:`MAX_BODY`, nested at most as deep
+as the JSON parser allows, and checked field by field (a 400 names the field). A token off
+loopback must have at least :data:`MIN_TOKEN_LENGTH` characters. Every socket read times out
+after ``read_timeout`` seconds without data, and a request body must arrive completely within
+``read_timeout`` seconds, so a client that announces a body and sends less cannot hold a
+thread. The page never puts
 data into HTML: the JavaScript sets ``textContent``/``value`` only, and a strict
 Content-Security-Policy forbids inline scripts, so text in the data cannot run as code.
 """
@@ -16,6 +21,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -29,13 +35,16 @@ from editalign.data.pairs import save_pairs_jsonl
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1_000_000
+MIN_TOKEN_LENGTH = 16
+READ_TIMEOUT = 30.0
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/static/diff.js": ("diff.js", "text/javascript; charset=utf-8"),
           "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-_ITEM = re.compile(r"^/api/items/(\d{1,9})$")
+_NO_BODY = object()  # not None: a body of JSON null must still get its 400
+_ITEM = re.compile(r"/api/items/(\d{1,9})")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,10 +69,16 @@ class AnnotateServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, store: AnnotationStore, host: str = "127.0.0.1", port: int = 8765, *,
-                 token: str | None = None, export_path: str | Path | None = None) -> None:
+                 token: str | None = None, export_path: str | Path | None = None,
+                 read_timeout: float = READ_TIMEOUT) -> None:
         if not is_loopback(host) and not token:
             raise ValueError(f"binding to {host} (not loopback) needs a token")
-        self.store, self.token = store, token
+        if not is_loopback(host) and len(token or "") < MIN_TOKEN_LENGTH:
+            raise ValueError(f"binding to {host} (not loopback) needs a token of at least "
+                             f"{MIN_TOKEN_LENGTH} characters (leave --token out for a random one)")
+        if read_timeout <= 0:
+            raise ValueError(f"read_timeout must be > 0, got {read_timeout}")
+        self.store, self.token, self.read_timeout = store, token, read_timeout
         self.export_path = Path(export_path) if export_path else None
         self.loopback = is_loopback(host)
         super().__init__((host, port), _Handler)
@@ -78,6 +93,12 @@ class AnnotateServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: AnnotateServer
     protocol_version = "HTTP/1.1"
+
+    @property  # type: ignore[override]
+    def timeout(self) -> float:
+        """Socket timeout (``StreamRequestHandler`` applies it in ``setup``); a read that
+        times out ends the connection (``handle_one_request`` catches ``TimeoutError``)."""
+        return self.server.read_timeout
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -125,24 +146,57 @@ class _Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(given.encode(), self.server.token.encode())
 
     def _body(self) -> Any:
+        """The parsed JSON body, or ``_NO_BODY`` once an error has been answered."""
         if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
             self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
-            return None
+            return _NO_BODY
         try:
             length = int(self.headers.get("Content-Length") or "x")
         except ValueError:
             self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-            return None
+            return _NO_BODY
         if length > MAX_BODY or length < 0:
             self.close_connection = True
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                         f"request body over {MAX_BODY} bytes")
-            return None
+            return _NO_BODY
+        raw = self._read_exactly(length)
+        if raw is None:
+            return _NO_BODY
         try:
-            return json.loads(self.rfile.read(length))
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             self._error(HTTPStatus.BAD_REQUEST, "body is not valid JSON")
+        except RecursionError:
+            self._error(HTTPStatus.BAD_REQUEST, "body is nested too deeply")
+        return _NO_BODY
+
+    def _read_exactly(self, length: int) -> bytes | None:
+        """``length`` bytes of body within ``read_timeout`` seconds in total (a trickle of
+        bytes that keeps every single read alive still runs out), else answer 408."""
+        deadline = time.monotonic() + self.server.read_timeout
+        chunks, remaining = [], length
+        while remaining > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.connection.settimeout(left)
+            try:
+                chunk = self.rfile.read1(min(remaining, 65536))
+            except TimeoutError:
+                break
+            if not chunk:  # the client closed the connection
+                self.close_connection = True
+                return None
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        self.connection.settimeout(self.server.read_timeout)
+        if remaining > 0:
+            self.close_connection = True
+            self._error(HTTPStatus.REQUEST_TIMEOUT, f"the request body did not arrive within "
+                        f"{self.server.read_timeout:g} s")
             return None
+        return b"".join(chunks)
 
     def _guard(self) -> bool:
         if not self._host_ok():
@@ -166,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/api/info":
             self._json(HTTPStatus.OK, {"count": self.server.store.count(),
                                        "export_path": str(self.server.export_path or "")})
-        elif match := _ITEM.match(url.path):
+        elif match := _ITEM.fullmatch(url.path):
             item = self.server.store.item(int(match.group(1)))
             if item is None:
                 self._error(HTTPStatus.NOT_FOUND, "no such item")
@@ -191,12 +245,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._guard():
             return
         path = urlsplit(self.path).path
-        match = _ITEM.match(path)
+        match = _ITEM.fullmatch(path)
         if not match and path != "/api/export":
             self._error(HTTPStatus.NOT_FOUND, "not found")
             return
         body = self._body()
-        if body is None:
+        if body is _NO_BODY:
             return
         if path == "/api/export":
             self._export()
@@ -207,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             version = self.server.store.save(
                 int(match.group(1)), body.get("annotator"), body.get("revised"),
-                body.get("spans") or [], body.get("version", 0))
+                body.get("spans", []), body.get("version", 0))
         except Invalid as err:
             self._error(HTTPStatus.BAD_REQUEST, str(err))
         except KeyError:

@@ -17,13 +17,13 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from editalign.data.pairs import EditPair
 
-ANNOTATOR = re.compile(r"^[\w.@+ -]{1,64}$")
+ANNOTATOR = re.compile(r"[\w.@+ -]{1,64}")  # always with fullmatch: "$" lets a "\n" through
 MAX_TEXT = 200_000
 MAX_SPANS = 500
 SPAN_TYPES = ("error", "factual", "irrelevant", "incomplete", "unwanted", "other")
@@ -38,7 +38,18 @@ class Conflict(Exception):
 
 
 class Invalid(ValueError):
-    """A save that breaks a rule (size, span bounds, annotator name)."""
+    """A save that breaks a rule (size, span bounds, annotator name); names the field."""
+
+
+def _is_text(value: Any) -> bool:
+    """A string SQLite and UTF-8 JSON can hold (JSON may carry unpaired surrogates)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _schema(db: sqlite3.Connection) -> None:
@@ -53,23 +64,35 @@ def _schema(db: sqlite3.Connection) -> None:
     """)
 
 
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def validate_spans(spans: Any, length: int) -> list[dict[str, Any]]:
     """Error spans as ``{start, end, type, explanation}`` inside ``[0, length]``."""
-    if not isinstance(spans, list) or len(spans) > MAX_SPANS:
-        raise Invalid(f"spans must be a list of at most {MAX_SPANS} objects")
+    if not isinstance(spans, list | tuple) or len(spans) > MAX_SPANS:
+        raise Invalid(f"field 'spans': expected a list of at most {MAX_SPANS} objects, got "
+                      f"{_kind(spans)}")
     clean = []
-    for span in spans:
+    for i, span in enumerate(spans):
         if not isinstance(span, dict):
-            raise Invalid("each span must be an object")
+            raise Invalid(f"field 'spans[{i}]': expected an object, got {_kind(span)}")
         start, end = span.get("start"), span.get("end")
         if not (type(start) is int and type(end) is int and 0 <= start < end <= length):
-            raise Invalid(f"span start={start!r} end={end!r} must satisfy 0 <= start < end <= "
-                          f"{length} (the length of the original)")
+            raise Invalid(f"field 'spans[{i}]': start={_short(start)} end={_short(end)} must "
+                          f"satisfy 0 <= start < end <= {length} (the length of the original)")
         kind = span.get("type", "error")
         explanation = span.get("explanation", "")
-        if kind not in SPAN_TYPES or not isinstance(explanation, str) or len(explanation) > 2000:
-            raise Invalid(f"span type must be one of {', '.join(SPAN_TYPES)} and the "
-                          "explanation text of at most 2000 characters")
+        if not isinstance(kind, str) or kind not in SPAN_TYPES:
+            raise Invalid(f"field 'spans[{i}].type': expected one of {', '.join(SPAN_TYPES)}")
+        if not _is_text(explanation) or len(explanation) > 2000:
+            raise Invalid(f"field 'spans[{i}].explanation': expected text of at most 2000 "
+                          "characters")
         clean.append({"start": start, "end": end, "type": kind, "explanation": explanation})
     return sorted(clean, key=lambda s: (s["start"], s["end"]))
 
@@ -143,25 +166,27 @@ class AnnotationStore:
         return {"revised": row["revised"], "spans": json.loads(row["spans"]),
                 "version": row["version"], "updated": row["updated"]}
 
-    def save(self, position: int, annotator: str, revised: str, spans: Sequence[Any],
-             version: int) -> int:
+    def save(self, position: int, annotator: Any, revised: Any, spans: Any,
+             version: Any) -> int:
         """Store an annotation made from ``version`` (0: none yet); returns the new version.
 
         Raises :class:`Conflict` when the stored version differs (a lost update
-        prevented), :class:`Invalid` for bad input, ``KeyError`` for an unknown item.
+        prevented), :class:`Invalid` for bad input (any JSON value may arrive here: every
+        field's type is checked), ``KeyError`` for an unknown item.
         """
-        if not isinstance(annotator, str) or not ANNOTATOR.match(annotator):
-            raise Invalid("annotator must be 1-64 letters, digits, spaces or . @ + - _")
-        if not isinstance(revised, str) or len(revised) > MAX_TEXT:
-            raise Invalid(f"revised must be text of at most {MAX_TEXT} characters")
+        if not isinstance(annotator, str) or not ANNOTATOR.fullmatch(annotator):
+            raise Invalid("field 'annotator': expected 1-64 letters, digits, spaces or "
+                          ". @ + - _")
+        if not _is_text(revised) or len(revised) > MAX_TEXT:
+            raise Invalid(f"field 'revised': expected text of at most {MAX_TEXT} characters")
         if type(version) is not int or version < 0:
-            raise Invalid("version must be a non-negative integer")
+            raise Invalid("field 'version': expected a non-negative integer")
         with self._tx() as db:
             item = db.execute("SELECT id, original FROM items WHERE position = ?",
                               (position,)).fetchone()
             if item is None:
                 raise KeyError(position)
-            clean = validate_spans(list(spans), len(item["original"]))
+            clean = validate_spans(spans, len(item["original"]))
             row = db.execute("SELECT version FROM annotations WHERE item_id = ? AND annotator = ?",
                              (item["id"], annotator)).fetchone()
             current = 0 if row is None else row["version"]

@@ -22,7 +22,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from editalign.data.align import IGNORE, Label, align, align_words
-from editalign.data.pairs import EditPair
+from editalign.data.pairs import DataError, EditPair
 from editalign.data.prompts import (
     CHAT_TEMPLATE_MODES,
     ChatTemplateMode,
@@ -153,6 +153,9 @@ class LabeledPair:
         )
 
 
+TRUNCATED_AWAY = "response truncated away (prompt longer than max_length)"
+
+
 class SkipPair(Exception):
     """A pair that cannot be used; the message is the reason counted in the stats."""
 
@@ -172,7 +175,7 @@ def _truncate(side: TokenizedSide, config: LabelingConfig) -> tuple[TokenizedSid
     ids, labels = ids[:limit], labels[:limit]
     offsets = offsets[: max(0, len(ids) - start)]
     if len(ids) <= start:
-        raise SkipPair("response truncated away (prompt longer than max_length)")
+        raise SkipPair(TRUNCATED_AWAY)
     return TokenizedSide(ids, labels, start, offsets), dropped
 
 
@@ -383,3 +386,29 @@ def to_dataset(labeled: Sequence[LabeledPair], info: dict[str, Any] | None = Non
 
 def config_dict(config: LabelingConfig) -> dict[str, Any]:
     return asdict(config)
+
+
+def check_labeled(stats: LabelStats, config: LabelingConfig, source: str, *,
+                  max_length_flag: str = "--max-length",
+                  truncation_flag: str = "--truncation") -> str | None:
+    """Refuse a labelling run that kept no pair; warn when truncation lost most of them.
+
+    Raises :class:`DataError` (naming ``source``) when no pair survived; returns a warning
+    (naming the options that fix it) when more than half of the pairs were skipped because
+    their prompt filled ``max_length``, else None. The flag names are the calling
+    command's spelling.
+    """
+    lost = stats.skipped[TRUNCATED_AWAY]
+    fix = f"raise {max_length_flag} (now {config.max_length})"
+    if config.truncation != "keep_end":
+        fix += (f" or pass {truncation_flag} keep_end (drops the start of the prompt "
+                "instead of the response)")
+    if stats.kept == 0:
+        reasons = ", ".join(f"{n} {r}" for r, n in stats.skipped.most_common())
+        raise DataError(f"no usable pair: {stats.pairs_in} pairs in, none labelled"
+                        + (f" (skipped: {reasons})" if reasons else "")
+                        + (f"; {fix}" if lost else ""), source=source)
+    if 2 * lost > stats.pairs_in:
+        return (f"truncation lost {lost} of {stats.pairs_in} pairs ({lost / stats.pairs_in:.0%}):"
+                f" their prompt fills the {config.max_length}-token limit; {fix}")
+    return None

@@ -60,6 +60,9 @@ def _read_jsonl(path: Path, source: str) -> _Rows:
             except json.JSONDecodeError as exc:
                 raise DataError(f"malformed JSON at column {exc.colno}: {exc.msg}",
                                 source=source, row=index, line=line) from None
+            except RecursionError:
+                raise DataError("JSON nested too deeply", source=source, row=index,
+                                line=line) from None
             yield _Row(record, source, index, line)
             index += 1
 
@@ -86,6 +89,8 @@ def _read_json(path: Path, source: str) -> _Rows:
                 if exc.msg == "Extra data" else "")
         raise DataError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: "
                         f"{exc.msg}{hint}", source=source) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply", source=source) from None
     for index, record in enumerate(_json_records(data, source)):
         yield _Row(record, source, index)
 

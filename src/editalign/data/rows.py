@@ -72,6 +72,7 @@ def _get(row: _Row, fields: Mapping[str, str], role: str, *, required: bool = Tr
     path = fields[role]
     value = _lookup(row.record, path)
     if value is not _MISSING:
+        _check_encodable(row, value, path)
         return value
     if not required:
         return None
@@ -83,6 +84,26 @@ def _get(row: _Row, fields: Mapping[str, str], role: str, *, required: bool = Tr
     raise row.error(message, field=path)
 
 
+def _check_encodable(row: _Row, value: Any, path: str) -> None:
+    """Refuse text UTF-8 cannot hold: JSON may carry unpaired surrogates (``"\\ud800"``), which
+    a tokenizer, the request to a reviser or a written file would fail on much later."""
+    stack = [(path, value)]
+    while stack:  # iterative: a value may be nested as deep as the JSON parser allows
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise row.error(f"text with an unpaired surrogate ({item[exc.start]!r} at "
+                                f"character {exc.start}), which is not valid Unicode text; "
+                                "the writer of the file split a character", field=where) from None
+        elif isinstance(item, Mapping):
+            stack += [(f"{where}.{key}", key) for key in item if isinstance(key, str)]
+            stack += [(f"{where}.{key}", sub) for key, sub in item.items()]
+        elif isinstance(item, list | tuple):
+            stack += [(f"{where}[{i}]", sub) for i, sub in enumerate(item)]
+
+
 def _text(row: _Row, fields: Mapping[str, str], role: str, *,
           required: bool = True) -> str | None:
     """A string field; ``None`` only when an optional field is absent or null."""
@@ -91,19 +112,6 @@ def _text(row: _Row, fields: Mapping[str, str], role: str, *,
         return None
     if not isinstance(value, str):
         raise row.error(f"expected text (a string), got {_describe(value)}", field=fields[role])
-    return _unicode(row, value, fields[role])
-
-
-def _unicode(row: _Row, value: str, field: str) -> str:
-    """``value`` if it is valid Unicode text; JSON's ``\\ud800`` escapes can smuggle in lone
-    surrogates, which no tokenizer accepts (they fail deep inside with a TypeError)."""
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise row.error(f"not valid Unicode text: a lone surrogate "
-                            f"{value[err.start]!r} at character {err.start}",
-                            field=field) from None
     return value
 
 
@@ -123,8 +131,7 @@ def _messages(row: _Row, path: str, value: list[Any]) -> list[dict[str, str]]:
             raise row.error(
                 "a chat message must be an object with string 'role' and 'content', "
                 f"got {_describe(message)}", field=f"{path}[{i}]")
-        messages.append({"role": _unicode(row, role, f"{path}[{i}].role"),
-                         "content": _unicode(row, content, f"{path}[{i}].content")})
+        messages.append({"role": role, "content": content})
     return messages
 
 
@@ -135,7 +142,7 @@ def _prompt(row: _Row, fields: Mapping[str, str], role: str = "prompt", *,
     if value is None and not required:
         return None
     if isinstance(value, str):
-        return _unicode(row, value, fields[role])
+        return value
     if isinstance(value, list):
         return _messages(row, fields[role], value)
     raise row.error(f"expected text or a list of chat messages, got {_describe(value)}",

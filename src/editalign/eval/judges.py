@@ -127,58 +127,63 @@ class ApiJudge:
     judge that always prefers one position gives a tie; the outcome is the mean of the two
     (1, 0.75, 0.5, 0.25 or 0). An unparseable answer counts as a tie. The key is read from
     the environment variable ``api_key_env`` and only ever sent in the Authorization header.
+
+    Requests go through the reviser's :class:`~editalign.revise.client.ChatClient` (no
+    cache): the same total deadline per attempt, answer size limit, retries with back-off,
+    refusal of redirects and redaction of the key from every error message.
     """
 
     def __init__(self, url: str, model: str = "gpt-4o-mini", *,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
-                 max_retries: int = 3, transport: Any = None) -> None:
-        import httpx
+                 max_retries: int = 3, concurrency: int = 4, backoff: float = 1.0,
+                 transport: Any = None) -> None:
+        from editalign.revise.client import ClientConfig
 
         self.name = f"api:{url}"
-        self.url = url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.max_retries = max_retries
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        self.config = ClientConfig(
+            api_base=url, model=model, api_key=os.environ.get(api_key_env) or None,
+            concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+            backoff_base=backoff, temperature=0.0, max_tokens=8)
+        self.url = self.config.url
+        self._transport = transport
+
+    def _messages(self, prompt: Any, a: str, b: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": JUDGE_SYSTEM},
+                {"role": "user", "content": JUDGE_TEMPLATE.format(
+                    prompt=_prompt_text(prompt), a=a, b=b)}]
+
+    def _ask_all(self, questions: Sequence[tuple[Any, str, str]]) -> list[str]:
+        import asyncio
+
+        from editalign.revise.client import ChatClient, FatalRequestError, RequestFailed
+
+        async def run() -> list[str]:
+            async with ChatClient(self.config, transport=self._transport) as client:
+                completions = await asyncio.gather(
+                    *(client.complete(self._messages(*q)) for q in questions))
+            return [c.text for c in completions]
+
+        try:
+            return asyncio.run(run())
+        except FatalRequestError as err:
+            raise RuntimeError(f"judge endpoint: {err}; check the URL, model and key") from None
+        except RequestFailed as err:
+            raise RuntimeError(f"judge endpoint {self.url} failed: {err}") from None
 
     def ask(self, prompt: Any, a: str, b: str) -> str:
-        import httpx
-
-        messages = [{"role": "system", "content": JUDGE_SYSTEM},
-                    {"role": "user", "content": JUDGE_TEMPLATE.format(
-                        prompt=_prompt_text(prompt), a=a, b=b)}]
-        payload = {"model": self.model, "messages": messages, "temperature": 0.0,
-                   "max_tokens": 8}
-        last_error = ""
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self._client.post(self.url, json=payload)
-            except httpx.HTTPError as err:
-                last_error = type(err).__name__
-                continue
-            if response.status_code in (401, 403, 404):
-                raise RuntimeError(f"judge endpoint {self.url} answered HTTP "
-                                   f"{response.status_code}; check the URL, model and key")
-            if response.status_code >= 400:
-                last_error = f"HTTP {response.status_code}"
-                logger.warning("judge request failed (%s), attempt %d", last_error, attempt + 1)
-                continue
-            try:
-                return str(response.json()["choices"][0]["message"]["content"] or "")
-            except (ValueError, KeyError, IndexError, TypeError):
-                last_error = "unexpected response body"
-        raise RuntimeError(f"judge endpoint {self.url} failed {self.max_retries + 1} times "
-                           f"({last_error})")
+        """The judge's answer to one question (A = ``a``, B = ``b``)."""
+        return self._ask_all([(prompt, a, b)])[0]
 
     def compare(self, rows: Sequence[Row], policy: Sequence[str],
                 reference: Sequence[str]) -> Judgement:
-        outcomes, details = [], []
+        questions = []
         for row, p, r in zip(rows, policy, reference, strict=True):
-            first = parse_preference(self.ask(row["prompt"], p, r))  # policy is A
-            second = parse_preference(self.ask(row["prompt"], r, p))  # policy is B
+            questions += [(row["prompt"], p, r), (row["prompt"], r, p)]  # policy is A, then B
+        answers = self._ask_all(questions)
+        outcomes, details = [], []
+        for k in range(len(rows)):
+            first, second = (parse_preference(answers[2 * k]),
+                             parse_preference(answers[2 * k + 1]))
             value = (({"A": 1.0, "B": 0.0}.get(first or "", 0.5))
                      + ({"A": 0.0, "B": 1.0}.get(second or "", 0.5))) / 2
             outcomes.append(value)

@@ -7,12 +7,14 @@ See docs/revise.md. The command is ``editalign revise``; the pieces are usable a
 
 from editalign.revise.cache import RequestCache, request_key
 from editalign.revise.client import (
+    AnswerTooLarge,
     ChatClient,
     ClientConfig,
     ClientStats,
     Completion,
     FatalRequestError,
     RequestFailed,
+    redact,
 )
 from editalign.revise.filters import (
     Decision,
@@ -27,6 +29,7 @@ from editalign.revise.prompts import Template, TemplateError, load_template, shi
 from editalign.revise.reviser import ReviseOptions, ReviseResult, revise_pairs, revise_pairs_async
 
 __all__ = [
+    "AnswerTooLarge",
     "ChatClient",
     "ClientConfig",
     "ClientStats",
@@ -45,6 +48,7 @@ __all__ = [
     "clean_completion",
     "edit_ratio",
     "load_template",
+    "redact",
     "request_key",
     "revise_pairs",
     "revise_pairs_async",

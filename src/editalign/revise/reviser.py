@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editalign.data.pairs import EditPair
-from editalign.revise.client import ChatClient, RequestFailed
+from editalign.revise.client import AnswerTooLarge, ChatClient, RequestFailed
 from editalign.revise.filters import (
     Decision,
     Scorer,
@@ -116,6 +116,12 @@ async def _revise_one(client: ChatClient, template: Template, options: ReviseOpt
     for used, messages in attempts:
         try:
             completion = await client.complete(messages)
+        except AnswerTooLarge as err:
+            # Dropped, not failed: the server answered, with something no revision can be.
+            # Only a short prefix is kept, for the dropped file.
+            outcome.reason = str(err)
+            outcome.info = {"template": used.name, "answer_prefix": err.prefix}
+            return outcome
         except RequestFailed as err:
             outcome.status, outcome.reason = "failed", str(err)
             return outcome

@@ -20,7 +20,12 @@ from typing import Any
 import torch
 from trl import TrlParser
 
-from editalign.train.common import DataArguments, ModelArguments, check_max_steps
+from editalign.train.common import (
+    DataArguments,
+    ModelArguments,
+    check_max_steps,
+    given_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,12 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     parser = TrainParser((ModelArguments, DataArguments, config_cls))
     model_args, data_args, config = parser.parse_args_and_config(argv)
     check_max_steps(config.max_steps)
+    # What the user set (command line or --config), so a labelled directory can refuse
+    # labelling options it would silently ignore.
+    defaults = DataArguments()
+    data_args.explicit = frozenset(
+        given_options(argv) | {f.name for f in dataclasses.fields(DataArguments)
+                               if getattr(data_args, f.name) != getattr(defaults, f.name)})
     # Seed before any model is built: a new reward head or LoRA adapter is initialised from
     # the global RNG, so without this two runs with the same --seed start differently.
     from transformers import set_seed

@@ -22,6 +22,7 @@ from editalign.data.labeling import (
     TRUNCATIONS,
     LabeledPair,
     LabelingConfig,
+    check_labeled,
     label_pairs,
 )
 from editalign.models import tokenizer_fingerprint
@@ -145,6 +146,33 @@ class ModelArguments:
         return allowed[self.model_dtype]
 
 
+# Options that only shape how raw pairs are labelled (an `editalign label` directory records
+# them in stats.json "config"), and options that only shape how raw pairs are read.
+LABELING_OPTIONS = ("granularity", "truncation", "chat_template")
+RAW_DATA_OPTIONS = {"preset": "--preset", "field_map": "--field", "split": "--split"}
+
+
+def given_options(argv: Sequence[str]) -> set[str]:
+    """Option names (underscored) set on the command line or in its ``--config`` YAML file."""
+    import yaml
+
+    names: set[str] = set()
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        names.add("field_map" if name == "field" else name)
+        if name == "config" and i + 1 < len(argv):
+            try:
+                with open(argv[i + 1], encoding="utf-8") as handle:
+                    values = yaml.safe_load(handle)
+            except (OSError, yaml.YAMLError):
+                continue  # the argument parser reports an unreadable config itself
+            if isinstance(values, dict):
+                names |= {str(key).replace("-", "_") for key in values}
+    return names
+
+
 @dataclass
 class DataArguments:
     """Edit pairs to train on: a pairs file (labelled on the fly) or an ``editalign label`` dir."""
@@ -178,6 +206,10 @@ class DataArguments:
     strict: bool = field(default=False, metadata={
         "help": "fail on unusable rows instead of skipping and counting them"})
 
+    # Names of the options the user set (command line or --config file); filled in by
+    # parse_train_args. Not a dataclass field, so not a flag.
+    explicit = frozenset[str]()
+
     def labeling_config(self) -> LabelingConfig:
         return LabelingConfig(granularity=self.granularity, max_length=self.max_length,  # type: ignore[arg-type]
                               truncation=self.truncation, chat_template=self.chat_template)  # type: ignore[arg-type]
@@ -202,12 +234,31 @@ class DataArguments:
         return ([p for i, p in enumerate(train) if i not in held],
                 [p for i, p in enumerate(train) if i in held])
 
+    def _refuse_ignored_options(self, source: str, stats: dict[str, Any]) -> None:
+        """A labelled directory fixed its labelling options; refuse set ones that differ."""
+        labelled_with = stats.get("config") or {}
+        ignored = []
+        for name in LABELING_OPTIONS:
+            value = getattr(self, name)
+            if name in self.explicit and name in labelled_with and value != labelled_with[name]:
+                ignored.append(f"--{name} {value} (labelled with {labelled_with[name]})")
+        for name, flag in RAW_DATA_OPTIONS.items():
+            if name in self.explicit and getattr(self, name):
+                ignored.append(f"{flag} (applies to raw pairs only)")
+        if ignored:
+            raise ValueError(
+                f"{source} is a directory written by `editalign label`, whose labels are "
+                f"fixed, so these options would be ignored: {'; '.join(ignored)}. Relabel with "
+                "`editalign label` and those options, pass the raw pairs file as --data, or "
+                "leave the options out")
+
     def _load_one(self, source: str, tokenizer: Any) -> list[LabeledPair]:
         from editalign.data.io import read_labeled
         from editalign.data.pairs import load_pairs, parse_field_mapping
 
         if (Path(source) / "stats.json").is_file():
             labeled, stats = read_labeled(source)
+            self._refuse_ignored_options(source, stats)
             expected = tokenizer_fingerprint(tokenizer)
             if stats.get("tokenizer_fingerprint") != expected:
                 raise ValueError(
@@ -219,8 +270,13 @@ class DataArguments:
         pairs, report = load_pairs(source, preset=self.preset, fields=fields, strict=self.strict,
                                    split=self.split, limit=self.limit)
         logger.info("%s", report.summary())
-        labeled, stats = label_pairs(pairs, tokenizer, self.labeling_config(), strict=self.strict)
-        logger.info("%s", stats.summary())
-        if not labeled:
+        if not pairs:
             raise ValueError(f"{source}: no usable pairs ({report.summary()})")
+        config = self.labeling_config()
+        labeled, stats = label_pairs(pairs, tokenizer, config, strict=self.strict)
+        logger.info("%s", stats.summary())
+        warning = check_labeled(stats, config, source, max_length_flag="--max_length",
+                                truncation_flag="--truncation")
+        if warning:
+            logger.warning("%s: %s", source, warning)
         return labeled

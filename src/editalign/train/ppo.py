@@ -542,8 +542,9 @@ class PPOTrainer:
         else:
             from transformers import AutoModelForCausalLM
 
-            loaded = AutoModelForCausalLM.from_pretrained(directory / "policy",
-                                                          local_files_only=True)
+            from editalign.models import SAFE_LOAD
+
+            loaded = AutoModelForCausalLM.from_pretrained(directory / "policy", **SAFE_LOAD)
             policy.load_state_dict(loaded.state_dict())
         self.accelerator.unwrap_model(self.value_model).load_state_dict(
             _load_tensors(directory / VALUE_NAME))
