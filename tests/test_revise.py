@@ -22,6 +22,12 @@ import pytest
 from editalign.cli import main
 from editalign.data.pairs import EditPair, load_pairs
 from editalign.eval.judges import ApiJudge
+from editalign.llm.client import (
+    ANSWER_BYTES_PER_TOKEN,
+    MIN_ANSWER_BYTES,
+    RequestFailed,
+    parse_answer,
+)
 from editalign.revise import (
     ChatClient,
     ClientConfig,
@@ -37,12 +43,6 @@ from editalign.revise import (
     revise_pairs,
     reward_filter,
     shipped_templates,
-)
-from editalign.revise.client import (
-    ANSWER_BYTES_PER_TOKEN,
-    MIN_ANSWER_BYTES,
-    RequestFailed,
-    parse_answer,
 )
 from editalign.revise.command import revise_fields, reward_model_scorer
 from editalign.revise.prompts import parse_template
@@ -300,7 +300,7 @@ def test_fatal_status_stops_the_run(tmp_path):
     transport = httpx.MockTransport(lambda request: httpx.Response(401, json={}))
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
-    from editalign.revise.client import FatalRequestError
+    from editalign.llm.client import FatalRequestError
 
     with pytest.raises(FatalRequestError, match="API key"):
         _run(load_pairs(data, fields=revise_fields(["response=response"]))[0], transport)

@@ -128,7 +128,7 @@ class ApiJudge:
     (1, 0.75, 0.5, 0.25 or 0). An unparseable answer counts as a tie. The key is read from
     the environment variable ``api_key_env`` and only ever sent in the Authorization header.
 
-    Requests go through the reviser's :class:`~editalign.revise.client.ChatClient` (no
+    Requests go through the reviser's :class:`~editalign.llm.client.ChatClient` (no
     cache): the same total deadline per attempt, answer size limit, retries with back-off,
     refusal of redirects and redaction of the key from every error message.
     """
@@ -137,7 +137,7 @@ class ApiJudge:
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 60.0,
                  max_retries: int = 3, concurrency: int = 4, backoff: float = 1.0,
                  transport: Any = None) -> None:
-        from editalign.revise.client import ClientConfig
+        from editalign.llm.client import ClientConfig
 
         self.name = f"api:{url}"
         self.config = ClientConfig(
@@ -155,7 +155,7 @@ class ApiJudge:
     def _ask_all(self, questions: Sequence[tuple[Any, str, str]]) -> list[str]:
         import asyncio
 
-        from editalign.revise.client import ChatClient, FatalRequestError, RequestFailed
+        from editalign.llm.client import ChatClient, FatalRequestError, RequestFailed
 
         async def run() -> list[str]:
             async with ChatClient(self.config, transport=self._transport) as client:

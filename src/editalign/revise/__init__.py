@@ -5,8 +5,8 @@ See docs/revise.md. The command is ``editalign revise``; the pieces are usable a
 :func:`load_template`, the filters and :func:`revise_pairs`.
 """
 
-from editalign.revise.cache import RequestCache, request_key
-from editalign.revise.client import (
+from editalign.llm.cache import RequestCache, request_key
+from editalign.llm.client import (
     AnswerTooLarge,
     ChatClient,
     ClientConfig,

@@ -148,8 +148,8 @@ def _write_jsonl(records: Sequence[dict[str, Any]], path: Path) -> None:
 
 def cmd_revise(args: argparse.Namespace) -> int:
     from editalign.data.pairs import load_pairs
-    from editalign.revise.cache import RequestCache
-    from editalign.revise.client import ChatClient, ClientConfig, FatalRequestError
+    from editalign.llm.cache import RequestCache
+    from editalign.llm.client import ChatClient, ClientConfig, FatalRequestError
     from editalign.revise.prompts import load_template
     from editalign.revise.reviser import ReviseOptions, revise_pairs
 

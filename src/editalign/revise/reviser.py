@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from editalign.data.pairs import EditPair
-from editalign.revise.client import AnswerTooLarge, ChatClient, RequestFailed
+from editalign.llm.client import AnswerTooLarge, ChatClient, RequestFailed
 from editalign.revise.filters import (
     Decision,
     Scorer,

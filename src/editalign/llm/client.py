@@ -5,7 +5,7 @@ TGI, llama.cpp, ``transformers serve``). Requests that fail with HTTP 429 or 5xx
 out, lose their connection or return a body that is not the expected JSON are retried
 with exponential back-off and full jitter (a ``Retry-After`` header is honoured);
 401/403/404 stop the run at once, because every other request would fail the same way.
-Every answer is written to the :class:`~editalign.revise.cache.RequestCache` before it is
+Every answer is written to the :class:`~editalign.llm.cache.RequestCache` before it is
 used.
 
 Bounds on what a server can do to the client:
@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from editalign.revise.cache import RequestCache, request_key
+from editalign.llm.cache import RequestCache, request_key
 
 logger = logging.getLogger(__name__)
 
