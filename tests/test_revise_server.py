@@ -227,7 +227,7 @@ def test_revise_real_server_end_to_end_and_rerun_is_free(server, data, tmp_path,
                         "--api-key-env", "EA_TEST_KEY", *scorer))
         first = capsys.readouterr()
         assert rc == 0, first.err
-        assert proxy.forwarded == 3
+        assert proxy.forwarded == 3, first.out  # the summary names any retry's cause
         assert proxy.auth == [f"Bearer {SECRET}"] * 3  # the key is sent ...
         kept, dropped = _all_rows(out)
         assert sorted(r["id"] for r in kept + dropped) == ["r0", "r1", "r2"]
