@@ -353,6 +353,11 @@ def test_code_shipped_in_a_model_directory_never_runs(cache, tmp_path, monkeypat
         "AutoModelForCausalLM": "evil_code.EvilModel"})
     (evil / "config.json").write_text(json.dumps(config))
     (evil / "reward_config.json").write_text("{}")
+    # A readable head file, so the reward-model loader's file checks pass and the load
+    # reaches the backbone, where the remote code would run.
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(1)}, str(evil / "reward_head.safetensors"))
     monkeypatch.setattr("builtins.input", lambda *args: "y")  # a user who would say yes
     for load in (load_model, lambda d: TokenRewardModel.from_pretrained(d)):
         with pytest.raises(ValueError, match=r"trust_remote_code|custom code"):
