@@ -80,7 +80,8 @@ class TokenRewardModel(nn.Module):
     @classmethod
     def from_backbone(cls, name_or_path: str, config: RewardModelConfig | None = None, *,
                       peft_config: Any = None, dtype: Any = None,
-                      tokenizer: PreTrainedTokenizerBase | None = None) -> TokenRewardModel:
+                      tokenizer: PreTrainedTokenizerBase | None = None,
+                      attn_implementation: str | None = None) -> TokenRewardModel:
         """A fresh head on a (registered, local or cached) backbone; LoRA with ``peft_config``.
 
         With LoRA only the adapters and the head train (the head lives outside the PEFT
@@ -93,6 +94,8 @@ class TokenRewardModel(nn.Module):
         kwargs: dict[str, Any] = {"local_files_only": True}
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
         backbone = AutoModel.from_pretrained(path, **kwargs)
         if peft_config is not None:
             from peft import get_peft_model
