@@ -350,9 +350,13 @@ class RewardTrainer(Trainer):
         self._load_reward_weights(self.state.best_model_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        # Under FSDP every rank gets here (the gathered state_dict lives on rank 0), under
+        # DDP only the saving one: only that one writes.
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         self.accelerator.unwrap_model(self.model).save_pretrained(
-            output_dir, tokenizer=self.processing_class)
+            output_dir, tokenizer=self.processing_class, state_dict=state_dict)
         torch.save(self.args, f"{output_dir}/training_args.bin")
 
 
