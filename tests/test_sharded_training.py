@@ -139,6 +139,8 @@ def test_processes_match_one_process_and_resume(tmp_path, trainer, launcher, pro
                for k in single["weights"]) > 1e-4
     # Resume from the step-1 checkpoint (model, optimiser, RNG, data position) in a fresh
     # directory: the same final loss and weights as the uninterrupted run.
+    if launcher.startswith("fsdp2"):  # FSDP really ran: Trainer wrote its FSDP checkpoint
+        assert list((tmp_path / "sharded" / "checkpoint-1").glob("pytorch_model_fsdp*"))
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "sharded" / "checkpoint-1", resumed_dir / "checkpoint-1")
     resumed = train(launcher, processes, trainer, data, resumed_dir,

@@ -344,6 +344,11 @@ class RewardTrainer(Trainer):
         model.load_state_dict(loaded.state_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.is_fsdp_enabled:
+            # The module holds shards: Trainer loads the checkpoint's FSDP state dict
+            # (pytorch_model_fsdp*, written next to ours at every save) into them.
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
         self._load_reward_weights(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
