@@ -41,6 +41,8 @@ PROFILES = {
     # name: (prompt mean, prompt sd, response mean, response sd)
     "qa-feedback": (700, 60, 100, 30),
     "short": (40, 15, 120, 40),
+    # the GPU suite's QA-Feedback shape (issue 17): 700-token prompts, ~80-token responses
+    "qa-feedback-80": (700, 0, 80, 10),
 }
 LAYOUTS = ("padded", "packed", "shared")
 
@@ -72,9 +74,11 @@ def step_fn(model, layout: str, pairs: list[dict]):
         SIDES,
         build_shared_prefix_batch,
         model_mask,
+        uses_flex_attention,
     )
 
     head = model.get_output_embeddings()
+    dev = model.device
     seqs = [p[s] for p in pairs for s in SIDES]
     starts = [p["prompt"] for p in pairs for _ in SIDES]
 
@@ -92,7 +96,8 @@ def step_fn(model, layout: str, pairs: list[dict]):
             rows += [i] * (len(s) - r)
             cols += range(r - 1, len(s) - 1)
             tgt += s[r:]
-        rows_t, cols_t, tgt_t = torch.tensor(rows), torch.tensor(cols), torch.tensor(tgt)
+        rows_t, cols_t, tgt_t = (torch.tensor(x, device=dev) for x in (rows, cols, tgt))
+        ids, att = ids.to(dev), att.to(dev)
 
         def run():
             h = model.model(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
@@ -107,29 +112,33 @@ def step_fn(model, layout: str, pairs: list[dict]):
             pos += range(len(s))
             cols += range(off + r - 1, off + len(s) - 1)
             tgt += s[r:]
-        ids, pos_t = torch.tensor([flat]), torch.tensor([pos])
-        cols_t, tgt_t = torch.tensor(cols), torch.tensor(tgt)
+        ids, pos_t = torch.tensor([flat], device=dev), torch.tensor([pos], device=dev)
+        cols_t, tgt_t = torch.tensor(cols, device=dev), torch.tensor(tgt, device=dev)
 
         def run():
             h = model.model(input_ids=ids, position_ids=pos_t, use_cache=False).last_hidden_state
             score(h[0, cols_t], tgt_t).backward()
         return run, len(flat)
 
-    batch = build_shared_prefix_batch([(p["original"], p["revised"]) for p in pairs])
-    mask = model_mask(model, batch)
+    batch = build_shared_prefix_batch([(p["original"], p["revised"]) for p in pairs],
+                                      dense_mask=not uses_flex_attention(model))
     index, tgt = [], []
     for name in SIDES:
         resp = batch.valid[name].clone()
         for i, p in enumerate(pairs):
             resp[i, :p["prompt"] - 1] = False
-        index.append((torch.nonzero(resp, as_tuple=True), batch.source[name][resp]))
+        index.append((torch.nonzero(resp, as_tuple=True)[0].to(dev),
+                      batch.source[name][resp].to(dev)))
         tgt.append(batch.target[name][resp])
-    tgt_t = torch.cat(tgt)
+    tgt_t = torch.cat(tgt).to(dev)
+    input_ids, position_ids = batch.input_ids.to(dev), batch.position_ids.to(dev)
 
     def run():
-        h = model.model(input_ids=batch.input_ids, attention_mask=mask,
-                        position_ids=batch.position_ids, use_cache=False).last_hidden_state
-        sel = torch.cat([h[b_idx, src] for (b_idx, _), src in index])
+        # built per step, as the trainers do (a BlockMask on the device for flex_attention)
+        mask = model_mask(model, batch)
+        h = model.model(input_ids=input_ids, attention_mask=mask,
+                        position_ids=position_ids, use_cache=False).last_hidden_state
+        sel = torch.cat([h[b_idx, src] for b_idx, src in index])
         score(sel, tgt_t).backward()
     return run, int(batch.input_ids.numel())
 

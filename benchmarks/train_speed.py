@@ -151,17 +151,7 @@ def worker(spec: dict) -> dict:
         from torch.utils.data import SequentialSampler
         from trl import SFTConfig, SFTTrainer
 
-        from editalign.data.align import IGNORE
-
-        rows: dict[str, list] = {"input_ids": [], "labels": []}
-        for k in range(0, len(features), batch_pairs):  # the FIGA batches' sequences, in order
-            for side in ("revised", "original"):
-                for f in features[k:k + batch_pairs]:
-                    ids, labels = f[f"{side}_input_ids"], f[f"{side}_labels"]
-                    rows["input_ids"].append(ids)
-                    rows["labels"].append([t if lab != IGNORE else IGNORE
-                                           for t, lab in zip(ids, labels, strict=True)])
-        dataset = datasets.Dataset.from_dict(rows)
+        dataset = datasets.Dataset.from_dict(sft_rows(features, batch_pairs))
         args = SFTConfig(per_device_train_batch_size=2 * batch_pairs, max_length=None,
                          lr_scheduler_type="constant", **common)
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
@@ -183,6 +173,23 @@ def worker(spec: dict) -> dict:
     if spec["method"] == "figa" and spec["padding_free"]:
         result["loss_check"] = padded_vs_packed_loss(trainer, features[:batch_pairs])
     return result
+
+
+def sft_rows(features: list[dict], batch_pairs: int) -> dict[str, list]:
+    """The SFT examples of the FIGA batches' sequences, in the same order (a FIGA batch of B
+    pairs = its B revised then B original sides): ``input_ids`` and ``labels`` (-100 on the
+    prompt)."""
+    from editalign.data.align import IGNORE
+
+    rows: dict[str, list] = {"input_ids": [], "labels": []}
+    for k in range(0, len(features), batch_pairs):
+        for side in ("revised", "original"):
+            for f in features[k:k + batch_pairs]:
+                ids, labels = f[f"{side}_input_ids"], f[f"{side}_labels"]
+                rows["input_ids"].append(ids)
+                rows["labels"].append([t if lab != IGNORE else IGNORE
+                                       for t, lab in zip(ids, labels, strict=True)])
+    return rows
 
 
 def padded_vs_packed_loss(trainer, features) -> dict:

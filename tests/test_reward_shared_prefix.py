@@ -195,3 +195,43 @@ def test_pair_layout_option(tmp_path):
     assert reward_config(tmp_path).pair_layout == "padded"
     with pytest.raises(ValueError, match="pair_layout"):
         reward_config(tmp_path, pair_layout="packed")
+
+
+def test_flex_attention_shared_layout_gives_the_sdpa_padded_losses_and_gradients(
+        tmp_path, tokenizer, pairs, monkeypatch):
+    # FlexAttention on CPU: torch's unfused reference implementation with its CPU-backward
+    # guard lifted (see tests/test_shared_prefix.py::flex_reference for why).
+    import torch.nn.attention.flex_attention as torch_flex
+    import transformers.integrations.flex_attention as hf_flex
+
+    def unfused(query, key, value, training=False, **kwargs):
+        return torch_flex.flex_attention(query, key, value, **kwargs)
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", unfused)
+    monkeypatch.setattr(torch_flex, "_validate_device", lambda *tensors: None)
+    objective = OBJECTIVES[-1]
+    config = reward_config(tmp_path, objective=objective, pair_layout="shared",
+                           equal_weight=0.1, center_rewards_coefficient=0.01)
+    flex = RewardTrainer(reward_model(config, "flex_attention"), config, train_dataset=pairs,
+                         processing_class=tokenizer)
+    assert flex.args.pair_layout == "shared"
+    padded_config = reward_config(tmp_path / "p", objective=objective, equal_weight=0.1,
+                                  center_rewards_coefficient=0.01)
+    sdpa = RewardTrainer(reward_model(padded_config), padded_config, train_dataset=pairs,
+                         processing_class=tokenizer)
+    feats = features(pairs)
+    shared = flex.data_collator(feats)
+    assert "segments" in shared and "attention_mask" not in shared
+    padded = sdpa.data_collator(feats)
+    loss_p, parts_p, out_p, grads_p = run_loss(sdpa, padded)
+    loss_s, parts_s, out_s, grads_s = run_loss(flex, shared)
+    real = padded["attention_mask"].bool()
+    torch.testing.assert_close(out_s.rewards[real].detach(), out_p.rewards[real].detach(),
+                               rtol=1e-5, atol=1e-5)
+    for name in parts_p:
+        torch.testing.assert_close(parts_s[name], parts_p[name], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss_s, loss_p, rtol=1e-5, atol=1e-5)
+    assert grads_s.keys() == grads_p.keys()
+    for n in grads_p:
+        torch.testing.assert_close(grads_s[n], grads_p[n], rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, n=n: f"{n}: {m}")

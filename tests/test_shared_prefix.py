@@ -12,8 +12,10 @@ from editalign.train.shared_prefix import (
     build_shared_prefix_batch,
     common_prefix_length,
     layout_unsupported_reason,
+    shared_prefix_block_mask,
     shared_prefix_forward,
     shared_prefix_mask,
+    shared_prefix_mask_mod,
 )
 
 PROMPT = [5, 17, 33, 40, 41, 42, 43, 7]  # 8 prompt tokens
@@ -92,8 +94,10 @@ def test_logprobs_equal_separate_passes(tiny, case):
                                        rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_batched_logprobs_and_gradients_equal_separate_passes(attn):
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+def test_batched_logprobs_and_gradients_equal_separate_passes(attn, request):
+    if attn == "flex_attention":
+        request.getfixturevalue("flex_reference")
     model = load_model("tiny", dtype=torch.float32, attn_implementation=attn)
     pairs = list(PAIRS.values())
     gen = torch.Generator().manual_seed(0)
@@ -108,6 +112,8 @@ def test_batched_logprobs_and_gradients_equal_separate_passes(attn):
     shared_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.zero_grad()
+    if attn == "flex_attention":  # the reference: separate passes through SDPA, same weights
+        model = load_model("tiny", dtype=torch.float32, attn_implementation="sdpa")
     ref_loss = 0.0
     for (i, s), w in weights.items():
         ref = separate_logprobs(model, list(pairs[i][SIDES.index(s)]))
@@ -137,9 +143,89 @@ def test_unsupported_attention_reports_reason(tiny):
         shared_prefix_forward(Fake(), build_shared_prefix_batch([PAIRS["mid_edit"]]))
 
 
-@pytest.mark.skip(reason="FlexAttention needs a GPU; not wired in, not testable on CPU")
-def test_flex_attention_gpu():  # pragma: no cover
-    pass
+def test_block_mask_rule_is_the_dense_mask():
+    from torch.nn.attention.flex_attention import create_mask
+
+    pairs = [*PAIRS.values(), ([1] * 150 + [3, 4], [1] * 150 + [5, 6, 7])]  # > one block
+    batch = build_shared_prefix_batch(pairs, dense_mask=False)
+    assert batch.attention_mask is None and batch.segments is not None
+    b, length = batch.segments.shape
+    rule = create_mask(shared_prefix_mask_mod(batch.segments), b, None, length, length,
+                       device="cpu")
+    assert torch.equal(rule, shared_prefix_mask(batch.segments))
+    assert torch.equal(rule, build_shared_prefix_batch(pairs).attention_mask)
+    # the BlockMask keeps the same rule and skips fully masked tiles: with 16-token blocks
+    # the long pair's suffix block (rows 144..) never visits the padding-only blocks
+    block = shared_prefix_block_mask(batch.segments, block_size=16)
+    assert block.shape == (b, 1, length, length)
+    dense_blocks = block.to_dense()
+    assert dense_blocks.shape[-1] == -(-length // 16)
+    assert not dense_blocks[:len(PAIRS), 0, 0, 1:].any()  # short rows: block 0 sees only block 0
+
+
+@pytest.fixture
+def flex_reference(monkeypatch):
+    """FlexAttention on CPU through torch's unfused reference implementation, with
+    gradients.
+
+    transformers always wraps flex_attention in ``torch.compile`` (inductor: ~25 s per new
+    shape on this CPU, cached afterwards), and torch 2.13 refuses the backward on CPU in a
+    device check (``flex_attention._validate_device``: "FlexAttention does not support
+    backward on CPU"). The reference implementation it falls back to without inductor
+    differentiates fine on CPU, so the fast tests use it with the check lifted; the fused
+    kernels are tested on a GPU (``test_flex_attention_gpu_*``) and the compiled CPU forward
+    in a slow test.
+    """
+    import torch.nn.attention.flex_attention as torch_flex
+    import transformers.integrations.flex_attention as hf_flex
+
+    def unfused(query, key, value, score_mod=None, block_mask=None, enable_gqa=False,
+                scale=None, kernel_options=None, training=False, **kwargs):
+        return torch_flex.flex_attention(query, key, value, score_mod=score_mod,
+                                         block_mask=block_mask, enable_gqa=enable_gqa,
+                                         scale=scale, kernel_options=kernel_options, **kwargs)
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", unfused)
+    monkeypatch.setattr(torch_flex, "_validate_device", lambda *tensors: None)
+
+
+@pytest.mark.slow
+def test_flex_attention_compiled_cpu_forward_equals_separate_passes():
+    # transformers' own path: torch.compile(flex_attention) with inductor's CPU kernels.
+    model = load_model("tiny", dtype=torch.float32, attn_implementation="flex_attention")
+    sdpa = load_model("tiny", dtype=torch.float32, attn_implementation="sdpa")
+    pairs = list(PAIRS.values())
+    with torch.no_grad():
+        shared = shared_prefix_forward(model, build_shared_prefix_batch(pairs,
+                                                                        dense_mask=False))
+        for i, pair in enumerate(pairs):
+            for name, ids in zip(SIDES, pair, strict=True):
+                ref = separate_logprobs(sdpa, list(ids))
+                torch.testing.assert_close(shared[name][i, :len(ref)], ref, rtol=1e-5,
+                                           atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused FlexAttention kernels "
+                    "(forward and backward) run on a GPU; CPU: see flex_reference")
+def test_flex_attention_gpu_logprobs_and_gradients_equal_separate_passes():
+    pairs = [*PAIRS.values(), ([5] * 300 + [60, 61, 2], [5] * 300 + [70, 71, 72, 2])]
+    flex = load_model("tiny", dtype=torch.float32, attn_implementation="flex_attention").cuda()
+    sdpa = load_model("tiny", dtype=torch.float32, attn_implementation="sdpa").cuda()
+    shared = shared_prefix_forward(flex, build_shared_prefix_batch(pairs, dense_mask=False))
+    sum(shared[s].sum() for s in SIDES).backward()
+    ref_loss = 0.0
+    for i, pair in enumerate(pairs):
+        for name, ids in zip(SIDES, pair, strict=True):
+            logits = sdpa(input_ids=torch.tensor([ids], device="cuda"), use_cache=False).logits[0]
+            ref = logits[:-1].float().log_softmax(-1).gather(
+                -1, torch.tensor(ids[1:], device="cuda")[:, None])[:, 0]
+            torch.testing.assert_close(shared[name][i, :len(ref)].detach(), ref.detach(),
+                                       rtol=1e-4, atol=1e-4)
+            ref_loss = ref_loss + ref.sum()
+    ref_loss.backward()
+    for (n, p), q in zip(flex.named_parameters(), sdpa.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4,
+                                   msg=lambda m, n=n: f"{n}: {m}")
 
 
 @pytest.mark.slow
@@ -297,3 +383,35 @@ def test_auto_layout_chooses_per_batch(tmp_path):
     assert shared_prefix_ratio(different) == 1.0
     out = t.data_collator(different)
     assert "gather_index" not in out and out["attention_mask"].dim() == 2
+
+
+@pytest.mark.parametrize("layout", ["shared", "auto"])
+def test_figa_flex_shared_layout_gives_the_sdpa_padded_loss_and_gradients(
+        tmp_path, flex_reference, layout):
+    from editalign.models import load_tokenizer
+    from editalign.train.collate import PairCollator, pair_features
+    from editalign.train.figa import FIGAConfig, FIGATrainer
+
+    tok = load_tokenizer("tiny")
+    pairs = figa_pairs(tok)
+    args = FIGAConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                      pair_layout=layout, gamma=0.2, tau=5.5, disable_tqdm=True)
+    flex = FIGATrainer(model=load_model("tiny", attn_implementation="flex_attention"),
+                       args=args, train_dataset=pairs, processing_class=tok)
+    assert flex.args.pair_layout == layout  # no fallback: flex takes the layout
+    sdpa = figa_trainer(tmp_path / "sdpa", tok, pairs, gamma=0.2, tau=5.5)  # padded
+    features, _ = pair_features(pairs)
+    shared = flex.data_collator(features)
+    # the BlockMask is built on the device from the segments; no dense (B, 1, L, L) mask
+    assert "segments" in shared and "attention_mask" not in shared
+    padded = PairCollator(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                          alpha=1.0, beta=0.5, gamma=0.2)(features)
+    results = []
+    for trainer, batch in ((sdpa, padded), (flex, shared)):
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in trainer.model.parameters()]))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for g0, g1 in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-4)

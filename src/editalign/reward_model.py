@@ -114,7 +114,8 @@ class TokenRewardModel(nn.Module):
     @classmethod
     def from_backbone(cls, name_or_path: str, config: RewardModelConfig | None = None, *,
                       peft_config: Any = None, dtype: Any = None,
-                      tokenizer: PreTrainedTokenizerBase | None = None) -> TokenRewardModel:
+                      tokenizer: PreTrainedTokenizerBase | None = None,
+                      attn_implementation: str | None = None) -> TokenRewardModel:
         """A fresh head on a (registered, local or cached) backbone; LoRA with ``peft_config``.
 
         With LoRA only the adapters and the head train (the head lives outside the PEFT
@@ -126,6 +127,8 @@ class TokenRewardModel(nn.Module):
         kwargs: dict[str, Any] = dict(SAFE_LOAD)
         if dtype is not None:
             kwargs["dtype"] = dtype
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
         backbone = AutoModel.from_pretrained(path, **kwargs)
         if peft_config is not None:
             from peft import get_peft_model
@@ -198,15 +201,32 @@ class TokenRewardModel(nn.Module):
             gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike[str],
-                        tokenizer: PreTrainedTokenizerBase | None = None, **_: Any) -> None:
-        """Write the backbone (LoRA merged, safetensors), the head, the config, the tokenizer."""
+                        tokenizer: PreTrainedTokenizerBase | None = None,
+                        state_dict: dict[str, Tensor] | None = None, **_: Any) -> None:
+        """Write the backbone (LoRA merged, safetensors), the head, the config, the tokenizer.
+
+        ``state_dict``: this model's full state dict gathered elsewhere (FSDP/DeepSpeed give
+        it on the saving rank while the module's own parameters are shards); written in
+        place of the module's parameters.
+        """
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         backbone = self.backbone
+        backbone_state = head_state = None
+        if state_dict is not None:
+            if hasattr(backbone, "merge_and_unload"):
+                raise NotImplementedError(
+                    "saving a LoRA reward model from a gathered (FSDP/DeepSpeed) state dict is "
+                    "not supported; train it with full fine-tuning or without sharding")
+            backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items()
+                              if k.startswith("backbone.")}
+            head_state = {k.removeprefix("head."): v for k, v in state_dict.items()
+                          if k.startswith("head.")}
         if hasattr(backbone, "merge_and_unload"):  # a PEFT model: save merged, keep training
             backbone = copy.deepcopy(backbone).merge_and_unload()
-        backbone.save_pretrained(out, safe_serialization=True)
-        head = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        backbone.save_pretrained(out, safe_serialization=True, state_dict=backbone_state)
+        head = {k: v.detach().contiguous().cpu()
+                for k, v in (head_state or self.head.state_dict()).items()}
         save_file(head, str(out / HEAD_NAME), metadata={"format": "pt"})
         (out / REWARD_CONFIG_NAME).write_text(json.dumps(asdict(self.reward_config), indent=2))
         if tokenizer is not None:

@@ -160,7 +160,7 @@ def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
 
     path = resolve_model_path(model_args.model)
     tokenizer = load_tokenizer(path)
-    model = load_model(path, dtype=model_args.torch_dtype())
+    model = load_model(path, **model_args.model_kwargs())
     peft_config = model_args.peft_config()
     if peft_config is not None:
         from peft import get_peft_model

@@ -107,6 +107,9 @@ class PairCollator:
     # With ``shared_prefix``: use the shared layout for a batch only when its padded size is
     # at most this fraction of the padded layout's (else the batch is padded); None: always.
     shared_prefix_max_ratio: float | None = None
+    # With ``shared_prefix``: also ship the dense (B, 1, L, L) mask (sdpa/eager). FlexAttention
+    # builds its BlockMask on the device from ``segments``, which every shared batch carries.
+    shared_prefix_dense_mask: bool = True
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [(f[f"{name}_input_ids"], f[f"{name}_labels"], name == "revised")
@@ -127,7 +130,8 @@ class PairCollator:
             final_eos.append(flag)
         if self.shared_prefix and (self.shared_prefix_max_ratio is None or shared_prefix_ratio(
                 features) <= self.shared_prefix_max_ratio):
-            batch = _shared_prefix_inputs(features, self.pad_token_id)
+            batch = _shared_prefix_inputs(features, self.pad_token_id,
+                                          self.shared_prefix_dense_mask)
             cat = {"edit_labels": torch.cat(shift_edit)[None], "targets": torch.cat(shift_ids)[None],
                    "revised": torch.cat(revised)[None], "final_eos": torch.cat(final_eos)[None]}
         elif self.padding_free:
@@ -172,14 +176,16 @@ def shared_prefix_ratio(features: Sequence[dict[str, Any]]) -> float:
 
 
 def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
-                          ) -> dict[str, torch.Tensor]:
-    """Shared-prefix layout inputs plus ``gather_index`` in the packed per-token order
-    (all revised sides, then all original sides; one entry per token, the last one of each
-    side predicting nothing and pointing at position 0)."""
+                          dense_mask: bool = True) -> dict[str, torch.Tensor]:
+    """Shared-prefix layout inputs (``segments``, and the dense ``attention_mask`` unless
+    ``dense_mask`` is False) plus ``gather_index`` in the packed per-token order (all
+    revised sides, then all original sides; one entry per token, the last one of each side
+    predicting nothing and pointing at position 0)."""
     from editalign.train.shared_prefix import build_shared_prefix_batch
 
     layout = build_shared_prefix_batch(
-        [(f["original_input_ids"], f["revised_input_ids"]) for f in features], pad_token_id)
+        [(f["original_input_ids"], f["revised_input_ids"]) for f in features], pad_token_id,
+        dense_mask=dense_mask)
     length = layout.input_ids.shape[1]
     index = []
     for name in SIDES:
@@ -187,8 +193,11 @@ def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
             n = len(f[f"{name}_input_ids"])
             index.append(layout.source[name][row, :n - 1] + row * length)
             index.append(torch.zeros(1, dtype=torch.long))
-    return {"input_ids": layout.input_ids, "attention_mask": layout.attention_mask,
-            "position_ids": layout.position_ids, "gather_index": torch.cat(index)[None]}
+    out = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
+           "segments": layout.segments, "gather_index": torch.cat(index)[None]}
+    if layout.attention_mask is not None:
+        out["attention_mask"] = layout.attention_mask
+    return out
 
 
 def _pad(seqs: Sequence[torch.Tensor], value: Any, multiple: int | None) -> torch.Tensor:

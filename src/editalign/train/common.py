@@ -114,6 +114,11 @@ class ModelArguments:
     model_dtype: str = field(default="float32", metadata={
         "help": "weights dtype when loading: float32, bfloat16, float16 or auto. Mixed "
                 "precision is TrainingArguments' --bf16/--fp16."})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "attention implementation: sdpa, eager, flex_attention, flash_attention_2 "
+                "(default: transformers' choice, sdpa where available). flex_attention runs "
+                "the shared-prefix pair layout with a BlockMask (training needs a GPU: "
+                "torch's FlexAttention has no CPU backward)"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
@@ -132,6 +137,13 @@ class ModelArguments:
         return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha,
                           lora_dropout=self.lora_dropout, target_modules=targets,
                           task_type=task_type)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for loading the model (``from_pretrained``)."""
+        kwargs: dict[str, Any] = {"dtype": self.torch_dtype()}
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return kwargs
 
     def torch_dtype(self) -> Any:
         import torch

@@ -48,8 +48,9 @@ from editalign.train.cli import (  # noqa: F401  (re-exported: their old home)
 from editalign.train.collate import PairCollator, pair_features
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
-    additive_mask,
+    layout_attention_mask,
     layout_unsupported_reason,
+    uses_flex_attention,
 )
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,10 @@ class FIGAConfig(TrainingArguments):
     pair_layout: str | None = field(default=None, metadata={
         "help": f"how a batch holds both sides of a pair: {', '.join(PAIR_LAYOUTS)} (padded: "
                 "2B padded rows; packed: the same as --padding_free; shared: one row per pair, "
-                "[shared prefix | original suffix | revised suffix] with a 4-D mask, the prompt "
-                "and the unedited prefix computed once; needs sdpa/eager attention and one "
-                "process, else falls back to padded with a logged reason; auto: shared for "
+                "[shared prefix | original suffix | revised suffix] with a 4-D mask (a "
+                "FlexAttention BlockMask with --attn_implementation flex_attention), the prompt "
+                "and the unedited prefix computed once; needs sdpa/eager/flex_attention "
+                "attention and one process, else falls back to padded with a logged reason; auto: shared for "
                 f"batches whose shared layout is <= {AUTO_SHARED_MAX_RATIO} of the padded size, "
                 "else padded). Default: packed with --padding_free, else padded"})
     # Defaults that differ from TrainingArguments.
@@ -177,7 +179,8 @@ class FIGATrainer(Trainer):
                 padding_free=args.padding_free,
                 shared_prefix=args.pair_layout in ("shared", "auto"),
                 shared_prefix_max_ratio=AUTO_SHARED_MAX_RATIO if args.pair_layout == "auto"
-                else None)
+                else None,
+                shared_prefix_dense_mask=not uses_flex_attention(model))
         if args.gradient_checkpointing and _is_peft(model):
             # LoRA freezes the embeddings: without this, checkpointed blocks get no gradient.
             model.enable_input_require_grads()
@@ -262,9 +265,9 @@ def _shared_prefix_log_probs(model: Any, inputs: dict[str, Any]) -> torch.Tensor
     order of the other layouts (0 where ``shift_labels`` is -100); the LM head runs only on
     the scored positions."""
     base = model.get_base_model() if _is_peft(model) else model
-    mask = inputs["attention_mask"]
-    if base.config._attn_implementation == "eager":
-        mask = additive_mask(mask, base.dtype)
+    # sdpa: the dense boolean mask; eager: additive; flex_attention: a BlockMask built here,
+    # on the device, from the per-position segments.
+    mask = layout_attention_mask(base, inputs.get("attention_mask"), inputs.get("segments"))
     hidden = base.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
                                 position_ids=inputs["position_ids"],
                                 use_cache=False).last_hidden_state

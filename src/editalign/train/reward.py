@@ -49,11 +49,11 @@ from editalign.reward_model import (
 from editalign.train.collate import shared_prefix_ratio
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
-    additive_mask,
-    attention_implementation,
     build_shared_prefix_batch,
+    layout_attention_mask,
     layout_unsupported_reason,
     side_token_rows,
+    uses_flex_attention,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,9 @@ class RewardConfig(TrainingArguments):
     pair_layout: str = field(default="padded", metadata={
         "help": f"how a batch holds both sides of a pair: {', '.join(PAIR_LAYOUTS)} (padded: "
                 "2B padded rows; shared: one row per pair, [shared prefix | original suffix | "
-                "revised suffix] with a 4-D mask, the prompt and the unedited prefix computed "
-                "once, the same rewards and losses; needs sdpa/eager attention, else falls back "
+                "revised suffix] with a 4-D mask (a FlexAttention BlockMask with flex_attention), "
+                "the prompt and the unedited prefix computed once, the same rewards and losses; "
+                "needs sdpa/eager/flex_attention attention, else falls back "
                 "to padded with a logged reason; auto: shared for batches whose shared layout "
                 f"is <= {AUTO_SHARED_MAX_RATIO} of the padded size, else padded)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
@@ -143,7 +144,8 @@ class RewardPairCollator:
     (IGNORE on prompt and padding); rows 0..B-1 revised, B..2B-1 original.
 
     With ``shared_prefix`` the model inputs are instead the shared-prefix layout (B rows,
-    ``attention_mask`` boolean ``(B, 1, L, L)``, ``position_ids``), and ``token_rows``
+    ``segments`` ``(B, L)``, ``attention_mask`` boolean ``(B, 1, L, L)`` unless
+    ``shared_prefix_dense_mask`` is False (FlexAttention), ``position_ids``), and ``token_rows``
     ``(2B, T)`` gives the layout column of every token of the 2B padded rows (0 on padding),
     so the per-token outputs gathered there have the padded layout's shape and order;
     ``edit_labels`` is unchanged and ``token_mask`` is the padded layout's attention mask.
@@ -155,13 +157,15 @@ class RewardPairCollator:
     # With ``shared_prefix``: use the shared layout for a batch only when its size is at
     # most this fraction of the padded layout's (else the batch is padded); None: always.
     shared_prefix_max_ratio: float | None = None
+    shared_prefix_dense_mask: bool = True
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self._padded(features)
         if self._use_shared(features):
             batch["token_mask"] = batch.pop("attention_mask")
             batch.update(_shared_prefix_inputs(features, batch["input_ids"].shape[1],
-                                               self.pad_token_id))
+                                               self.pad_token_id,
+                                               self.shared_prefix_dense_mask))
         return batch
 
     def _use_shared(self, features: Sequence[dict[str, Any]]) -> bool:
@@ -194,11 +198,11 @@ class RewardPairCollator:
 
 
 def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_token_id: int,
-                          ) -> dict[str, torch.Tensor]:
+                          dense_mask: bool = True) -> dict[str, torch.Tensor]:
     """The shared-prefix model inputs of ``features`` and ``token_rows`` ``(2B, width)``:
     row i (revised) and row B + i (original) index layout row i."""
     pairs = [(f["original_input_ids"], f["revised_input_ids"]) for f in features]
-    layout = build_shared_prefix_batch(pairs, pad_token_id)
+    layout = build_shared_prefix_batch(pairs, pad_token_id, dense_mask=dense_mask)
     rows: dict[str, list[list[int]]] = {name: [] for name in SIDES}
     for original, revised in pairs:
         original_rows, revised_rows = side_token_rows(original, revised)
@@ -207,8 +211,11 @@ def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_to
     token_rows = torch.zeros((2 * len(pairs), width), dtype=torch.long)
     for row, side_rows in enumerate(rows["revised"] + rows["original"]):
         token_rows[row, : len(side_rows)] = torch.as_tensor(side_rows)
-    return {"input_ids": layout.input_ids, "attention_mask": layout.attention_mask,
-            "position_ids": layout.position_ids, "token_rows": token_rows}
+    out = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
+           "segments": layout.segments, "token_rows": token_rows}
+    if layout.attention_mask is not None:
+        out["attention_mask"] = layout.attention_mask
+    return out
 
 
 def human_bad(lp: LabeledPair) -> np.ndarray | None:
@@ -248,7 +255,7 @@ class RewardTrainer(Trainer):
         kwargs.setdefault("data_collator", RewardPairCollator(
             pad_token_id=pad, shared_prefix=args.pair_layout in ("shared", "auto"),
             shared_prefix_max_ratio=AUTO_SHARED_MAX_RATIO if args.pair_layout == "auto"
-            else None))
+            else None, shared_prefix_dense_mask=not uses_flex_attention(model.backbone)))
         super().__init__(
             model=model, args=args,
             train_dataset=PairDataset(train_dataset, args.max_length)
@@ -281,7 +288,9 @@ class RewardTrainer(Trainer):
         loss, parts, out = self._loss(model, inputs)
         if model.training:
             # Tokens of the pairs (the padded layout's mask), whichever layout computed them.
-            self.train_tokens += int(inputs.get("token_mask", inputs["attention_mask"]).sum())
+            token_mask = inputs["token_mask"] if "token_mask" in inputs \
+                else inputs["attention_mask"]
+            self.train_tokens += int(token_mask.sum())
             for name, value in parts.items():
                 self._metrics["train"][f"loss_{name}"].append(float(value.detach()))
         return (loss, out) if return_outputs else loss
@@ -339,15 +348,24 @@ class RewardTrainer(Trainer):
         model.load_state_dict(loaded.state_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.is_fsdp_enabled:
+            # The module holds shards: Trainer loads the checkpoint's FSDP state dict
+            # (pytorch_model_fsdp*, written next to ours at every save) into them.
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
         self._load_reward_weights(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
         self._load_reward_weights(self.state.best_model_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+        # Under FSDP every rank gets here (the gathered state_dict lives on rank 0), under
+        # DDP only the saving one: only that one writes.
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         self.accelerator.unwrap_model(self.model).save_pretrained(
-            output_dir, tokenizer=self.processing_class)
+            output_dir, tokenizer=self.processing_class, state_dict=state_dict)
         torch.save(self.args, f"{output_dir}/training_args.bin")
 
 
@@ -359,10 +377,10 @@ def _shared_prefix_forward(model: torch.nn.Module, unwrapped: TokenRewardModel,
     ``model`` (possibly DDP-wrapped) is called as a whole, so data parallelism still sees
     the forward pass; the head is per position, so gathering after it is exact.
     """
-    mask = inputs["attention_mask"]
-    backbone = unwrapped.backbone
-    if attention_implementation(backbone) == "eager":
-        mask = additive_mask(mask, backbone.dtype)
+    # sdpa: the dense boolean mask; eager: additive; flex_attention: a BlockMask built here,
+    # on the device, from the per-position segments.
+    mask = layout_attention_mask(unwrapped.backbone, inputs.get("attention_mask"),
+                                 inputs.get("segments"))
     out = model(input_ids=inputs["input_ids"], attention_mask=mask,
                 position_ids=inputs["position_ids"])
     rows = inputs["token_rows"]
@@ -418,7 +436,8 @@ def _run(argv: Sequence[str], config_cls: type[RewardConfig]) -> int:
     model = TokenRewardModel.from_backbone(
         model_args.model, config.model_config(),
         peft_config=model_args.peft_config("FEATURE_EXTRACTION"),
-        dtype=model_args.torch_dtype(), tokenizer=tokenizer)
+        dtype=model_args.torch_dtype(), tokenizer=tokenizer,
+        attn_implementation=model_args.attn_implementation)
     trainer = RewardTrainer(model, config, train_dataset=train, eval_dataset=evaluation or None,
                             processing_class=tokenizer)
     return finish(trainer, config, resume_arg(config))

@@ -17,10 +17,13 @@ convention (entry ``t`` is ``log p(token t+1 | tokens ≤ t)``). The first token
 suffix is predicted from the **last prefix position**, which both sides share: its
 source index is ``p - 1`` for both sides, not a position inside the suffix.
 
-Pure functions only; the attention mask needs an attention implementation that takes a
-custom 4-D mask (transformers returns a 4-D ``attention_mask`` as-is): ``sdpa`` gets a
-boolean mask (True = attend), ``eager`` an additive float mask. Other implementations
-(flash-attention varlen, flex without a block mask) are reported by
+Pure functions only. The mask reaches the model as its ``attention_mask`` (transformers
+passes a 4-D tensor or a FlexAttention ``BlockMask`` through as-is), in the form the
+attention implementation takes: ``sdpa`` a dense boolean ``(B, 1, L, L)`` mask (True =
+attend), ``eager`` the same as an additive float mask, ``flex_attention`` a ``BlockMask``
+built from the per-position segments (:func:`shared_prefix_block_mask`; on a GPU the fused
+kernel skips the blocks no query of a block may see, and SDPA's dense mask would shut it
+out of its flash kernel). Other implementations (flash-attention varlen) are reported by
 :func:`layout_unsupported_reason` so callers fall back to the padded layout.
 """
 
@@ -33,8 +36,9 @@ from typing import Any
 import torch
 
 SIDES = ("original", "revised")
-# Attention implementations known to apply a custom 4-D mask exactly.
-MASK_ATTENTION = ("sdpa", "eager")
+FLEX_ATTENTION = "flex_attention"
+# Attention implementations known to apply the layout's mask exactly (dense 4-D or BlockMask).
+MASK_ATTENTION = ("sdpa", "eager", FLEX_ATTENTION)
 # pair_layout auto (FIGA and reward models): shared-prefix batches where they are at most this
 # fraction of the padded size, else padded (benchmarks/pair_layout_speed.py: shared won at size
 # ratios 0.57 (0.56-0.61x time) and 0.78 on SmolLM2 (0.80x), tied at 0.84 on the tiny model
@@ -54,7 +58,9 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 @dataclass
 class SharedPrefixBatch:
-    """One row per pair. ``attention_mask`` is boolean ``(B, 1, L, L)`` (True = attend).
+    """One row per pair. ``attention_mask`` is boolean ``(B, 1, L, L)`` (True = attend), or
+    None when built with ``dense_mask=False`` (FlexAttention builds its mask from
+    ``segments`` ``(B, L)``: 0 prefix, 1 original suffix, 2 revised suffix, -1 padding).
 
     ``source[side]`` ``(B, T_side)``: the row position whose output predicts token t+1 of
     that side (shifted convention); ``target[side]``: that token; ``valid[side]``: False
@@ -62,22 +68,26 @@ class SharedPrefixBatch:
     """
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     position_ids: torch.Tensor
     prefix_lengths: list[int]
     source: dict[str, torch.Tensor]
     target: dict[str, torch.Tensor]
     valid: dict[str, torch.Tensor]
     num_tokens: int = 0  # non-pad tokens: what the forward pass really computes
+    segments: torch.Tensor | None = None
 
 
 def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                              pad_token_id: int = 0) -> SharedPrefixBatch:
+                              pad_token_id: int = 0, dense_mask: bool = True,
+                              ) -> SharedPrefixBatch:
     """Shared-prefix layout of ``(original_ids, revised_ids)`` pairs, right-padded.
 
     Identical sides give an empty suffix on both; a side that is a prefix of the other
     gives an empty suffix on that side. Padding positions attend only to themselves (a
     row without any allowed key would give NaN in SDPA) and are never gathered.
+    ``dense_mask=False`` skips the ``(B, 1, L, L)`` mask (FlexAttention needs only the
+    segments, and the dense mask grows with the square of the length).
     """
     if not pairs:
         raise ValueError("no pairs")
@@ -114,7 +124,7 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
         input_ids[i, :len(ids)] = torch.tensor(ids)
         position_ids[i, :len(pos)] = torch.tensor(pos)
         seg_t[i, :len(seg)] = torch.tensor(seg)
-    mask = shared_prefix_mask(seg_t)
+    mask = shared_prefix_mask(seg_t) if dense_mask else None
     out_source, out_target, out_valid = {}, {}, {}
     for name in SIDES:
         t_max = max(map(len, sources[name]))
@@ -128,7 +138,8 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
         out_source[name], out_target[name], out_valid[name] = src, tgt, val
     batch = SharedPrefixBatch(input_ids=input_ids, attention_mask=mask,
                               position_ids=position_ids, prefix_lengths=prefixes,
-                              source=out_source, target=out_target, valid=out_valid)
+                              source=out_source, target=out_target, valid=out_valid,
+                              segments=seg_t)
     batch.num_tokens = int((seg_t != -1).sum())
     return batch
 
@@ -163,6 +174,36 @@ def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
     return allowed[:, None]
 
 
+def shared_prefix_mask_mod(segments: torch.Tensor) -> Any:
+    """The rule of :func:`shared_prefix_mask` as a FlexAttention ``mask_mod`` over
+    ``segments`` ``(B, L)``: ``mask_mod(b, h, q, kv)`` is True where query q may see key kv."""
+
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
+                 ) -> torch.Tensor:
+        q_seg, kv_seg = segments[b, q], segments[b, kv]
+        sees = ((kv <= q) & ((kv_seg == 0) | (q_seg == kv_seg))
+                & (q_seg != -1) & (kv_seg != -1))
+        return sees | ((q == kv) & (q_seg == -1))  # padding sees itself
+
+    return mask_mod
+
+
+def shared_prefix_block_mask(segments: torch.Tensor, block_size: int = 128) -> Any:
+    """The layout's mask as a FlexAttention ``BlockMask`` on ``segments``' device.
+
+    Document-style: each suffix sees the shared prefix and itself causally, padding sees
+    only itself. The block structure lets the kernel skip every (query block, key block)
+    tile that is fully masked, e.g. the revised suffix's queries against the original
+    suffix's keys.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = segments.shape
+    return create_block_mask(shared_prefix_mask_mod(segments), B=batch, H=None,
+                             Q_LEN=length, KV_LEN=length, device=segments.device,
+                             BLOCK_SIZE=block_size)
+
+
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where ``mask`` is True, the dtype's minimum elsewhere (for eager attention)."""
     out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
@@ -179,15 +220,39 @@ def layout_unsupported_reason(model: Any) -> str | None:
     impl = attention_implementation(model)
     if impl in MASK_ATTENTION:
         return None
-    return (f"attention implementation {impl!r} does not take a custom 4-D mask here "
-            f"(supported: {', '.join(MASK_ATTENTION)}; FlexAttention is not wired in yet)")
+    return (f"attention implementation {impl!r} does not take the layout's mask "
+            f"(supported: {', '.join(MASK_ATTENTION)})")
 
 
-def model_mask(model: Any, batch: SharedPrefixBatch) -> torch.Tensor:
-    """The 4-D mask in the form ``model``'s attention implementation expects."""
+def uses_flex_attention(model: Any) -> bool:
+    """True when ``model`` attends with FlexAttention (the layout then needs no dense mask)."""
+    return attention_implementation(model) == FLEX_ATTENTION
+
+
+def layout_attention_mask(model: Any, dense_mask: torch.Tensor | None,
+                          segments: torch.Tensor | None) -> Any:
+    """The layout's mask in the form ``model``'s attention implementation takes: a
+    ``BlockMask`` for flex_attention (from ``segments``), the boolean 4-D mask for sdpa,
+    the additive one for eager (from ``dense_mask``, or built from ``segments``)."""
+    if uses_flex_attention(model):
+        if segments is None:
+            raise ValueError("flex_attention needs the layout's segments to build its BlockMask")
+        return shared_prefix_block_mask(segments)
+    if dense_mask is None:
+        if segments is None:
+            raise ValueError("the shared-prefix layout needs its mask or its segments")
+        dense_mask = shared_prefix_mask(segments)
     if attention_implementation(model) == "eager":
-        return additive_mask(batch.attention_mask, model.dtype)
-    return batch.attention_mask
+        return additive_mask(dense_mask, model.dtype)
+    return dense_mask
+
+
+def model_mask(model: Any, batch: SharedPrefixBatch) -> Any:
+    """The mask in the form ``model``'s attention implementation expects, on its device."""
+    device = model.device
+    return layout_attention_mask(
+        model, None if batch.attention_mask is None else batch.attention_mask.to(device),
+        None if batch.segments is None else batch.segments.to(device))
 
 
 def gather_rows(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -214,12 +279,12 @@ def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, tor
         raise ValueError(f"shared-prefix layout unavailable: {reason}")
     device = model.device
     out = model(input_ids=batch.input_ids.to(device),
-                attention_mask=model_mask(model, batch).to(device),
+                attention_mask=model_mask(model, batch),
                 position_ids=batch.position_ids.to(device), use_cache=False)
     moved = SharedPrefixBatch(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask,
         position_ids=batch.position_ids, prefix_lengths=batch.prefix_lengths,
-        source={k: v.to(device) for k, v in batch.source.items()},
+        segments=batch.segments, source={k: v.to(device) for k, v in batch.source.items()},
         target={k: v.to(device) for k, v in batch.target.items()},
         valid={k: v.to(device) for k, v in batch.valid.items()})
     return side_logprobs(out.logits, moved)
