@@ -189,6 +189,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     train.add_argument("method", nargs="?", help="training method")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     train.set_defaults(func=cmd_train)
+    from editalign.sample import add_sample_args, cmd_sample
+
+    sample = sub.add_parser(
+        "sample", help="sample a policy on prompts (k responses each) into rows that revise, "
+        "annotate and label read; resumable", description="Roll out a policy: k samples per "
+        "prompt, written row by row (a rerun resumes); see docs/loop.md.")
+    add_sample_args(sample)
+    sample.set_defaults(func=cmd_sample)
     from editalign.annotate.command import add_annotate_args, cmd_annotate
     from editalign.revise.command import add_revise_args, cmd_revise
 
@@ -232,7 +240,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_bench_args(bench)
     bench.set_defaults(func=cmd_bench)
     return parser, {"label": label, "demo": demo, "train": train, "revise": revise,
-                    "annotate": annotate, "score": score, "eval": evaluate, "bench": bench}
+                    "annotate": annotate, "score": score, "eval": evaluate, "bench": bench,
+                    "sample": sample}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
