@@ -197,6 +197,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "prompt, written row by row (a rerun resumes); see docs/loop.md.")
     add_sample_args(sample)
     sample.set_defaults(func=cmd_sample)
+    from editalign.loop import add_loop_args, cmd_loop
+
+    loop = sub.add_parser(
+        "loop", help="rounds of sample -> revise -> label -> train -> win rate, each round "
+        "starting from the last one's policy; resumable", description="The whole loop for a "
+        "policy: see docs/loop.md. Without --config it runs on the generated task.")
+    add_loop_args(loop)
+    loop.set_defaults(func=cmd_loop)
     from editalign.annotate.command import add_annotate_args, cmd_annotate
     from editalign.revise.command import add_revise_args, cmd_revise
 
@@ -241,7 +249,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     bench.set_defaults(func=cmd_bench)
     return parser, {"label": label, "demo": demo, "train": train, "revise": revise,
                     "annotate": annotate, "score": score, "eval": evaluate, "bench": bench,
-                    "sample": sample}
+                    "sample": sample, "loop": loop}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
