@@ -63,6 +63,18 @@ def test_config_error_exits_2_naming_file_and_key(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
 
 
+def test_missing_prompts_and_gold_judge_on_user_prompts_are_refused_up_front(tmp_path):
+    cfg = resolve_config({**USER, "out": str(tmp_path / "o"), "prompts": str(tmp_path / "no")})
+    with pytest.raises(ConfigError, match=r"prompts: .* does not exist"):
+        Loop(cfg).run_all()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    cfg = resolve_config({**USER, "out": str(tmp_path / "o2"), "prompts": str(prompts)})
+    with pytest.raises(ConfigError, match=r"eval\.judge: gold judges only"):
+        Loop(cfg).run_all()
+    assert not (tmp_path / "o2" / "round1").exists()
+
+
 def test_defaults_and_flags():
     bench = resolve_config(None, out="o")
     assert bench["policy"] == str(Path("o/bench/policy"))
