@@ -76,11 +76,11 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "rounds": 3,
     "sample": {"num_samples": 2, "max_new_tokens": 96, "temperature": 1.0, "batch_size": 32},
     "revise": {"reviser": "bench"},
-    # 34 steps a round: three rounds take about the benchmark's one-round budget (100 steps);
-    # 100 steps in every round drifted far from the initial policy (KL 17 by round 3) and
-    # lost ground in round 3 (docs/loop.md).
+    # The benchmark's one-round budget (100 steps) in every round. A third of it per round
+    # never beat the initial policy in a measured run; the full budget won in rounds 1-2 but
+    # drifted (KL 17) and lost in round 3: benchmarks/results/loop_default.json, docs/loop.md.
     "train": {"method": "figa", "args": {
-        "max_steps": 34, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
+        "max_steps": 100, "per_device_train_batch_size": 16, "learning_rate": 3e-3,
         "gamma": 1, "beta": 0.25, "lr_scheduler_type": "linear"}},
     "eval": {"judge": "gold", "samples_per_prompt": 4, "max_new_tokens": 64,
              "batch_size": 72},
