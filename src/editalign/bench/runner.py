@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from editalign.bench.online import ONLINE, ONLINE_ROUNDS
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
@@ -135,7 +137,8 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
     marker = target / TRAIN_DONE
     if marker.is_file():  # resume: this stage finished in an earlier (interrupted) run
         logger.info("skip training %s (done: %s)", method, marker)
-        return target, float(json.loads(marker.read_text())["seconds"])
+        policy_dir = target / f"round{ONLINE_ROUNDS}" / "policy" if method in ONLINE else target
+        return policy_dir, float(json.loads(marker.read_text())["seconds"])
     target, seconds = _train_method(method, bench, pairs, out, config, policy, extra)
     marker.write_text(json.dumps({"method": method, "seconds": seconds}) + "\n")
     return target, seconds
@@ -144,6 +147,10 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
 def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig,
                   policy: str, extra: list[str]) -> tuple[Path, float]:
     target = out / method
+    if method in ONLINE:  # figa-online, sft-online: 3 rounds, same budget (bench/online.py)
+        from editalign.bench.online import train_online
+
+        return train_online(method, bench, out, config)
     if method in SUPERVISED:
         trainer, flags = SUPERVISED[method]
         seconds = _train(trainer, ["--model", policy, "--data", str(pairs), "--output_dir",
@@ -193,8 +200,9 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     bench, out = Path(bench), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for method in config.methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method not in (*METHODS, *ONLINE):
+            raise ValueError(f"unknown method {method!r}; choose from "
+                             f"{', '.join([*METHODS, *ONLINE])}")
     pairs, _ = load_pairs(bench / "pairs.train.jsonl")
     edited = [p for p in pairs if p.has_edit]
     if not edited:
@@ -292,7 +300,8 @@ def _reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
 
 # The comparisons the benchmark exists for (issue targets): FIGA against both baselines it
 # must beat, and fine-grained against sequence-level PPO.
-COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"))
+COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"),
+               ("figa-online", "figa"), ("sft-online", "sft"))
 
 
 def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,
