@@ -194,3 +194,17 @@ def test_a_failing_stage_stops_the_loop_with_its_log(bench, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "round 1 train failed" in err and "no_such_flag" in err
     assert (out / "round1" / "label.done").is_file() and not (out / "round1" / "train.done").exists()
+
+
+def test_the_documented_loop_yaml_files_are_valid():
+    import re
+
+    root = Path(__file__).parent.parent
+    found = 0
+    for doc in ("README.md", "docs/loop.md"):
+        for block in re.findall(r"```yaml\n(.*?)```", (root / doc).read_text(), re.S):
+            if "rounds:" in block:
+                cfg = resolve_config(yaml.safe_load(block), source=doc)
+                assert cfg["revise"]["reviser"] == "api" and cfg["train"]["method"] == "figa"
+                found += 1
+    assert found == 2
