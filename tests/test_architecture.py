@@ -23,11 +23,13 @@ LAYERS: list[list[str]] = [
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels
     ["editalign.eval"],  # metrics, judges, win rate
-    ["editalign.train", "editalign.score"],  # trainers; scoring with a reward model
+    ["editalign.train", "editalign.score", "editalign.sample"],  # trainers; scoring with a
+    # reward model; sampling a policy
     ["editalign.revise"],  # revision with an LLM (its reward filter scores)
     ["editalign.annotate"],  # the annotation web tool
     ["editalign.bench"],  # the benchmark task and runner
     ["editalign.registry"],  # the table of judges (gold from bench, the rest from eval)
+    ["editalign.loop"],  # sample -> revise -> label -> train -> evaluate, round after round
     ["editalign.cli", "editalign"],  # the command; the package's face
 ]
 

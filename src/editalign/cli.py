@@ -8,12 +8,13 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from editalign.data.command import add_label_args, cmd_label
 
 logger = logging.getLogger("editalign")
 
@@ -23,35 +24,6 @@ DEMO_DATA = "qa-feedback-300.json.gz"
 def bundled_data(name: str) -> Path:
     """Path of a data file shipped inside the package (see resources/NOTICE.md)."""
     return Path(str(resources.files("editalign") / "resources" / name))
-
-
-def _add_label_args(p: argparse.ArgumentParser) -> None:
-    from editalign.data.labeling import CHAT_TEMPLATE_MODES, GRANULARITIES, TRUNCATIONS
-
-    p.add_argument("--config", help="YAML file whose keys are any of these options "
-                   "(dashes or underscores); flags given on the command line win")
-    p.add_argument("--data", help="pairs: .jsonl, .json, .parquet, .csv (optionally .gz) or a "
-                   "directory saved by datasets")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"],
-                   help="field layout of the data (auto-detected when omitted)")
-    p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
-                   help="explicit field mapping, e.g. --field prompt=question "
-                   "--field original=answer --field revised=fixed.answer (dotted paths reach "
-                   "into nested objects); repeatable")
-    p.add_argument("--split", help="split of a saved DatasetDict (default: train)")
-    p.add_argument("--limit", type=int, help="use only the first N rows")
-    p.add_argument("--strict", action="store_true",
-                   help="fail on the first unusable row instead of skipping and counting it")
-    p.add_argument("--model", default="smollm2-135m",
-                   help="tokenizer to label with: a registered name (smollm2-135m, tiny), a "
-                   "local path or a cached HF id (default: %(default)s)")
-    p.add_argument("--granularity", choices=GRANULARITIES, default="token")
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="longest prompt+response+EOS in tokens; 0 for no limit")
-    p.add_argument("--truncation", choices=TRUNCATIONS, default="keep_start")
-    p.add_argument("--chat-template", choices=CHAT_TEMPLATE_MODES, default="auto")
-    p.add_argument("--preview-pairs", type=int, default=50)
-    p.add_argument("--out", help="output directory")
 
 
 def _parse_with_config(parser: argparse.ArgumentParser,
@@ -76,42 +48,6 @@ def _parse_with_config(parser: argparse.ArgumentParser,
         defaults[dest] = value
     sub.set_defaults(**defaults)
     return parser.parse_args(argv)
-
-
-def cmd_label(args: argparse.Namespace) -> int:
-    from editalign.data.io import write_labeled
-    from editalign.data.labeling import LabelingConfig, check_labeled, label_pairs
-    from editalign.data.pairs import DataError, load_pairs, parse_field_mapping
-    from editalign.models import load_tokenizer
-
-    if not args.data or not args.out:
-        raise SystemExit("editalign label: --data and --out are required")
-    fields = parse_field_mapping(args.field) if args.field else None
-    started = time.perf_counter()
-    pairs, report = load_pairs(args.data, preset=args.preset, fields=fields, strict=args.strict,
-                               split=args.split, limit=args.limit)
-    print(report.summary())
-    if not pairs:
-        skipped = ", ".join(f"{n} {r}" for r, n in report.skipped.most_common())
-        raise DataError(f"no usable pair: read {report.rows_read} rows"
-                        + (f", skipped all ({skipped})" if skipped else ""), source=args.data)
-    config = LabelingConfig(granularity=args.granularity, max_length=args.max_length or None,
-                            truncation=args.truncation, chat_template=args.chat_template)
-    tokenizer = load_tokenizer(args.model)
-    labeled, stats = label_pairs(pairs, tokenizer, config, strict=args.strict,
-                                 progress=sys.stderr.isatty())
-    # Nothing is written when no pair is usable; most pairs lost is said loudly, with the fix.
-    warning = check_labeled(stats, config, args.data)
-    write_labeled(args.out, labeled, stats, config=config, tokenizer=tokenizer,
-                  model_name=args.model, load_report=report, preview_pairs=args.preview_pairs)
-    print(stats.summary())
-    print(f"wrote {len(labeled)} labelled pairs to {args.out} "
-          f"({time.perf_counter() - started:.1f} s)")
-    print(f"  stats:   {Path(args.out) / 'stats.json'}")
-    print(f"  preview: {Path(args.out) / 'preview.html'}")
-    if warning:
-        print(f"editalign label: WARNING: {warning}", file=sys.stderr, flush=True)
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -184,7 +120,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                            description="Tokenize edit pairs and label every response token "
                            "(equal/added/substituted/deleted); writes a datasets directory, "
                            "stats.json and preview.html.")
-    _add_label_args(label)
+    add_label_args(label)
     label.set_defaults(func=cmd_label)
     demo = sub.add_parser("demo", help="run the demo on built-in data")
     demo.add_argument("--model", default="smollm2-135m")
@@ -198,6 +134,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     train.add_argument("method", nargs="?", help="training method")
     train.add_argument("rest", nargs=argparse.REMAINDER)
     train.set_defaults(func=cmd_train)
+    from editalign.sample import add_sample_args, cmd_sample
+
+    sample = sub.add_parser(
+        "sample", help="sample a policy on prompts (k responses each) into rows that revise, "
+        "annotate and label read; resumable", description="Roll out a policy: k samples per "
+        "prompt, written row by row (a rerun resumes); see docs/loop.md.")
+    add_sample_args(sample)
+    sample.set_defaults(func=cmd_sample)
+    from editalign.loop import add_loop_args, cmd_loop
+
+    loop = sub.add_parser(
+        "loop", help="rounds of sample -> revise -> label -> train -> win rate, each round "
+        "starting from the last one's policy; resumable", description="The whole loop for a "
+        "policy: see docs/loop.md. Without --config it runs on the generated task.")
+    add_loop_args(loop)
+    loop.set_defaults(func=cmd_loop)
     from editalign.annotate.command import add_annotate_args, cmd_annotate
     from editalign.revise.command import add_revise_args, cmd_revise
 
@@ -243,7 +195,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     add_bench_args(bench)
     bench.set_defaults(func=cmd_bench)
     return parser, {"label": label, "demo": demo, "train": train, "revise": revise,
-                    "annotate": annotate, "score": score, "eval": evaluate, "bench": bench}
+                    "annotate": annotate, "score": score, "eval": evaluate, "bench": bench,
+                    "sample": sample, "loop": loop}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
+from editalign.bench.online import ONLINE, ONLINE_ROUNDS
 from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's old public names)
     COMPARISONS,
     EVAL_DONE,
@@ -238,7 +239,8 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
     marker = target / TRAIN_DONE
     if marker.is_file():  # resume: this stage finished in an earlier (interrupted) run
         logger.info("skip training %s (done: %s)", method, marker)
-        return target, float(json.loads(marker.read_text())["seconds"])
+        policy_dir = target / f"round{ONLINE_ROUNDS}" / "policy" if method in ONLINE else target
+        return policy_dir, float(json.loads(marker.read_text())["seconds"])
     target, seconds = _train_method(method, bench, pairs, out, config, policy, extra)
     marker.write_text(json.dumps({"method": method, "seconds": seconds}) + "\n")
     return target, seconds
@@ -247,6 +249,20 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
 def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig,
                   policy: str, extra: list[str]) -> tuple[Path, float]:
     target = out / method
+    if method in ONLINE:  # figa-online, sft-online: 3 rounds, same budget (bench/online.py)
+        from editalign.bench.online import train_online
+
+        base = ONLINE[method]
+        trainer, flags = SUPERVISED[base]
+        extra = [*config.stage_args(base), *config.extra.get(method, [])]
+
+        def train_round(round_policy: Path, data: Path, round_out: Path, steps: int) -> None:
+            run = replace(config, max_steps=steps)
+            _train(trainer, ["--model", str(round_policy), "--data", str(data),
+                             "--output_dir", str(round_out),
+                             *_common(run, config.method_learning_rate(base)), *flags, *extra])
+
+        return train_online(method, bench, out, config, train_round)
     if method in SUPERVISED:
         trainer, flags = SUPERVISED[method]
         seconds = _train(trainer, ["--model", policy, "--data", str(pairs), "--output_dir",
@@ -296,8 +312,9 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     bench, out = Path(bench), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for method in config.methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if method not in (*METHODS, *ONLINE):
+            raise ValueError(f"unknown method {method!r}; choose from "
+                             f"{', '.join([*METHODS, *ONLINE])}")
     pairs, _ = load_pairs(bench / "pairs.train.jsonl")
     edited = [p for p in pairs if p.has_edit]
     if not edited:

@@ -1,0 +1,373 @@
+"""``editalign sample``: roll out a policy on a prompt set, the first stage of FIGA's pipeline.
+
+Each prompt gets ``num_samples`` responses; every response becomes one row in the layout
+``editalign revise``, ``annotate`` and ``label`` read directly (the ``default`` preset)::
+
+    {"id": "<prompt id>-<j>", "prompt": ..., "original": <sample>, "revised": <sample>,
+     "meta": {"sample": {model, prompt_index, sample_index, prompt_id, finish_reason,
+                         response_tokens, backend, temperature, top_p, top_k,
+                         max_new_tokens, seed, chat_template}}}
+
+``revised`` equals ``original`` until someone (``revise``, ``annotate``) edits it.
+
+Prompts are rendered exactly as the labeller renders them (:func:`editalign.data.labeling.
+render_prompt`, through :func:`editalign.eval.winrate.encode_prompt`), so the tokens a
+sample was drawn after are the tokens it is later labelled and trained after.
+
+Determinism and resuming: the (prompt, sample) rows are cut into fixed chunks of
+``batch_size`` rows; chunk ``c`` is sampled after seeding with ``seed + c``. Each finished
+row is appended as one JSON line and flushed. A rerun reads back the ids already written
+(dropping a torn last line), skips every chunk that is complete and resamples a partial
+chunk whole (same rows, same seed, so the same samples on the same hardware), writing only
+its missing rows. The file therefore never holds a row twice, and an interrupted run ends,
+after its rerun, with the same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("hf", "vllm")
+# Sampling settings stored in every row; a rerun with different ones is refused, because
+# it would mix two distributions in one file.
+SETTING_KEYS = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "seed",
+                "chat_template", "batch_size")
+
+
+@dataclass
+class SampleOptions:
+    """How to sample. ``temperature=0`` is greedy decoding; ``top_k=0`` switches top-k off."""
+
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    seed: int = 0
+    batch_size: int = 16
+    chat_template: str = "auto"
+    backend: str = "hf"
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
+
+
+@dataclass
+class Drawn:
+    """One sampled response."""
+
+    text: str
+    response_tokens: int
+    finish_reason: str  # "stop" (EOS came) or "length" (max_new_tokens reached)
+
+
+# --------------------------------------------------------------------------- the output file
+
+
+def read_done(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows already in ``path`` by id; a torn last line (no newline, or not JSON) is cut off.
+
+    A line in the middle that is not JSON is not a torn write but a damaged file: refused.
+    """
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    good_end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
+    if good_end < len(data):
+        logger.info("%s: dropping a torn last line (%d bytes)", path, len(data) - good_end)
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+    rows: dict[str, dict[str, Any]] = {}
+    lines = data[:good_end].decode("utf-8").split("\n")[:-1]
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {n} is not JSON ({err.msg}); this file was not "
+                             "written by `editalign sample`, or was damaged: use a new --out"
+                             ) from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise ValueError(f"{path}: line {n}: expected a sample row with an 'id'")
+        if row["id"] in rows:
+            raise ValueError(f"{path}: line {n}: id {row['id']!r} appears twice")
+        rows[row["id"]] = row
+    return rows
+
+
+def _check_resumable(path: Path, done: dict[str, dict[str, Any]],
+                     expected: dict[str, tuple[Any, dict[str, Any]]]) -> None:
+    """Refuse to append to a file written from other prompts or with other settings."""
+    for row_id, row in done.items():
+        if row_id not in expected:
+            raise ValueError(f"{path}: row id {row_id!r} is not one this run would write (other "
+                             "prompts, --num-samples or --limit?); use a new --out")
+        prompt, settings = expected[row_id]
+        if row.get("prompt") != prompt:
+            raise ValueError(f"{path}: row {row_id!r} has another prompt than the prompts file "
+                             "gives it now; use a new --out")
+        written = (row.get("meta") or {}).get("sample") or {}
+        for key in SETTING_KEYS:
+            if written.get(key) != settings[key]:
+                raise ValueError(f"{path}: written with {key}={written.get(key)!r}, this run "
+                                 f"has {key}={settings[key]!r}; rerun with the same settings or "
+                                 "use a new --out")
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class HFBackend:
+    """``transformers`` ``generate``, through the evaluator's sampler (same prompt encoding,
+    left padding, EOS handling)."""
+
+    name = "hf"
+
+    def __init__(self, model_name: str, options: SampleOptions) -> None:
+        import torch
+
+        from editalign.models import load_model, load_tokenizer
+
+        self.options = options
+        self.tokenizer = load_tokenizer(model_name)
+        self.model = load_model(model_name)
+        if torch.cuda.is_available():
+            self.model.to("cuda")
+
+    def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
+        from editalign.eval.winrate import SamplingConfig, sample_responses
+
+        o = self.options
+        config = SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature,
+                                top_p=o.top_p, top_k=o.top_k, seed=seed,
+                                batch_size=len(prompts), chat_template=o.chat_template)
+        eos = self.tokenizer.eos_token_id
+        return [Drawn(s.text, len(s.response_ids),
+                      "stop" if s.response_ids and s.response_ids[-1] == eos else "length")
+                for s in sample_responses(self.model, self.tokenizer, prompts, config)]
+
+
+def vllm_unavailable_reason() -> str | None:
+    """Why ``--backend vllm`` cannot run here, or None when it can."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed (pip install vllm)"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA GPU and none is visible"
+    return None
+
+
+class VLLMBackend:
+    """vLLM's offline ``LLM.generate`` on token-id prompts (encoded by the same
+    :func:`encode_prompt` as the HF path, so both backends see the same tokens).
+
+    Each request carries its own seed (``seed`` of the chunk plus its row within it), so a
+    row's sample does not depend on what vLLM batches it with. Not exercised by the test
+    suite (no GPU there); see docs/loop.md.
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_name: str, options: SampleOptions) -> None:
+        reason = vllm_unavailable_reason()
+        if reason:
+            raise ValueError(f"--backend vllm is unavailable: {reason}; use --backend hf")
+        from vllm import LLM
+
+        from editalign.models import load_tokenizer, resolve_model_path
+
+        self.options = options
+        self.tokenizer = load_tokenizer(model_name)
+        self.llm = LLM(model=resolve_model_path(model_name), seed=options.seed)
+
+    def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
+        from vllm import SamplingParams
+
+        from editalign.eval.winrate import encode_prompt
+
+        o = self.options
+        requests = [{"prompt_token_ids": encode_prompt(p, self.tokenizer, o.chat_template)}
+                    for p in prompts]
+        params = [SamplingParams(n=1, temperature=o.temperature, top_p=o.top_p,
+                                 top_k=o.top_k if o.top_k > 0 else -1,
+                                 max_tokens=o.max_new_tokens, seed=seed * 100_003 + i,
+                                 skip_special_tokens=True)
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        drawn = []
+        for output in outputs:
+            completion = output.outputs[0]
+            drawn.append(Drawn(completion.text, len(completion.token_ids),
+                               "length" if completion.finish_reason == "length" else "stop"))
+        return drawn
+
+
+def make_backend(model: str, options: SampleOptions) -> HFBackend | VLLMBackend:
+    return VLLMBackend(model, options) if options.backend == "vllm" else HFBackend(model,
+                                                                                    options)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def prompt_ids(source: str | os.PathLike[str], n: int) -> list[str]:
+    """The prompts' own ids when a JSONL/JSON prompts file gives every row a unique one,
+    else their positions (so sample ids stay stable across reruns either way)."""
+    from editalign.eval.winrate import read_prompt_rows
+
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json"):
+        try:
+            rows = read_prompt_rows(path)
+        except ValueError:
+            rows = []
+        ids = [row.get("id") for row in rows[:n]]
+        if (len(ids) == n and all(isinstance(i, str | int) for i in ids)
+                and len({str(i) for i in ids}) == n):
+            return [str(i) for i in ids]
+    return [str(i) for i in range(n)]
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, range]]:
+    for c, start in enumerate(range(0, n, size)):
+        yield c, range(start, min(start + size, n))
+
+
+def sample_prompts(model: str, prompts: Sequence[Any], out: str | os.PathLike[str],
+                   options: SampleOptions, *, ids: Sequence[str] | None = None,
+                   progress: bool = False, backend: Any = None) -> dict[str, Any]:
+    """Sample ``options.num_samples`` responses per prompt into ``out`` (JSONL), resuming
+    from what ``out`` already holds; returns counts and timings."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    out = Path(out)
+    k = options.num_samples
+    ids = list(ids) if ids is not None else [str(i) for i in range(len(prompts))]
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(ids)} ids for {len(prompts)} prompts")
+    settings = {"model": model, "backend": options.backend, "temperature": options.temperature,
+                "top_p": options.top_p, "top_k": options.top_k,
+                "max_new_tokens": options.max_new_tokens, "seed": options.seed,
+                "chat_template": options.chat_template, "batch_size": options.batch_size}
+    # Row n is sample j = n % k of prompt i = n // k: a prompt's samples stay together.
+    row_ids = [f"{ids[n // k]}-{n % k}" for n in range(len(prompts) * k)]
+    expected = {rid: (prompts[n // k], settings) for n, rid in enumerate(row_ids)}
+    done = read_done(out)
+    _check_resumable(out, done, expected)
+    todo = [(c, rows) for c, rows in _chunks(len(row_ids), options.batch_size)
+            if any(row_ids[n] not in done for n in rows)]
+    print(f"sample: {len(prompts)} prompts x {k} = {len(row_ids)} rows with {model} "
+          f"({options.backend}); {len(done)} already in {out}, {len(todo)} batches to go",
+          flush=True)
+    written = 0
+    if todo:
+        backend = backend or make_backend(model, options)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a", encoding="utf-8", newline="\n") as handle, \
+                tqdm(total=len(row_ids), initial=len(done), desc="sample", unit="row",
+                     disable=not progress) as bar:
+            for c, rows in todo:
+                drawn = backend.generate([prompts[n // k] for n in rows], options.seed + c)
+                for n, sample in zip(rows, drawn, strict=True):
+                    if row_ids[n] in done:
+                        continue
+                    record = {"id": row_ids[n], "prompt": prompts[n // k],
+                              "original": sample.text, "revised": sample.text,
+                              "meta": {"sample": {**settings, "prompt_index": n // k,
+                                                  "prompt_id": ids[n // k],
+                                                  "sample_index": n % k,
+                                                  "finish_reason": sample.finish_reason,
+                                                  "response_tokens": sample.response_tokens}}}
+                    # One write per line, then flush: a kill leaves at most a torn last line,
+                    # which the rerun cuts off.
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    handle.flush()
+                    written += 1
+                    bar.update(1)
+    seconds = time.perf_counter() - started
+    summary = {"rows": len(row_ids), "written": written, "resumed": len(done),
+               "seconds": seconds, "out": str(out)}
+    print(f"sample: wrote {written} rows ({len(done)} from an earlier run) to {out} "
+          f"in {seconds:.1f} s", flush=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_sample_args(p: argparse.ArgumentParser) -> None:
+    from editalign.data.labeling import CHAT_TEMPLATE_MODES
+
+    p.add_argument("--config", help="YAML file whose keys are any of these options "
+                   "(dashes or underscores); flags given on the command line win")
+    p.add_argument("--model", help="the policy: a registered name (smollm2-135m, tiny), a "
+                   "local directory or a cached HF id")
+    p.add_argument("--prompts", help="prompts: rows with a 'prompt' (text or chat messages) "
+                   "in any format `editalign label` reads, or edit pairs (their prompts)")
+    p.add_argument("--prompt-field", default="prompt",
+                   help="column holding the prompt (dotted paths work; default: %(default)s)")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--out", help="output JSONL (appended to and resumed when it exists)")
+    p.add_argument("--num-samples", type=int, default=1, help="responses per prompt")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = no top-k cut")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="rows per generate call (also the unit of resuming)")
+    p.add_argument("--chat-template", choices=CHAT_TEMPLATE_MODES, default="auto",
+                   help="prompt rendering, as in `editalign label` (default: %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="hf",
+                   help="hf: transformers generate; vllm: vLLM's LLM.generate (needs vLLM "
+                   "and a CUDA GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from editalign.data.pairs import load_prompts
+
+    missing = [flag for flag, value in (("--model", args.model), ("--prompts", args.prompts),
+                                        ("--out", args.out)) if not value]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} required")
+    options = SampleOptions(num_samples=args.num_samples, temperature=args.temperature,
+                            top_p=args.top_p, top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed,
+                            batch_size=args.batch_size, chat_template=args.chat_template,
+                            backend=args.backend)
+    if options.backend == "vllm" and (reason := vllm_unavailable_reason()):
+        raise ValueError(f"--backend vllm is unavailable: {reason}; use --backend hf")
+    prompts = load_prompts(args.prompts, field=args.prompt_field, limit=args.limit)
+    if not prompts:
+        raise ValueError(f"{args.prompts}: no prompts")
+    ids = prompt_ids(args.prompts, len(prompts))
+    sample_prompts(args.model, prompts, args.out, options, ids=ids,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    return 0

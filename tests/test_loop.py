@@ -1,0 +1,210 @@
+"""``editalign loop``: configuration checks, and rounds on the generated task (toy size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editalign.cli import main
+from editalign.loop import ConfigError, Loop, Runner, command_flags, resolve_config
+
+USER = {"policy": "tiny", "prompts": "p.jsonl",
+        "revise": {"reviser": "api", "api_base": "http://127.0.0.1:9/v1", "model": "m"}}
+
+
+def _with(**changes):
+    config = json.loads(json.dumps(USER))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return config
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({**USER, "epochs": 3}, "unknown key 'epochs'"),
+    (_with(revise__max_edit_raito=0.3), "revise.max_edit_raito: unknown option"),
+    (_with(sample__temperature="hot"), "sample.temperature: expected float, got 'hot'"),
+    (_with(sample__backend="tgi"), "sample.backend: 'tgi' is not one of hf, vllm"),
+    (_with(revise__retry_strict="yes"), "revise.retry_strict: expected true or false"),
+    (_with(revise__api_base=None), "revise.api_base: required with reviser: api"),
+    (_with(revise__reviser="human"), "revise.reviser: 'human' is not one of api, bench"),
+    (_with(train__method="ppo"), "train.method: 'ppo' is not one of figa, sft, dpo"),
+    (_with(train__max_steps=5), "train.max_steps: unknown key"),
+    (_with(sample__out="x.jsonl"), "sample.out: unknown option"),  # the loop sets it
+    (_with(eval__judge_model=["a", "b"]), "eval.judge_model: expected a single value"),
+    ({**USER, "rounds": 0}, "rounds: must be >= 1"),
+    ({"prompts": "p.jsonl", "policy": None,
+      "revise": {"reviser": "api", "api_base": "u", "model": "m"}}, None),  # bench defaults
+    ({**USER, "bench_init": {"preset": "huge"}}, "bench_init.preset: 'huge'"),
+])
+def test_config_errors_name_the_key(config, message):
+    if message is None:
+        assert resolve_config(config)["revise"]["reviser"] == "api"
+        return
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[")):
+        resolve_config(config, source="loop.yaml")
+
+
+def test_config_error_exits_2_naming_file_and_key(tmp_path, capsys):
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(_with(label__granularity="sentence")))
+    assert main(["loop", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "label.granularity: 'sentence' is not one of token, word" in err
+    path.write_text("rounds: [1\n")
+    assert main(["loop", "--config", str(path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_missing_prompts_and_gold_judge_on_user_prompts_are_refused_up_front(tmp_path):
+    cfg = resolve_config({**USER, "out": str(tmp_path / "o"), "prompts": str(tmp_path / "no")})
+    with pytest.raises(ConfigError, match=r"prompts: .* does not exist"):
+        Loop(cfg).run_all()
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    cfg = resolve_config({**USER, "out": str(tmp_path / "o2"), "prompts": str(prompts)})
+    with pytest.raises(ConfigError, match=r"eval\.judge: gold judges only"):
+        Loop(cfg).run_all()
+    assert not (tmp_path / "o2" / "round1").exists()
+
+
+def test_defaults_and_flags():
+    bench = resolve_config(None, out="o")
+    assert bench["policy"] == str(Path("o/bench/policy"))
+    assert bench["prompts"].endswith("prompts.train.jsonl")
+    assert bench["eval"]["prompts"].endswith("prompts.test.jsonl")
+    assert bench["revise"] == {"reviser": "bench", "bench": str(Path("o/bench"))}
+    assert bench["train"]["method"] == "figa" and bench["eval"]["judge"] == "gold"
+    # a user's train.args mapping adds to / overrides the tuned defaults key by key
+    merged = resolve_config({"train": {"args": {"max_steps": 7}}}, out="o")["train"]["args"]
+    assert merged["max_steps"] == 7 and merged["gamma"] == 1
+    user = resolve_config(USER)
+    assert user["eval"]["prompts"] == "p.jsonl" and "bench" not in user
+    from editalign.cli import build_parser
+
+    parsers = build_parser()[1]
+    flags = command_flags("revise", {"reviser": "api", "max_edit_ratio": 0.4,
+                                     "retry_strict": True, "field": ["a=b", "c=d"],
+                                     "seed": None}, parsers["revise"])
+    assert flags == ["--max-edit-ratio", "0.4", "--retry-strict", "--field", "a=b",
+                     "--field", "c=d"]
+
+
+# --------------------------------------------------------------------------- toy rounds
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench"
+    assert main(["bench", "init", "--smoke", "--out", str(out)]) == 0
+    return out
+
+
+def _toy(bench: Path, out: Path, rounds: int = 2) -> dict:
+    return resolve_config({
+        "out": str(out), "rounds": rounds, "bench": str(bench),
+        "sample": {"num_samples": 1, "max_new_tokens": 12, "batch_size": 8, "limit": 6},
+        "train": {"args": {"max_steps": 2, "per_device_train_batch_size": 4}},
+        "eval": {"limit": 4, "samples_per_prompt": 1, "max_new_tokens": 8, "batch_size": 8}})
+
+
+class Interrupting(Runner):
+    """Runs every stage in-process; raises KeyboardInterrupt when ``stop`` is reached."""
+
+    def __init__(self, stop: tuple[str, str] | None = None) -> None:
+        super().__init__(child_stages=())
+        self.stop, self.calls = stop, []
+
+    def __call__(self, argv, log):
+        stage = (log.parent.name, log.stem)
+        self.calls.append(stage)
+        if stage == self.stop:
+            raise KeyboardInterrupt
+        return super().__call__(argv, log)
+
+
+def test_rounds_resume_after_a_kill_and_report(bench, tmp_path):
+    out = tmp_path / "loop"
+    cfg = _toy(bench, out)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        Loop(cfg, runner=Interrupting(stop=("round2", "label")), echo=lines.append).run_all()
+    samples = (out / "round2" / "sample.jsonl").read_text()
+    assert (out / "round1" / "eval.done").is_file() and not (out / "round2" / "label.done").exists()
+    assert (out / "results.json").is_file()  # round 1's results are written already
+
+    runner = Interrupting()
+    lines.clear()
+    rounds = Loop(cfg, runner=runner, echo=lines.append).run_all()
+    # resumed at round 2's label stage: nothing before it ran again
+    assert runner.calls == [("round2", "label"), ("round2", "train"), ("round2", "eval")]
+    assert sum("done earlier, skipped" in line for line in lines) == 7
+    assert (out / "round2" / "sample.jsonl").read_text() == samples
+    # round 2 sampled round 1's policy and trained from it
+    assert rounds[1]["start_policy"] == str(out / "round1" / "policy")
+    log = (out / "round2" / "train.log").read_text()
+    assert f"--model {out / 'round1' / 'policy'}" in log
+    sample_rows = [json.loads(x) for x in samples.splitlines()]
+    assert {r["meta"]["sample"]["model"] for r in sample_rows} == {str(out / "round1" / "policy")}
+    # every sample became a pair exactly once; the training pairs are those with an edit
+    revised = [json.loads(x) for x in (out / "round2" / "revised.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in revised] == [r["id"] for r in sample_rows]
+    pairs = [json.loads(x) for x in (out / "round2" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs == [r for r in revised if r["original"] != r["revised"]]
+
+    results = json.loads((out / "results.json").read_text())
+    table = results["rounds"]
+    assert [r["round"] for r in table] == [1, 2]
+    for k, row in enumerate(table, 1):
+        saved = json.loads((out / f"round{k}" / "winrate.json").read_text())
+        assert row["win_rate"] == saved["win_rate"] and row["judge"] == "gold"
+        assert saved["reference"] == str(bench / "policy")  # always the initial policy
+    # the paired difference between rounds, from the per-prompt outcomes
+    r1, r2 = ([json.loads(x) for x in (out / f"round{k}" / "eval_samples.jsonl")
+               .read_text().splitlines()] for k in (1, 2))
+    expected = sum(a["outcome"] - b["outcome"] for a, b in zip(r2, r1, strict=True)) / len(r1)
+    assert table[1]["vs_previous_round"]["difference"] == pytest.approx(expected)
+    assert "| 2 |" in (out / "results.md").read_text()
+    assert (out / "winrate.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![win rate per round](winrate.png)" in (out / "report.md").read_text()
+
+    # another configuration into the same directory is refused (more rounds would be fine)
+    changed = _toy(bench, out)
+    changed["train"]["method"] = "sft"
+    with pytest.raises(ConfigError, match="another 'train'"):
+        Loop(changed, runner=Interrupting()).run_all()
+
+
+@pytest.mark.slow  # a child process start-up: ~20-60 s on a busy 2-core machine
+def test_a_failing_stage_stops_the_loop_with_its_log(bench, tmp_path, capsys):
+    out = tmp_path / "loop"
+    cfg = _toy(bench, out, rounds=1)
+    cfg["train"]["args"]["no_such_flag"] = 1
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in cfg.items()}))
+    # `train` runs as a child process: its failure is contained and reported with its log
+    assert main(["loop", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "round 1 train failed" in err and "no_such_flag" in err
+    assert (out / "round1" / "label.done").is_file() and not (out / "round1" / "train.done").exists()
+
+
+def test_the_documented_loop_yaml_files_are_valid():
+    import re
+
+    root = Path(__file__).parent.parent
+    found = 0
+    for doc in ("README.md", "docs/loop.md"):
+        for block in re.findall(r"```yaml\n(.*?)```", (root / doc).read_text(), re.S):
+            if "rounds:" in block:
+                cfg = resolve_config(yaml.safe_load(block), source=doc)
+                assert cfg["revise"]["reviser"] == "api" and cfg["train"]["method"] == "figa"
+                found += 1
+    assert found == 2
