@@ -23,7 +23,7 @@ from typing import Any
 
 from editalign.bench.runner import METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
-from editalign.bench.world import BenchConfig
+from editalign.bench.world import TASKS, BenchConfig
 
 # Sizes of `bench run --full` / `--quick` / `--smoke` (argparse destinations; every method
 # shares the same pairs, steps, batch size and seed as always). Applied only to options left
@@ -59,13 +59,15 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="like --quick at a toy size (seconds; checks the pipeline runs, "
                    "its numbers mean nothing)")
     p.add_argument("--out", help="output directory")
-    p.add_argument("--model", default="tiny-bench",
+    p.add_argument("--model", default=None,
                    help="model to fine-tune into the initial policy (tiny-bench, "
-                   "smollm2-135m, a local directory; default: %(default)s)")
+                   "tiny-bench-grounded, smollm2-135m, a local directory; default: "
+                   "tiny-bench, or tiny-bench-grounded with --task grounded)")
     task = p.add_argument_group("task (BenchConfig)")
     for f in fields(BenchConfig):
         default = f.default if f.default is not MISSING else None
         task.add_argument(_flag(f.name), type=type(default), default=default,
+                          choices=TASKS if f.name == "task" else None,
                           help=f"(default: {default})")
     sft = p.add_argument_group("initial policy SFT")
     for f in fields(PolicySFTConfig):
@@ -128,6 +130,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sft = PolicySFTConfig(seed=config.seed, **{f.name: getattr(args, "sft_" + f.name)
                                                for f in fields(PolicySFTConfig)
                                                if f.name != "seed"})
+    # The grounded task's cards need their words in the tokenizer (tiny-bench-grounded).
+    args.model = args.model or ("tiny-bench-grounded" if config.task == "grounded"
+                                else "tiny-bench")
     task = BenchTask.build(config)
     task.write(out)
     rows = task.noisy_sft_rows()
