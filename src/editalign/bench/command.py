@@ -21,7 +21,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from editalign.bench.runner import METHODS, RunConfig
+from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import TASKS, BenchConfig
 
@@ -77,8 +77,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                          help=f"(default: {f.default})")
     run = p.add_argument_group("bench run (see editalign.bench.runner)")
     run.add_argument("--bench", help="directory written by `editalign bench init`")
-    run.add_argument("--methods", default=",".join(METHODS),
-                     help="comma-separated methods (default: %(default)s)")
+    run.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                     help=f"comma-separated methods, or all ({', '.join(METHODS)}) "
+                     "(default: %(default)s)")
     run.add_argument("--method-args", dest="method_args", action="append", default=[],
                      metavar="STAGE=FLAGS",
                      help="extra `editalign train` flags for one stage, appended last (they "
@@ -238,7 +239,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.bench = str(bench)
     if not args.bench:
         raise ValueError("--bench (a directory written by `editalign bench init`) is required")
-    config = RunConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+    methods = list(METHODS) if args.methods.strip() == "all" else \
+        [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = RunConfig(methods=methods,
                        seeds=(list(range(args.num_seeds)) if args.num_seeds else
                               [int(x) for x in str(args.seeds).split(",") if x.strip()]),
                        extra=parse_method_args(args.method_args),

@@ -12,9 +12,11 @@ prompts. Methods:
 - ``dpo-sft``: TRL DPO plus SFT on the revised side (RPO);
 - ``figa``: the FIGA loss;
 - ``ppo-seq``: a sequence-level reward model (``rm``) then PPO with its last-token reward;
-- ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards.
+- ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards;
+- ``ppo-dpo``: PPO with the dense implicit reward β·(log π_DPO − log π_ref) of the run's
+  ``dpo`` policy (RTO): a dense reward that needs no edit labels, only the pairs.
 
-The two PPO arms share every PPO hyper-parameter and differ only in the reward model.
+The PPO arms share every PPO hyper-parameter and differ only in the reward.
 Only pairs with an edit are used (a pair whose sample needed no fix carries no edit
 signal), identically for all methods. Results: ``results.json`` and ``results.md``.
 """
@@ -31,7 +33,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
+METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token", "ppo-dpo")
+# What `bench run` trains unless --methods says otherwise (`--methods all`: every method):
+# the first task's reported six, so its quick run (the demo) keeps its time.
+DEFAULT_METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
 # The `editalign train` command of each supervised method, and the flags that make it that
 # method: dpo-sft is DPO plus SFT on the revised side (RPO, Pang et al. 2024; TRL 1.x writes
 # it as two weighted loss types), the strongest pairwise baseline we know to run.
@@ -52,6 +57,8 @@ TUNED_ARGS: dict[str, list[str]] = {
     # a negative reward (Σ ≈ −10 per response), a length penalty that PPO then follows.
     "token-rm": ["--equal_weight", "1"],
 }
+# TRL's DPOConfig β, what `ppo-dpo` reads the DPO policy with when no --beta was given.
+DPO_DEFAULT_BETA = 0.1
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
 # The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
 # directory beside pairs.edited.jsonl; the reward models are evaluated on them.
@@ -62,7 +69,7 @@ EVAL_DONE = "winrate.json"  # in <run>/<method>/, the evaluation result (the run
 
 @dataclass
 class RunConfig:
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     max_steps: int = 100  # optimizer steps of sft / dpo / figa and of each reward model
     batch_size: int = 16
     learning_rate: float | None = None  # sft / dpo / dpo-sft / figa; None: TUNED_LEARNING_RATES
@@ -165,6 +172,25 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
         seconds += _train("ppo", [
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
             "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
+            "--num_iterations", str(config.ppo_iterations),
+            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
+            "--per_device_train_batch_size", str(config.batch_size),
+            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
+            "--report_to", "none", "--save_strategy", "no",
+            *config.stage_args("ppo"), *extra])
+        return target, seconds
+    if method == "ppo-dpo":
+        # The DPO policy of this run (trained here unless `dpo` already ran) and its β.
+        # (its training time is reported with the dpo arm, not here).
+        dpo_dir, _ = train_method("dpo", bench, pairs, out, config)
+        dpo_args = [*_common(config, config.method_learning_rate("dpo")),
+                    *SUPERVISED["dpo"][1], *config.stage_args("dpo")]
+        beta = dpo_args[len(dpo_args) - 1 - dpo_args[::-1].index("--beta") + 1] \
+            if "--beta" in dpo_args else str(DPO_DEFAULT_BETA)
+        seconds = _train("ppo", [
+            "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
+            "--reward_model", str(dpo_dir), "--reward", "dpo", "--dpo_beta", beta,
+            "--output_dir", str(target),
             "--num_iterations", str(config.ppo_iterations),
             "--rollout_batch_size", str(config.ppo_rollout_batch_size),
             "--per_device_train_batch_size", str(config.batch_size),
@@ -292,7 +318,8 @@ def _reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
 
 # The comparisons the benchmark exists for (issue targets): FIGA against both baselines it
 # must beat, and fine-grained against sequence-level PPO.
-COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"))
+COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"),
+               ("ppo-token", "ppo-dpo"))
 
 
 def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,
