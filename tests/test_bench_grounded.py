@@ -318,3 +318,23 @@ def test_bench_init_grounded_command(tmp_path, monkeypatch, capsys):
     rows = [json.loads(x) for x in (out / "prompts.test.jsonl").read_text().splitlines()]
     assert rows and all(r["bench"]["task"] == "grounded" for r in rows)
     assert "initial policy: 2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_run_grounded_smoke_with_every_method(tmp_path, monkeypatch):
+    """`bench run --task grounded --smoke --methods all`: init of the grounded task, the seven
+    methods (ppo-dpo reading the run's dpo policy), evaluation, comparisons, report."""
+    from editalign.bench.runner import METHODS
+    from editalign.cli import main
+
+    monkeypatch.setenv("EDITALIGN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["bench", "run", "--task", "grounded", "--smoke", "--methods", "all",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["method"] for r in results["results"]] == list(METHODS)
+    assert ("ppo-token", "ppo-dpo") in {(c["a"], c["b"]) for c in results["comparisons"]}
+    assert json.loads((out / "bench" / "config.json").read_text())["task"] == "grounded"
+    log = (out / "ppo-dpo" / "ppo_log.jsonl").read_text().splitlines()
+    assert len(log) == 1 and json.loads(log[0])["reward"] != 0.0
+    assert (out / "report.html").is_file()
