@@ -76,7 +76,8 @@ def test_first_task_files_and_tokenizer_are_unchanged(tmp_path):
 
 def test_card_renders_every_fact_in_every_format(task):
     rng = random.Random(0)
-    for entity in task.world.entities[:10] + task.world.entities[-5:]:
+    prompts = task.prompts[:10] + task.prompts[-5:]
+    for entity in [p.shown(task.world)[0] for p in prompts]:
         for card_format in CARD_FORMATS:
             order = list(entity.facts)
             rng.shuffle(order)
@@ -91,25 +92,34 @@ def test_card_renders_every_fact_in_every_format(task):
                 positions = [card.index(f" {entity.facts[a]}") for a in order]
                 assert positions == sorted(positions)
     with pytest.raises(ValueError, match="card format"):
-        render_card(task.world.entities[0], "poem", ["job"], rng)
+        render_card(task.prompts[0].shown(task.world)[0], "poem", ["job"], rng)
 
 
 def test_every_prompt_carries_the_entity_card_and_asks_last(task):
     rows = task.rows("train") + task.rows("test")
     assert len(rows) == len(task.prompts)
     with_distractor = 0
-    for row in rows:
+    for prompt in task.prompts:
+        row = prompt.row(task.world)
         bench, text = row["bench"], row["prompt"][0]["content"]
-        entity = task.world.by_id[bench["entity"]]
-        assert bench["task"] == "grounded" and set(bench["facts"]) == set(
-            GROUNDED_KINDS[entity.kind])
+        entity, other = prompt.shown(task.world)
+        assert bench["task"] == "grounded" and bench["facts"] == entity.facts
+        assert set(entity.facts) == set(GROUNDED_KINDS[entity.kind])
         for value in entity.facts.values():
             assert re.search(rf"\b{re.escape(value)}\b", text)
-        assert task.world.entity_asked(text) is entity  # the question names it, last
+        # the question names the entity, last
+        assert task.world.entity_asked(text) is task.world.by_id[entity.id]
         if bench["distractor"]:
             with_distractor += 1
-            other = task.world.by_id[bench["distractor"]["entity"]]
+            assert bench["distractor"]["facts"] == other.facts
             assert other.name in text and can_distract(other, entity)
+    # Facts are per prompt: an entity's cards differ between its prompts, so only reading
+    # the card answers (memorising names does not).
+    first = {}
+    differ = 0
+    for prompt in task.prompts:
+        differ += first.setdefault(prompt.entity, prompt.facts) != prompt.facts
+    assert differ > len(task.prompts) / 2
     rate = task.config.distractor_rate
     sigma = math.sqrt(rate * (1 - rate) / len(rows))
     assert abs(with_distractor / len(rows) - rate) < 4 * sigma
@@ -268,20 +278,15 @@ def test_judge_and_reviser_on_hand_made_grounded_cases():
         "wrong_value"]
 
 
-def test_reward_fn_scores_the_asked_entity_despite_the_distractor(task):
-    from editalign.bench.tokenizer import build_bench_tokenizer
-
-    tok = build_bench_tokenizer(task="grounded")
-    judge = GoldJudge()
-    fn = judge.reward_fn(task.world)
+def test_reward_fn_refuses_a_world_without_facts(task):
+    """The grounded world is names only (facts are per prompt): scoring by world lookup would
+    be wrong, so it says so; the asked entity is still found despite the distractor."""
     rows = [r for r in task.rows("train") if r["bench"]["distractor"]][:20]
-    prompts = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
-               for r in rows]
-    answers = [revise(" ".join(f"{r['bench']['name']} x {v}." for v in
-                               r["bench"]["distractor"]["facts"].values()), r["bench"]).text
-               for r in rows]
-    assert fn(prompts, answers) == [judge.score(a, r["bench"]) for a, r in
-                                    zip(answers, rows, strict=True)]
+    for row in rows:
+        asked = task.world.entity_asked(row["prompt"][0]["content"])
+        assert asked is not None and asked.id == row["bench"]["entity"]
+    with pytest.raises(ValueError, match="per prompt"):
+        GoldJudge().reward_fn(task.world)([rows[0]["prompt"][0]["content"]], ["x"])
 
 
 def test_grounded_tokenizer_keeps_names_and_values_whole():

@@ -235,6 +235,11 @@ class GoldJudge:
                 if entity is None:
                     out.append(0.0)
                     continue
+                if not entity.facts:
+                    raise ValueError(
+                        f"{entity.name} has no facts in this world: the grounded task's facts "
+                        "are per prompt, on its cards; score with the prompts rows' bench "
+                        "objects (GoldJudge.score) instead")
                 info = {"facts": entity.facts, "kind": entity.kind, "name": entity.name,
                         "asked": list(asked_in(prompt, entity.name, entity.kind,
                                                list(entity.facts)))}

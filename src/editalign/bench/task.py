@@ -69,10 +69,9 @@ class BenchTask:
         out = []
         for prompt in self.split("train"):
             row = prompt.row(self.world)
-            entity = self.world.by_id[prompt.entity]
+            entity, distractor = prompt.shown(self.world)
             value_error = None
             if self.config.task == "grounded":
-                distractor = self.world.by_id[prompt.distractor] if prompt.distractor else None
                 value_error = grounded_value_error(entity, distractor, self.config)
             for k in range(self.config.responses_per_prompt):
                 noisy = render_response(entity, prompt.asked, rng, self.config,

@@ -63,7 +63,7 @@ def training_corpus(task: str = "facts") -> list[str]:
         world = build_world(config)
         rng = random.Random(0)
         for prompt in build_prompts(world, config):
-            entity = world.by_id[prompt.entity]
+            entity, _ = prompt.shown(world)
             chat = (f"{TINY_SPECIAL_TOKENS['im_start']}user\n{prompt.text}"
                     f"{TINY_SPECIAL_TOKENS['eos_token']}\n{TINY_SPECIAL_TOKENS['im_start']}"
                     "assistant\n")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # --------------------------------------------------------------------------- lexicons
@@ -310,12 +310,20 @@ def build_world(config: BenchConfig) -> World:
                                                      len(lexicon(a, kind))))
                  for a in kinds[kind]}
         for i, name in enumerate(names):
-            facts = {a: rng.choice(pools[a]) for a in kinds[kind]}
-            # Two different towns, so that stating one under the other is an error.
-            while "birthplace" in facts and facts["birthplace"] == facts["city"]:
-                facts["birthplace"] = rng.choice(pools["birthplace"])
+            # The grounded task's facts are drawn per prompt, on its cards: a world of names.
+            facts = {} if config.task == "grounded" else \
+                {a: rng.choice(pools[a]) for a in kinds[kind]}
             entities.append(Entity(f"{kind[0]}{i:03d}", kind, name, name.split()[0], facts))
     return World(entities)
+
+
+def draw_facts(pools: dict[str, Sequence[str]], rng: random.Random) -> dict[str, str]:
+    """One value per attribute from its pool; two different towns when there are two (so that
+    stating one under the other is an error)."""
+    facts = {a: rng.choice(pool) for a, pool in pools.items()}
+    while "birthplace" in facts and facts["birthplace"] == facts["city"]:
+        facts["birthplace"] = rng.choice(pools["birthplace"])
+    return facts
 
 
 # --------------------------------------------------------------------------- prompts
@@ -332,6 +340,20 @@ class BenchPrompt:
     split: str  # "train" or "test"
     task: str = "facts"
     distractor: str | None = None  # grounded: the entity of the distractor card, if any
+    # grounded: the facts of this prompt's cards ((attribute, value) pairs; the first task's
+    # facts are the world's)
+    facts: tuple[tuple[str, str], ...] = ()
+    distractor_facts: tuple[tuple[str, str], ...] = ()
+
+    def shown(self, world: World) -> tuple[Entity, Entity | None]:
+        """The entity and the distractor (None without one) with this prompt's facts."""
+        entity = world.by_id[self.entity]
+        if self.facts:
+            entity = replace(entity, facts=dict(self.facts))
+        other = world.by_id[self.distractor] if self.distractor else None
+        if other is not None and self.distractor_facts:
+            other = replace(other, facts=dict(self.distractor_facts))
+        return entity, other
 
     def row(self, world: World) -> dict[str, Any]:
         """A prompts-file row: the prompt and what the gold judge needs to score answers.
@@ -340,12 +362,11 @@ class BenchPrompt:
         template (``chat_template=auto`` everywhere in editalign). A grounded row also names
         the distractor card's entity and facts (the reviser tells error kinds apart by it).
         """
-        entity = world.by_id[self.entity]
+        entity, other = self.shown(world)
         bench: dict[str, Any] = {"entity": entity.id, "kind": entity.kind, "name": entity.name,
                                  "short": entity.short, "facts": dict(entity.facts),
                                  "asked": list(self.asked)}
         if self.task == "grounded":
-            other = world.by_id[self.distractor] if self.distractor else None
             bench["task"] = "grounded"
             bench["distractor"] = None if other is None else {
                 "entity": other.id, "name": other.name, "facts": dict(other.facts)}
@@ -419,29 +440,45 @@ def can_distract(distractor: Entity, entity: Entity) -> bool:
 def build_grounded_prompts(world: World, config: BenchConfig) -> list[BenchPrompt]:
     """Prompts that carry the facts: card(s) of varied format and order, then the question.
 
-    ``test_fraction`` of each kind's entities are held out: every prompt about them is a
-    test prompt, and no training prompt mentions them (not even as a distractor).
+    Every prompt draws its own facts for its entity (and its distractor), from pools of
+    ``values_per_attribute`` values: a card is the only place the answer is, in training
+    too, so a policy cannot answer from memorised names. ``test_fraction`` of each kind's
+    entities are held out: every prompt about them is a test prompt, and no training prompt
+    mentions them (not even as a distractor).
     """
     rng = random.Random(f"grounded-prompts-{config.seed}")
+    pools = {kind: {a: rng.sample(lexicon(a, kind), min(config.values_per_attribute,
+                                                        len(lexicon(a, kind))))
+                    for a in attributes}
+             for kind, attributes in config.kinds.items()}
     held_out: set[str] = set()
     for kind in config.kinds:
         entities = [e for e in world.entities if e.kind == kind]
         held_out.update(e.id for e in rng.sample(entities, round(config.test_fraction
                                                                  * len(entities))))
     prompts = []
-    for entity in world.entities:
-        attributes = config.kinds[entity.kind]
-        split = "test" if entity.id in held_out else "train"
+    for named in world.entities:
+        attributes = config.kinds[named.kind]
+        split = "test" if named.id in held_out else "train"
         asks = [(attributes, t) for t in rng.sample(ABOUT_PROMPTS, config.about_prompts_per_entity)]
         for attribute in attributes:
             asks += [((attribute,), t) for t in rng.sample(GROUNDED_QUESTION_PROMPTS[attribute],
                                                           config.questions_per_attribute)]
         for asked, template in asks:
+            entity = replace(named, facts=draw_facts(pools[named.kind], rng))
             distractor = None
             if rng.random() < config.distractor_rate:
-                pool = [e for e in world.entities if can_distract(e, entity)
+                pool = [e for e in world.entities if e.kind == entity.kind and e.id != entity.id
                         and (split == "test" or e.id not in held_out)]
-                distractor = rng.choice(pool) if pool else None
+                if pool:
+                    distractor = rng.choice(pool)
+                    for _ in range(100):  # facts that never coincide with the entity's
+                        distractor = replace(distractor,
+                                             facts=draw_facts(pools[named.kind], rng))
+                        if can_distract(distractor, entity):
+                            break
+                    else:
+                        distractor = None
             card_format = rng.choice(CARD_FORMATS)
             cards = []
             for shown in (entity, distractor):
@@ -452,8 +489,10 @@ def build_grounded_prompts(world: World, config: BenchConfig) -> list[BenchPromp
             if len(cards) == 2 and rng.random() < 0.5:
                 cards.reverse()
             text = "\n\n".join([*cards, template.format(name=entity.name)])
-            prompts.append(BenchPrompt(f"q{len(prompts):05d}", entity.id, asked, text, split,
-                                       "grounded", distractor.id if distractor else None))
+            prompts.append(BenchPrompt(
+                f"q{len(prompts):05d}", entity.id, asked, text, split, "grounded",
+                distractor.id if distractor else None, tuple(entity.facts.items()),
+                tuple(distractor.facts.items()) if distractor else ()))
     return prompts
 
 
