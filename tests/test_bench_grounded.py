@@ -343,3 +343,14 @@ def test_bench_run_grounded_smoke_with_every_method(tmp_path, monkeypatch):
     log = (out / "ppo-dpo" / "ppo_log.jsonl").read_text().splitlines()
     assert len(log) == 1 and json.loads(log[0])["reward"] != 0.0
     assert (out / "report.html").is_file()
+
+
+def test_bench_run_refuses_an_earlier_init_of_the_other_task(tmp_path, capsys):
+    from editalign.cli import main
+
+    bench = tmp_path / "run" / "bench"
+    BenchTask.build(BenchConfig(num_people=2, num_animals=1)).write(bench)  # the first task
+    (bench / "summary.json").write_text("{}")
+    assert main(["bench", "run", "--task", "grounded", "--smoke", "--out",
+                 str(tmp_path / "run")]) == 2
+    assert "holds the 'facts' task, not 'grounded'" in capsys.readouterr().err

@@ -232,6 +232,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # (summary.json is written last, so it marks a complete init).
         bench = Path(args.out) / "bench"
         if (bench / "summary.json").is_file():
+            done = json.loads((bench / "config.json").read_text()).get("task", "facts")
+            if done != args.task:
+                raise ValueError(f"{bench} holds the {done!r} task, not {args.task!r}: use "
+                                 "another --out")
             print(f"bench init: done earlier ({bench / 'summary.json'}), skipped")
         else:
             cmd_bench(argparse.Namespace(**{**vars(args), "action": "init",

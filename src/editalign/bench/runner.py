@@ -180,8 +180,8 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
             *config.stage_args("ppo"), *extra])
         return target, seconds
     if method == "ppo-dpo":
-        # The DPO policy of this run (trained here unless `dpo` already ran) and its β.
-        # (its training time is reported with the dpo arm, not here).
+        # The DPO policy of this run (trained here unless `dpo` already ran; its time is
+        # reported with the dpo arm) and the β it was trained with.
         dpo_dir, _ = train_method("dpo", bench, pairs, out, config)
         dpo_args = [*_common(config, config.method_learning_rate("dpo")),
                     *SUPERVISED["dpo"][1], *config.stage_args("dpo")]
