@@ -9,10 +9,16 @@ but whose every response has one kind of error fixed by the programmatic reviser
 - ``values``: wrong values and wrong names replaced by the right ones;
 - ``all``: the full minimal edit.
 
+On the grounded task (``bench run --task grounded``) the value errors are split by where
+the wrong value came from: ``distractor`` (the distractor card), ``invented`` (no card),
+``swapped`` (the card's other town); ``values`` fixes all three and wrong names.
+
 Pairs are independent draws: the "policy" responses are the initial policy's evaluation
 samples of seed s+1 (the reference side of that seed's evaluation), fixed, against the
-reference samples of seed s, on the same prompts. Compare with the methods' win rates and
-the error counts in the run's ``results.md``.
+reference samples of seed s, on the same prompts. A one-seed run (``--quick``) pairs each
+prompt's sample i with its sample i+1 (mod k) instead: also independent draws of the same
+prompt. Compare with the methods' win rates and the error counts in the run's
+``results.md``.
 
     python benchmarks/bench_headroom.py --run bench-full     # after benchmarks/bench_full.py
 """
@@ -32,7 +38,10 @@ from editalign.bench.task import judge_summary, read_jsonl
 from editalign.eval.winrate import bootstrap_interval
 
 ORACLES = {"initial": (), "phrases": ("hedge", "filler", "repeat"),
-           "values": ("wrong_value", "wrong_name"), "all": None}
+           "values": ("wrong_value", "wrong_name", "distractor_value", "invented_value",
+                      "swapped_value"), "all": None}
+GROUNDED_ORACLES = {"distractor": ("distractor_value",), "invented": ("invented_value",),
+                    "swapped": ("swapped_value",)}
 
 
 def main() -> None:
@@ -48,19 +57,31 @@ def main() -> None:
     run = Path(args.run)
     results = json.loads((run / "results.json").read_text())
     seeds = results["config"]["seeds"]
-    if len(seeds) < 2:
-        sys.exit("needs a run with at least two seeds (independent draws)")
     bench = Path(results.get("bench", run / "bench"))
     rows = {r["id"]: r["bench"] for r in read_jsonl(bench / "prompts.test.jsonl")}
-    samples = {s: read_jsonl(run / f"seed{s}" / args.method / "eval_samples.jsonl")
-               for s in seeds}
+    if len(seeds) > 1:
+        samples = {s: read_jsonl(run / f"seed{s}" / args.method / "eval_samples.jsonl")
+                   for s in seeds}
+        draws = [list(zip(samples[s], samples[s_next], strict=True))
+                 for s, s_next in zip(seeds, seeds[1:] + seeds[:1], strict=True)]
+    else:
+        one = read_jsonl(run / args.method / "eval_samples.jsonl")
+        by_prompt: dict[str, list[dict]] = {}
+        for record in one:
+            by_prompt.setdefault(str(record["id"]), []).append(record)
+        if min(len(v) for v in by_prompt.values()) < 2:
+            sys.exit("a one-seed run needs at least two samples per prompt (independent draws)")
+        draws = [[(v[i], v[(i + 1) % len(v)]) for v in by_prompt.values()
+                  for i in range(len(v))]]
+    grounded = any(info.get("task") == "grounded" for info in rows.values())
+    oracles = {**ORACLES, **(GROUNDED_ORACLES if grounded else {})}
     judge = GoldJudge()
     result = {}
-    for name, kinds in ORACLES.items():
+    for name, kinds in oracles.items():
         per_prompt: dict[str, list[float]] = {}
         fixed_texts, infos = [], []
-        for s, s_next in zip(seeds, seeds[1:] + seeds[:1], strict=True):
-            for ref, other in zip(samples[s], samples[s_next], strict=True):
+        for pairs in draws:
+            for ref, other in pairs:
                 info = rows[ref["id"]]
                 fixed = revise(other["reference"], info, kinds=kinds).text
                 a, b = judge.score(fixed, info), judge.score(ref["reference"], info)
@@ -84,8 +105,10 @@ def main() -> None:
     print("\n".join(lines))
     Path(args.out).write_text(json.dumps({
         "what": __doc__.splitlines()[0], "run": str(run), "seeds": seeds, "oracles": result,
+        "pairing": "seeds" if len(seeds) > 1 else "samples",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "command": f"python benchmarks/bench_headroom.py --run {run}"}, indent=2) + "\n")
+        "command": f"python benchmarks/bench_headroom.py --run {run} --out {args.out}"},
+        indent=2) + "\n")
     Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

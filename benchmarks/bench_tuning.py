@@ -11,6 +11,9 @@ held-out prompts, with KL and gold score, in ``benchmarks/results/bench_tuning.{
 
     python benchmarks/bench_tuning.py                      # every grid (~40 min, 2 cores)
     python benchmarks/bench_tuning.py --only linear,ppo2   # some grids
+    python benchmarks/bench_tuning.py --task grounded --only grounded \
+        --bench bench-tuning-grounded/bench --out bench-tuning-grounded/runs \
+        --tag bench_tuning_grounded                         # the grounded task's grid
 """
 
 from __future__ import annotations
@@ -155,6 +158,25 @@ PPO2: dict[str, tuple[str, list[str]]] = {
                                                 "token-rm=--equal_weight 0.3"]),
 }
 
+# The grounded task (`--task grounded`): one learning-rate range per supervised method at
+# its first-task settings (DPO β 0.3; FIGA γ 1, β 0.25) and one PPO learning-rate range for
+# the three PPO arms (token RM with kept tokens trained to 0; ppo-dpo reads a DPO policy
+# trained at DPO's tuned rate with β 0.3). Not run yet: see docs/benchmark.md.
+GROUNDED_LRS = ("1e-4", "3e-4", "1e-3", "3e-3", "1e-2")
+GROUNDED: dict[str, tuple[str, list[str]]] = {
+    **{f"grounded sft lr{lr}": ("sft", ["--learning-rate", lr]) for lr in GROUNDED_LRS},
+    **{f"grounded dpo lr{lr} beta0.3": ("dpo", ["--learning-rate", lr, "--method-args",
+                                                 "dpo=--beta 0.3"])
+       for lr in ("1e-5", "3e-5", *GROUNDED_LRS[:3])},
+    **{f"grounded dpo-sft lr{lr}": ("dpo-sft", ["--learning-rate", lr]) for lr in GROUNDED_LRS},
+    **{f"grounded figa lr{lr} g1 b0.25": ("figa", ["--learning-rate", lr, "--method-args",
+                                                    "figa=--gamma 1 --beta 0.25"])
+       for lr in GROUNDED_LRS},
+    **{f"grounded ppo lr{lr}": ("ppo-seq,ppo-token,ppo-dpo", [
+        "--ppo-learning-rate", lr, *EQ1, "--method-args", "dpo=--beta 0.3 --learning_rate 1e-4"])
+       for lr in ("3e-5", "5e-5", "1e-4")},
+}
+
 
 def run_point(name: str, methods: str, flags: list[str], bench: Path, out: Path
               ) -> list[dict]:
@@ -184,18 +206,20 @@ def main() -> None:
     parser.add_argument("--out", default="bench-tuning/runs")
     parser.add_argument("--only", default="supervised,ppo",
                         help="comma-separated grids: supervised, figa, baselines, lr_range, lr_top, "
-                        "lr_peak, linear, ppo, ppo2")
+                        "lr_peak, linear, ppo, ppo2, grounded (with --task grounded)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tag", default="bench_tuning")
+    parser.add_argument("--task", default="facts", choices=["facts", "grounded"],
+                        help="the task the tuning task is built as (with --only grounded)")
     args = parser.parse_args()
     grids = {"supervised": SUPERVISED, "figa": FIGA, "baselines": BASELINES,
              "lr_range": LR_RANGE, "lr_top": LR_TOP, "lr_peak": LR_PEAK, "linear": LINEAR,
-             "ppo": PPO, "ppo2": PPO2}
+             "ppo": PPO, "ppo2": PPO2, "grounded": GROUNDED}
     grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
     bench, out = Path(args.bench), Path(args.out)
     if not (bench / "summary.json").is_file():
         subprocess.run([sys.executable, "-m", "editalign.cli", "bench", "init", "--out",
-                        str(bench), "--seed", "1"], check=True)
+                        str(bench), "--seed", "1", "--task", args.task], check=True)
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(run_point, name, m, f, bench, out)
                    for name, (m, f) in grid.items()]

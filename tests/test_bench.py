@@ -12,7 +12,7 @@ from rapidfuzz.distance import Levenshtein
 
 from editalign.bench import BenchConfig, BenchTask, GoldJudge, revise
 from editalign.bench.judge import asked_in, unwanted_spans, value_mentions
-from editalign.bench.runner import METHODS
+from editalign.bench.runner import DEFAULT_METHODS
 from editalign.bench.task import error_rates, make_edit_pairs, read_jsonl
 from editalign.bench.world import FILLERS, HEDGES, render_response
 from editalign.data.align import word_spans
@@ -430,12 +430,12 @@ def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, ca
     assert "{'loss'" in (out / "sft" / "stage.log").read_text()
     assert "Loading weights" not in (out / "sft" / "stage.log").read_text()
     assert sum(x.startswith("eval ") and "win rate" in x for x in printed.splitlines()) == \
-        len(METHODS)
+        len(DEFAULT_METHODS)
     results = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in results["results"]] == list(METHODS)
+    assert [r["method"] for r in results["results"]] == list(DEFAULT_METHODS)
     assert results["config"]["max_steps"] == 2 and results["config"]["eval_limit"] == 4
     table = (out / "results.md").read_text().split("\n\n")[0]
-    assert table.count("\n") == len(METHODS) + 1  # header, rule, a row per method
+    assert table.count("\n") == len(DEFAULT_METHODS) + 1  # header, rule, a row per method
     # Held-out edit pairs from init evaluate both reward models; every method's samples get
     # the gold judge's error counts.
     assert (out / "bench" / "pairs.test.jsonl").is_file()
@@ -468,10 +468,10 @@ def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, ca
     changed = {k for k in after if after[k] != before.get(k)}
     assert changed == {"figa/winrate.json", "dpo/train_done.json", "dpo/winrate.json"}
     again = json.loads((out / "results.json").read_text())["results"]
-    assert [r["method"] for r in again] == list(METHODS)
+    assert [r["method"] for r in again] == list(DEFAULT_METHODS)
     first = {r["method"]: r for r in results["results"]}
     again = {r["method"]: r for r in again}
-    for method in set(METHODS) - {"dpo", "figa"}:
+    for method in set(DEFAULT_METHODS) - {"dpo", "figa"}:
         assert again[method] == first[method], method  # read back, not rerun
     assert again["figa"]["win_rate"] == first["figa"]["win_rate"]  # same policy and seed
 

@@ -441,6 +441,9 @@ def _build_tiny(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokeniz
 # text (editalign.bench.tokenizer); ``tiny-bench:SEED`` seeds its initial weights.
 declare_model("tiny-bench", "editalign.bench.tokenizer:build_tiny_bench",
               cache_name=lambda variant: f"tiny-bench-seed{seed_variant('tiny-bench', variant)}")
+declare_model("tiny-bench-grounded", "editalign.bench.tokenizer:build_tiny_bench_grounded",
+              cache_name=lambda variant: "tiny-bench-grounded-seed"
+              f"{seed_variant('tiny-bench-grounded', variant)}")
 
 
 # --------------------------------------------------------------------------- loading

@@ -21,9 +21,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
-from editalign.bench.runner import METHODS, RunConfig
+from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
-from editalign.bench.world import BenchConfig
+from editalign.bench.world import TASKS, BenchConfig
 
 # Sizes of `bench run --full` / `--quick` / `--smoke` (argparse destinations; every method
 # shares the same pairs, steps, batch size and seed as always). Applied only to options left
@@ -59,13 +59,15 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="like --quick at a toy size (seconds; checks the pipeline runs, "
                    "its numbers mean nothing)")
     p.add_argument("--out", help="output directory")
-    p.add_argument("--model", default="tiny-bench",
+    p.add_argument("--model", default=None,
                    help="model to fine-tune into the initial policy (tiny-bench, "
-                   "smollm2-135m, a local directory; default: %(default)s)")
+                   "tiny-bench-grounded, smollm2-135m, a local directory; default: "
+                   "tiny-bench, or tiny-bench-grounded with --task grounded)")
     task = p.add_argument_group("task (BenchConfig)")
     for f in fields(BenchConfig):
         default = f.default if f.default is not MISSING else None
         task.add_argument(_flag(f.name), type=type(default), default=default,
+                          choices=TASKS if f.name == "task" else None,
                           help=f"(default: {default})")
     sft = p.add_argument_group("initial policy SFT")
     for f in fields(PolicySFTConfig):
@@ -75,8 +77,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                          help=f"(default: {f.default})")
     run = p.add_argument_group("bench run (see editalign.bench.runner)")
     run.add_argument("--bench", help="directory written by `editalign bench init`")
-    run.add_argument("--methods", default=",".join(METHODS),
-                     help="comma-separated methods (default: %(default)s)")
+    run.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                     help=f"comma-separated methods, or all ({', '.join(METHODS)}) "
+                     "(default: %(default)s)")
     run.add_argument("--method-args", dest="method_args", action="append", default=[],
                      metavar="STAGE=FLAGS",
                      help="extra `editalign train` flags for one stage, appended last (they "
@@ -128,6 +131,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sft = PolicySFTConfig(seed=config.seed, **{f.name: getattr(args, "sft_" + f.name)
                                                for f in fields(PolicySFTConfig)
                                                if f.name != "seed"})
+    # The grounded task's cards need their words in the tokenizer (tiny-bench-grounded).
+    args.model = args.model or ("tiny-bench-grounded" if config.task == "grounded"
+                                else "tiny-bench")
     task = BenchTask.build(config)
     task.write(out)
     rows = task.noisy_sft_rows()
@@ -226,6 +232,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # (summary.json is written last, so it marks a complete init).
         bench = Path(args.out) / "bench"
         if (bench / "summary.json").is_file():
+            done = json.loads((bench / "config.json").read_text()).get("task", "facts")
+            if done != args.task:
+                raise ValueError(f"{bench} holds the {done!r} task, not {args.task!r}: use "
+                                 "another --out")
             print(f"bench init: done earlier ({bench / 'summary.json'}), skipped")
         else:
             from editalign.bench.runner import STAGE_LOG, stage_output
@@ -236,7 +246,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.bench = str(bench)
     if not args.bench:
         raise ValueError("--bench (a directory written by `editalign bench init`) is required")
-    config = RunConfig(methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+    methods = list(METHODS) if args.methods.strip() == "all" else \
+        [m.strip() for m in args.methods.split(",") if m.strip()]
+    config = RunConfig(methods=methods,
                        seeds=(list(range(args.num_seeds)) if args.num_seeds else
                               [int(x) for x in str(args.seeds).split(",") if x.strip()]),
                        extra=parse_method_args(args.method_args),

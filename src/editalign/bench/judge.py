@@ -9,6 +9,9 @@ orders, truncated sentences, repeats, stray words) is scored too:
   the entity has no such attribute, e.g. a species for a person);
 - a name word (any first, last or pet name of the name pools) other than the entity's own
   is a wrong ``name`` mention (when the row carries the entity's ``name``);
+- for entities with a ``birthplace`` (the grounded task) a town is read as the birthplace
+  when "born" or "birthplace" precedes it in its sentence (after any earlier town), else as
+  the home town; so a card's birthplace stated as the home town is a wrong mention;
 - *unwanted* phrases are hedges and fillers (:data:`~editalign.bench.world.HEDGES`,
   :data:`~editalign.bench.world.FILLERS`, case-insensitive) and repeated sentences.
 
@@ -24,21 +27,22 @@ right one earns. Two responses compare by score: win 1, tie 0.5, loss 0.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from editalign.bench.world import (
+    BIRTHPLACE_CUES,
     CITIES,
     COLOURS,
     FILLERS,
     FIRST_NAMES,
+    GROUNDED_QUESTION_PROMPTS,
     HEDGES,
     JOBS,
     KINDS,
     LAST_NAMES,
     PET_NAMES,
-    QUESTION_PROMPTS,
     SPECIES,
     World,
 )
@@ -59,6 +63,7 @@ _HEDGE = re.compile("|".join(rf",?\s*\b{re.escape(h.lstrip(', '))}\b" for h in H
                     re.IGNORECASE)
 _FILLER = re.compile("|".join(re.escape(f) for f in FILLERS), re.IGNORECASE)
 _SENTENCE = re.compile(r"[^.!?\s][^.!?]*(?:[.!?]+|$)")
+_BIRTHPLACE_CUE = re.compile(rf"\b(?:{'|'.join(BIRTHPLACE_CUES)})\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,13 @@ class Span:
     kind: str  # hedge | filler | repeat
 
 
-def value_mentions(text: str) -> list[Mention]:
-    """Every attribute value in ``text``, in order (name words as attribute ``name``)."""
+def value_mentions(text: str, attributes: Collection[str] | None = None) -> list[Mention]:
+    """Every attribute value in ``text``, in order (name words as attribute ``name``).
+
+    With ``attributes`` (the entity's, e.g. its ``facts``) that include ``birthplace``, a
+    town is the birthplace when a cue word precedes it in its sentence, after any earlier
+    town of that sentence; otherwise every town is a ``city``.
+    """
     out = []
     for m in _WORD.finditer(text):
         word = m.group()
@@ -86,6 +96,24 @@ def value_mentions(text: str) -> list[Mention]:
             attribute = "name"
         if attribute is not None:
             out.append(Mention(attribute, word, m.start(), m.end()))
+    if attributes is not None and "birthplace" in attributes:
+        out = _read_birthplaces(text, out)
+    return out
+
+
+def _read_birthplaces(text: str, mentions: list[Mention]) -> list[Mention]:
+    spans = sentences(text)
+    out, last_town_end = [], 0
+    for mention in mentions:
+        if mention.attribute != "city":
+            out.append(mention)
+            continue
+        start = next((s for s, e in spans if s <= mention.start < e), 0)
+        since = max(start, last_town_end)
+        if _BIRTHPLACE_CUE.search(text[since:mention.start]):
+            mention = Mention("birthplace", mention.value, mention.start, mention.end)
+        out.append(mention)
+        last_town_end = mention.end
     return out
 
 
@@ -136,13 +164,16 @@ def unwanted_spans(text: str) -> list[Span]:
     return sorted(spans, key=lambda s: s.start)
 
 
-def asked_in(prompt: str, name: str, kind: str) -> tuple[str, ...]:
-    """The attributes a prompt about ``name`` asks for: one for a question, else all."""
-    for attribute in KINDS[kind]:
-        for template in QUESTION_PROMPTS[attribute]:
+def asked_in(prompt: str, name: str, kind: str,
+             attributes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The attributes a prompt about ``name`` asks for: one for a question, else all
+    (``attributes``: the entity's, default the first task's for ``kind``)."""
+    attributes = tuple(attributes) if attributes is not None else KINDS[kind]
+    for attribute in attributes:
+        for template in GROUNDED_QUESTION_PROMPTS[attribute]:
             if template.format(name=name) in prompt:
                 return (attribute,)
-    return KINDS[kind]
+    return attributes
 
 
 @dataclass
@@ -171,7 +202,7 @@ class GoldJudge:
         asked: Sequence[str] = info.get("asked") or list(facts)
         stated: dict[str, list[bool]] = {}
         wrong = []
-        for mention in value_mentions(response):
+        for mention in value_mentions(response, facts):
             ok, _ = is_correct(mention, info)
             stated.setdefault(mention.attribute, []).append(ok)
             if not ok:
@@ -194,18 +225,25 @@ class GoldJudge:
         """``fn(prompts, responses) -> scores`` for PPO's ``text_reward_source``.
 
         The entity and the asked attributes are read from the decoded prompt text (which
-        may include a chat template); a prompt about no known entity scores 0.
+        may include a chat template; on the grounded task the entity is the one named last,
+        in the question after the cards); a prompt about no known entity scores 0.
         """
 
         def score(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
             out = []
             for prompt, response in zip(prompts, responses, strict=True):
-                entity = world.entity_in(prompt)
+                entity = world.entity_asked(prompt)
                 if entity is None:
                     out.append(0.0)
                     continue
+                if not entity.facts:
+                    raise ValueError(
+                        f"{entity.name} has no facts in this world: the grounded task's facts "
+                        "are per prompt, on its cards; score with the prompts rows' bench "
+                        "objects (GoldJudge.score) instead")
                 info = {"facts": entity.facts, "kind": entity.kind, "name": entity.name,
-                        "asked": list(asked_in(prompt, entity.name, entity.kind))}
+                        "asked": list(asked_in(prompt, entity.name, entity.kind,
+                                               list(entity.facts)))}
                 out.append(self.score(response, info))
             return out
 

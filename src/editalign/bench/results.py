@@ -59,7 +59,7 @@ def reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
 # The comparisons the benchmark exists for (issue targets): FIGA against both baselines it
 # must beat, and fine-grained against sequence-level PPO.
 COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"),
-               ("figa-online", "figa"), ("sft-online", "sft"))
+               ("ppo-token", "ppo-dpo"), ("figa-online", "figa"), ("sft-online", "sft"))
 
 
 def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,

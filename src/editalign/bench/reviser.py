@@ -1,7 +1,8 @@
 """The programmatic minimal-edit reviser: fix exactly the errors the gold judge sees.
 
 - a wrong value of an attribute the entity has is replaced by the right value (same
-  capitalisation of the first letter as written), and a wrong name word by the entity's
+  capitalisation of the first letter as written; on the grounded task the card's value, and
+  the edit's kind says where the wrong one came from, see :func:`value_error_kind`), and a wrong name word by the entity's
   own (first name for a first name or a pet's name, last name for a last name);
 - hedges, fillers and repeated sentences are deleted together with the whitespace that
   joined them to the text (the space before them, or after a leading one);
@@ -20,7 +21,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from editalign.bench.judge import is_correct, unwanted_spans, value_mentions
+from editalign.bench.judge import Mention, is_correct, unwanted_spans, value_mentions
+from editalign.bench.world import GROUNDED_VALUE_ERRORS
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,24 @@ def _match_case(written: str, value: str) -> str:
     return value
 
 
-EDIT_KINDS = ("wrong_value", "wrong_name", "hedge", "filler", "repeat")
+EDIT_KINDS = ("wrong_value", "wrong_name", "hedge", "filler", "repeat",
+              *GROUNDED_VALUE_ERRORS)
+
+
+def value_error_kind(mention: Mention, info: Mapping[str, Any]) -> str:
+    """What kind of wrong value ``mention`` is. On the first task always ``wrong_value``; on
+    the grounded task (``info["task"] == "grounded"``) where the value came from: the
+    distractor card (``distractor_value``), the entity's own card under another attribute
+    (``swapped_value``), or no card (``invented_value``)."""
+    if info.get("task") != "grounded":
+        return "wrong_value"
+    value = mention.value.lower()
+    distractor = info.get("distractor") or {}
+    if value in {v.lower() for v in distractor.get("facts", {}).values()}:
+        return "distractor_value"
+    if value in {v.lower() for v in info["facts"].values()}:
+        return "swapped_value"
+    return "invented_value"
 
 
 def revise(response: str, info: Mapping[str, Any], max_passes: int = 3,
@@ -92,10 +111,11 @@ def _revise_once(response: str, info: Mapping[str, Any],
         if span.kind != "hedge" or response[start] != ",":
             start, end = _deletion(response, start, end)
         edits.append(Edit(start, end, "", span.kind))
-    for mention in value_mentions(response):
+    for mention in value_mentions(response, info["facts"]):
         ok, right = is_correct(mention, info)
         if not ok and right is not None:
-            kind = "wrong_name" if mention.attribute == "name" else "wrong_value"
+            kind = "wrong_name" if mention.attribute == "name" else \
+                value_error_kind(mention, info)
             edits.append(Edit(mention.start, mention.end, _match_case(mention.value, right),
                               kind))
     if kinds is not None:

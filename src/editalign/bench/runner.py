@@ -12,9 +12,11 @@ prompts. Methods:
 - ``dpo-sft``: TRL DPO plus SFT on the revised side (RPO);
 - ``figa``: the FIGA loss;
 - ``ppo-seq``: a sequence-level reward model (``rm``) then PPO with its last-token reward;
-- ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards.
+- ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards;
+- ``ppo-dpo``: PPO with the dense implicit reward β·(log π_DPO − log π_ref) of the run's
+  ``dpo`` policy (RTO): a dense reward that needs no edit labels, only the pairs.
 
-The two PPO arms share every PPO hyper-parameter and differ only in the reward model.
+The PPO arms share every PPO hyper-parameter and differ only in the reward.
 Only pairs with an edit are used (a pair whose sample needed no fix carries no edit
 signal), identically for all methods. Results: ``results.json`` and ``results.md``, written
 with :mod:`editalign.bench.results`.
@@ -50,7 +52,10 @@ from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's 
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
+METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token", "ppo-dpo")
+# What `bench run` trains unless --methods says otherwise (`--methods all`: every method):
+# the first task's reported six, so its quick run (the demo) keeps its time.
+DEFAULT_METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
 # The `editalign train` command of each supervised method, and the flags that make it that
 # method: dpo-sft is DPO plus SFT on the revised side (RPO, Pang et al. 2024; TRL 1.x writes
 # it as two weighted loss types), the strongest pairwise baseline we know to run.
@@ -71,11 +76,13 @@ TUNED_ARGS: dict[str, list[str]] = {
     # a negative reward (Σ ≈ −10 per response), a length penalty that PPO then follows.
     "token-rm": ["--equal_weight", "1"],
 }
+# TRL's DPOConfig β, what `ppo-dpo` reads the DPO policy with when no --beta was given.
+DPO_DEFAULT_BETA = 0.1
 
 
 @dataclass
 class RunConfig:
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     max_steps: int = 100  # optimizer steps of sft / dpo / figa and of each reward model
     batch_size: int = 16
     learning_rate: float | None = None  # sft / dpo / dpo-sft / figa; None: TUNED_LEARNING_RATES
@@ -284,6 +291,25 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
         seconds += _train("ppo", [
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
             "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
+            "--num_iterations", str(config.ppo_iterations),
+            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
+            "--per_device_train_batch_size", str(config.batch_size),
+            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
+            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
+            *config.stage_args("ppo"), *extra])
+        return target, seconds
+    if method == "ppo-dpo":
+        # The DPO policy of this run (trained here unless `dpo` already ran; its time is
+        # reported with the dpo arm) and the β it was trained with.
+        dpo_dir, _ = train_method("dpo", bench, pairs, out, config)
+        dpo_args = [*_common(config, config.method_learning_rate("dpo")),
+                    *SUPERVISED["dpo"][1], *config.stage_args("dpo")]
+        beta = dpo_args[len(dpo_args) - 1 - dpo_args[::-1].index("--beta") + 1] \
+            if "--beta" in dpo_args else str(DPO_DEFAULT_BETA)
+        seconds = _train("ppo", [
+            "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
+            "--reward_model", str(dpo_dir), "--reward", "dpo", "--dpo_beta", beta,
+            "--output_dir", str(target),
             "--num_iterations", str(config.ppo_iterations),
             "--rollout_batch_size", str(config.ppo_rollout_batch_size),
             "--per_device_train_batch_size", str(config.batch_size),

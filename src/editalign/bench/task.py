@@ -36,6 +36,7 @@ from editalign.bench.world import (
     World,
     build_prompts,
     build_world,
+    grounded_value_error,
     render_response,
 )
 from editalign.data.pairs import EditPair
@@ -69,9 +70,13 @@ class BenchTask:
         out = []
         for prompt in self.split("train"):
             row = prompt.row(self.world)
-            entity = self.world.by_id[prompt.entity]
+            entity, distractor = prompt.shown(self.world)
+            value_error = None
+            if self.config.task == "grounded":
+                value_error = grounded_value_error(entity, distractor, self.config)
             for k in range(self.config.responses_per_prompt):
-                noisy = render_response(entity, prompt.asked, rng, self.config)
+                noisy = render_response(entity, prompt.asked, rng, self.config,
+                                        value_error=value_error)
                 out.append({"id": f"{prompt.id}-{k}", "prompt": row["prompt"],
                             "response": noisy.text, "clean": noisy.clean,
                             "errors": [e.to_dict() for e in noisy.errors],
@@ -122,13 +127,23 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def error_rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Measured rates of the planted errors, in the units the config's rates use.
 
-    ``wrong_value`` per stated attribute, ``hedge`` per sentence, ``filler`` per response.
+    ``wrong_value`` per stated attribute, ``hedge`` per sentence, ``filler`` per response;
+    on the grounded task also ``distractor_value`` per stated attribute of a prompt with a
+    distractor card, ``invented_value`` per stated attribute and ``swapped_value`` per
+    stated town (home town or birthplace).
     """
     counts = Counter(e["kind"] for row in rows for e in row["errors"])
     sentences = sum(len(row["stated"]) for row in rows)
-    return {"wrong_value": counts["wrong_value"] / max(sentences, 1),
-            "hedge": counts["hedge"] / max(sentences, 1),
-            "filler": counts["filler"] / max(len(rows), 1)}
+    rates = {"wrong_value": counts["wrong_value"] / max(sentences, 1),
+             "hedge": counts["hedge"] / max(sentences, 1),
+             "filler": counts["filler"] / max(len(rows), 1)}
+    if any(row["bench"].get("task") == "grounded" for row in rows):
+        with_distractor = sum(len(row["stated"]) for row in rows if row["bench"]["distractor"])
+        towns = sum(a in ("city", "birthplace") for row in rows for a in row["stated"])
+        rates.update(distractor_value=counts["distractor_value"] / max(with_distractor, 1),
+                     invented_value=counts["invented_value"] / max(sentences, 1),
+                     swapped_value=counts["swapped_value"] / max(towns, 1))
+    return rates
 
 
 def judge_summary(responses: Sequence[str], infos: Sequence[dict[str, Any]],

@@ -16,14 +16,21 @@ its character span:
 
 Removing the hedges and fillers and putting the right values back gives the clean
 response exactly: that is the minimal edit the reviser makes.
+
+``BenchConfig(task="grounded")`` is the second task: every prompt carries the entity's facts
+as a card (varied formats and orders; in some prompts a second entity's card as a
+distractor), held-out prompts are about entities no training prompt mentions, and the
+value errors are context errors (a value copied from the distractor, a value found in no
+card, a value of the card under the wrong attribute). People and animals there also have a
+``birthplace``, a second town, so a card value can be stated under the wrong attribute.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # --------------------------------------------------------------------------- lexicons
@@ -62,11 +69,25 @@ KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The grounded task's entities: a birthplace beside the home town (both from CITIES), so a
+# town of the card can be stated under the wrong one of the two.
+GROUNDED_KINDS: dict[str, tuple[str, ...]] = {
+    "person": ("job", "city", "birthplace", "age", "colour"),
+    "animal": ("species", "city", "birthplace", "age", "colour"),
+}
+# A town mention is read as the birthplace when one of these words precedes it in its
+# sentence (after any earlier town mention), else as the home town; only for entities that
+# have a birthplace (the grounded task).
+BIRTHPLACE_CUES = ("born", "birthplace")
+TASKS = ("facts", "grounded")
+
+
 def lexicon(attribute: str, kind: str | None = None) -> tuple[str, ...]:
     """All values an attribute can take (ages depend on the kind of entity)."""
     if attribute == "age":
         return ANIMAL_AGES if kind == "animal" else PERSON_AGES
-    return {"job": JOBS, "city": CITIES, "colour": COLOURS, "species": SPECIES}[attribute]
+    return {"job": JOBS, "city": CITIES, "birthplace": CITIES, "colour": COLOURS,
+            "species": SPECIES}[attribute]
 
 
 # --------------------------------------------------------------------------- phrasings
@@ -101,6 +122,31 @@ FILLERS = ("Great question!", "I hope this helps!", "Let me know if you have any
 
 ERROR_KINDS = ("wrong_value", "hedge", "filler")
 
+# The grounded task's phrasings: the first task's plus the birthplace (kept apart so that the
+# first task's tokenizer corpus, and so its numbers, stay as they were).
+GROUNDED_SENTENCE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    **SENTENCE_TEMPLATES,
+    "birthplace": ("{name} was born in {value}.", "{name}'s birthplace is {value}.",
+                   "{name} was born in the town of {value}."),
+}
+GROUNDED_QUESTION_PROMPTS: dict[str, tuple[str, ...]] = {
+    **QUESTION_PROMPTS,
+    "birthplace": ("Where was {name} born?", "What is {name}'s birthplace?"),
+}
+# Cards: the facts an answer must be read from. Labels per format; "passage" writes the
+# facts as sentences of the response templates instead.
+CARD_FORMATS = ("lines", "inline", "record", "passage")
+CARD_LABELS: dict[str, dict[str, str]] = {
+    "lines": {"job": "Job", "species": "Species", "city": "Lives in", "birthplace": "Born in",
+              "age": "Age", "colour": "Favourite colour"},
+    "inline": {"job": "occupation", "species": "animal", "city": "home town",
+               "birthplace": "birthplace", "age": "age", "colour": "colour"},
+    "record": {"job": "job", "species": "species", "city": "home", "birthplace": "birthplace",
+               "age": "age", "colour": "colour"},
+}
+# The context errors of the grounded task (each replaces a value of the response).
+GROUNDED_VALUE_ERRORS = ("distractor_value", "invented_value", "swapped_value")
+
 
 def _check_lexicons() -> None:
     """Values of different attributes and names never share a word (the judge relies on it)."""
@@ -113,7 +159,10 @@ def _check_lexicons() -> None:
             if seen.get(key, group) != group:
                 raise AssertionError(f"{word!r} is both a {seen[key]} and a {group}")
             seen[key] = group
-    template_words = {w.lower() for texts in (*SENTENCE_TEMPLATES.values(), HEDGES, FILLERS)
+    card_labels = [label for labels in CARD_LABELS.values() for label in labels.values()]
+    template_words = {w.lower() for texts in (*GROUNDED_SENTENCE_TEMPLATES.values(),
+                                              *GROUNDED_QUESTION_PROMPTS.values(), HEDGES,
+                                              FILLERS, card_labels, ("Name",))
                       for t in texts for w in re.findall(r"[A-Za-z]+", t)}
     clash = template_words & set(seen)
     if clash:
@@ -143,13 +192,28 @@ class BenchConfig:
     hedge_rate: float = 0.1  # per sentence
     filler_rate: float = 0.2  # per response (at most one filler sentence)
     short_name_rate: float = 0.5  # later sentences call a person by first name only
+    # "facts": the first task (facts learned in training); "grounded": facts on a card in
+    # every prompt, held-out prompts about unseen entities (``test_fraction`` of the entities
+    # are held out), context errors instead of ``wrong_value_rate``.
+    task: str = "facts"
+    distractor_rate: float = 0.5  # grounded: prompts with a second entity's card
+    distractor_value_rate: float = 0.15  # per stated attribute, in prompts with a distractor
+    invented_value_rate: float = 0.05  # per stated attribute: a value in no card
+    swapped_value_rate: float = 0.15  # per stated town: the card's other town
 
     def __post_init__(self) -> None:
         for name in ("wrong_value_rate", "hedge_rate", "filler_rate", "short_name_rate",
-                     "test_fraction"):
+                     "test_fraction", "distractor_rate", "distractor_value_rate",
+                     "invented_value_rate", "swapped_value_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        total = self.distractor_value_rate + self.invented_value_rate + self.swapped_value_rate
+        if total > 1.0:
+            raise ValueError("distractor_value_rate + invented_value_rate + swapped_value_rate "
+                             f"must be <= 1, got {total}")
         if self.num_people > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ValueError(f"num_people must be <= {len(FIRST_NAMES) * len(LAST_NAMES)}")
         if self.num_animals > len(PET_NAMES):
@@ -162,8 +226,21 @@ class BenchConfig:
                 self.questions_per_attribute > 2:
             raise ValueError("more prompt phrasings requested than exist")
 
+    @property
+    def kinds(self) -> dict[str, tuple[str, ...]]:
+        """The attributes of each kind of entity in this task."""
+        return GROUNDED_KINDS if self.task == "grounded" else KINDS
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.task == "facts":  # the first task's config.json stays as it always was
+            for name in GROUNDED_FIELDS:
+                del data[name]
+        return data
+
+
+GROUNDED_FIELDS = ("task", "distractor_rate", "distractor_value_rate", "invented_value_rate",
+                   "swapped_value_rate")
 
 
 # --------------------------------------------------------------------------- world
@@ -203,6 +280,16 @@ class World:
                 return entity
         return None
 
+    def entity_asked(self, text: str) -> Entity | None:
+        """The entity a prompt asks about: the one whose full name occurs last (a grounded
+        prompt ends with its question, after the cards), or None."""
+        found: tuple[int, Entity] | None = None
+        for entity in self._by_name:
+            for m in re.finditer(rf"\b{re.escape(entity.name)}\b", text):
+                if found is None or m.start() > found[0]:
+                    found = (m.start(), entity)
+        return found[1] if found else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"entities": [e.to_dict() for e in self.entities]}
 
@@ -217,14 +304,26 @@ def build_world(config: BenchConfig) -> World:
                         config.num_people)
     pets = rng.sample(PET_NAMES, config.num_animals)
     entities = []
+    kinds = config.kinds
     for kind, names in (("person", people), ("animal", pets)):
         pools = {a: rng.sample(lexicon(a, kind), min(config.values_per_attribute,
                                                      len(lexicon(a, kind))))
-                 for a in KINDS[kind]}
+                 for a in kinds[kind]}
         for i, name in enumerate(names):
-            facts = {a: rng.choice(pools[a]) for a in KINDS[kind]}
+            # The grounded task's facts are drawn per prompt, on its cards: a world of names.
+            facts = {} if config.task == "grounded" else \
+                {a: rng.choice(pools[a]) for a in kinds[kind]}
             entities.append(Entity(f"{kind[0]}{i:03d}", kind, name, name.split()[0], facts))
     return World(entities)
+
+
+def draw_facts(pools: dict[str, Sequence[str]], rng: random.Random) -> dict[str, str]:
+    """One value per attribute from its pool; two different towns when there are two (so that
+    stating one under the other is an error)."""
+    facts = {a: rng.choice(pool) for a, pool in pools.items()}
+    while "birthplace" in facts and facts["birthplace"] == facts["city"]:
+        facts["birthplace"] = rng.choice(pools["birthplace"])
+    return facts
 
 
 # --------------------------------------------------------------------------- prompts
@@ -239,22 +338,45 @@ class BenchPrompt:
     asked: tuple[str, ...]
     text: str
     split: str  # "train" or "test"
+    task: str = "facts"
+    distractor: str | None = None  # grounded: the entity of the distractor card, if any
+    # grounded: the facts of this prompt's cards ((attribute, value) pairs; the first task's
+    # facts are the world's)
+    facts: tuple[tuple[str, str], ...] = ()
+    distractor_facts: tuple[tuple[str, str], ...] = ()
+
+    def shown(self, world: World) -> tuple[Entity, Entity | None]:
+        """The entity and the distractor (None without one) with this prompt's facts."""
+        entity = world.by_id[self.entity]
+        if self.facts:
+            entity = replace(entity, facts=dict(self.facts))
+        other = world.by_id[self.distractor] if self.distractor else None
+        if other is not None and self.distractor_facts:
+            other = replace(other, facts=dict(self.distractor_facts))
+        return entity, other
 
     def row(self, world: World) -> dict[str, Any]:
         """A prompts-file row: the prompt and what the gold judge needs to score answers.
 
         The prompt is one user chat message, so that every model renders it with its chat
-        template (``chat_template=auto`` everywhere in editalign).
+        template (``chat_template=auto`` everywhere in editalign). A grounded row also names
+        the distractor card's entity and facts (the reviser tells error kinds apart by it).
         """
-        entity = world.by_id[self.entity]
+        entity, other = self.shown(world)
+        bench: dict[str, Any] = {"entity": entity.id, "kind": entity.kind, "name": entity.name,
+                                 "short": entity.short, "facts": dict(entity.facts),
+                                 "asked": list(self.asked)}
+        if self.task == "grounded":
+            bench["task"] = "grounded"
+            bench["distractor"] = None if other is None else {
+                "entity": other.id, "name": other.name, "facts": dict(other.facts)}
         return {"id": self.id, "prompt": [{"role": "user", "content": self.text}],
-                "split": self.split,
-                "bench": {"entity": entity.id, "kind": entity.kind, "name": entity.name,
-                          "short": entity.short, "facts": dict(entity.facts),
-                          "asked": list(self.asked)}}
+                "split": self.split, "bench": bench}
 
 
 def build_prompts(world: World, config: BenchConfig) -> list[BenchPrompt]:
+    if config.task == "grounded":
+        return build_grounded_prompts(world, config)
     rng = random.Random(f"prompts-{config.seed}")
     items: list[tuple[str, tuple[str, ...], str]] = []
     for entity in world.entities:
@@ -273,6 +395,136 @@ def build_prompts(world: World, config: BenchConfig) -> list[BenchPrompt]:
             for i, (e, asked, text) in enumerate(items)]
 
 
+# --------------------------------------------------------------------------- grounded prompts
+
+
+def render_card(entity: Entity, card_format: str, order: Sequence[str],
+                rng: random.Random) -> str:
+    """The entity's facts in ``order`` as a card of ``card_format`` (see CARD_FORMATS);
+    ``rng`` picks a passage's sentence templates and short names."""
+    facts = entity.facts
+    if card_format not in CARD_FORMATS:
+        raise ValueError(f"unknown card format {card_format!r}; choose from {CARD_FORMATS}")
+    if card_format == "passage":
+        sentences = []
+        for i, attribute in enumerate(order):
+            name = entity.short if i > 0 and rng.random() < 0.5 else entity.name
+            template = rng.choice(GROUNDED_SENTENCE_TEMPLATES[attribute])
+            sentences.append(template.format(name=name, value=facts[attribute]))
+        return " ".join(sentences)
+    labels = CARD_LABELS[card_format]
+    if card_format == "lines":
+        return "\n".join([f"Name: {entity.name}", *(f"{labels[a]}: {facts[a]}" for a in order)])
+    if card_format == "inline":
+        return f"{entity.name} ({'; '.join(f'{labels[a]}: {facts[a]}' for a in order)})"
+    return f"[{entity.name}] " + ", ".join(f"{labels[a]} = {facts[a]}" for a in order)
+
+
+def _same_lexicon(attribute: str, attributes: Sequence[str]) -> list[str]:
+    """The attributes whose values come from ``attribute``'s lexicon (itself included)."""
+    towns = ("city", "birthplace")
+    return [a for a in attributes if a == attribute or (a in towns and attribute in towns)]
+
+
+def can_distract(distractor: Entity, entity: Entity) -> bool:
+    """Whether ``distractor``'s card is a clean distractor for ``entity``: none of its values
+    is a value of ``entity``'s for an attribute of the same lexicon, so a value copied from
+    it is always wrong and always tells which card it came from."""
+    if distractor.kind != entity.kind or distractor.id == entity.id:
+        return False
+    attributes = list(entity.facts)
+    return all(distractor.facts[a] != entity.facts[b]
+               for a in attributes for b in _same_lexicon(a, attributes))
+
+
+def build_grounded_prompts(world: World, config: BenchConfig) -> list[BenchPrompt]:
+    """Prompts that carry the facts: card(s) of varied format and order, then the question.
+
+    Every prompt draws its own facts for its entity (and its distractor), from pools of
+    ``values_per_attribute`` values: a card is the only place the answer is, in training
+    too, so a policy cannot answer from memorised names. ``test_fraction`` of each kind's
+    entities are held out: every prompt about them is a test prompt, and no training prompt
+    mentions them (not even as a distractor).
+    """
+    rng = random.Random(f"grounded-prompts-{config.seed}")
+    pools = {kind: {a: rng.sample(lexicon(a, kind), min(config.values_per_attribute,
+                                                        len(lexicon(a, kind))))
+                    for a in attributes}
+             for kind, attributes in config.kinds.items()}
+    held_out: set[str] = set()
+    for kind in config.kinds:
+        entities = [e for e in world.entities if e.kind == kind]
+        held_out.update(e.id for e in rng.sample(entities, round(config.test_fraction
+                                                                 * len(entities))))
+    prompts = []
+    for named in world.entities:
+        attributes = config.kinds[named.kind]
+        split = "test" if named.id in held_out else "train"
+        asks = [(attributes, t) for t in rng.sample(ABOUT_PROMPTS, config.about_prompts_per_entity)]
+        for attribute in attributes:
+            asks += [((attribute,), t) for t in rng.sample(GROUNDED_QUESTION_PROMPTS[attribute],
+                                                          config.questions_per_attribute)]
+        for asked, template in asks:
+            entity = replace(named, facts=draw_facts(pools[named.kind], rng))
+            distractor = None
+            if rng.random() < config.distractor_rate:
+                pool = [e for e in world.entities if e.kind == entity.kind and e.id != entity.id
+                        and (split == "test" or e.id not in held_out)]
+                if pool:
+                    distractor = rng.choice(pool)
+                    for _ in range(100):  # facts that never coincide with the entity's
+                        distractor = replace(distractor,
+                                             facts=draw_facts(pools[named.kind], rng))
+                        if can_distract(distractor, entity):
+                            break
+                    else:
+                        distractor = None
+            card_format = rng.choice(CARD_FORMATS)
+            cards = []
+            for shown in (entity, distractor):
+                if shown is not None:
+                    order = list(attributes)
+                    rng.shuffle(order)
+                    cards.append(render_card(shown, card_format, order, rng))
+            if len(cards) == 2 and rng.random() < 0.5:
+                cards.reverse()
+            text = "\n\n".join([*cards, template.format(name=entity.name)])
+            prompts.append(BenchPrompt(
+                f"q{len(prompts):05d}", entity.id, asked, text, split, "grounded",
+                distractor.id if distractor else None, tuple(entity.facts.items()),
+                tuple(distractor.facts.items()) if distractor else ()))
+    return prompts
+
+
+def grounded_value_error(entity: Entity, distractor: Entity | None, config: BenchConfig
+                         ) -> Callable[[str, random.Random], tuple[str, str] | None]:
+    """The grounded task's value errors for one prompt, for :func:`render_response`.
+
+    Per stated attribute, one uniform draw picks at most one error, each at its configured
+    rate: the distractor card's value of the attribute (only when there is a distractor), a
+    value found in no card of the prompt, or the entity's other town (only for towns).
+    """
+
+    def draw(attribute: str, rng: random.Random) -> tuple[str, str] | None:
+        u = rng.random()
+        if distractor is not None:
+            if u < config.distractor_value_rate:
+                return "distractor_value", distractor.facts[attribute]
+            u -= config.distractor_value_rate
+        if u < config.invented_value_rate:
+            shown = set(entity.facts.values()) | set(distractor.facts.values() if distractor
+                                                     else ())
+            return "invented_value", rng.choice(
+                [v for v in lexicon(attribute, entity.kind) if v not in shown])
+        u -= config.invented_value_rate
+        others = [a for a in _same_lexicon(attribute, list(entity.facts)) if a != attribute]
+        if others and u < config.swapped_value_rate:
+            return "swapped_value", entity.facts[others[0]]
+        return None
+
+    return draw
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -280,7 +532,7 @@ def build_prompts(world: World, config: BenchConfig) -> list[BenchPrompt]:
 class ErrorSpan:
     """One planted error: its kind, where it sits in the noisy text, and the fix."""
 
-    kind: str  # wrong_value | hedge | filler
+    kind: str  # wrong_value (or a GROUNDED_VALUE_ERRORS kind) | hedge | filler
     start: int
     end: int
     text: str  # the erroneous text at [start, end)
@@ -304,11 +556,16 @@ def _wrong_value(attribute: str, kind: str, right: str, rng: random.Random) -> s
 
 
 def render_response(entity: Entity, asked: Sequence[str], rng: random.Random,
-                    config: BenchConfig, *, noisy: bool = True) -> NoisyResponse:
+                    config: BenchConfig, *, noisy: bool = True,
+                    value_error: Callable[[str, random.Random], tuple[str, str] | None]
+                    | None = None) -> NoisyResponse:
     """One response to a prompt asking ``asked``, with errors at ``config``'s rates.
 
     Sentences come in a random order with random templates; ``noisy=False`` gives a
     response without errors (``clean`` is always the error-free version of ``text``).
+    ``value_error(attribute, rng) -> (kind, value) | None`` replaces the first task's
+    ``wrong_value`` errors (the grounded task's context errors,
+    :func:`grounded_value_error`).
     """
     attributes = list(asked)
     if len(attributes) > 1:
@@ -319,19 +576,25 @@ def render_response(entity: Entity, asked: Sequence[str], rng: random.Random,
         name = entity.name
         if i > 0 and entity.short != entity.name and rng.random() < config.short_name_rate:
             name = entity.short
-        template = rng.choice(SENTENCE_TEMPLATES[attribute])
+        template = rng.choice(GROUNDED_SENTENCE_TEMPLATES[attribute])
         right = entity.facts[attribute]
-        value = right
-        wrong = noisy and rng.random() < config.wrong_value_rate
-        if wrong:
-            value = _wrong_value(attribute, entity.kind, right, rng)
+        value, kind = right, "wrong_value"
+        if value_error is None:
+            wrong = noisy and rng.random() < config.wrong_value_rate
+            if wrong:
+                value = _wrong_value(attribute, entity.kind, right, rng)
+        else:
+            planted = value_error(attribute, rng) if noisy else None
+            wrong = planted is not None
+            if planted is not None:
+                kind, value = planted
         before, after = template.split("{value}")
         before, after = before.format(name=name), after.format(name=name)
         assert after.endswith(".")
         if i > 0:
             pieces.append((" ", " ", None))
         pieces.append((before, before, None))
-        error = ErrorSpan("wrong_value", 0, 0, value, right, attribute) if wrong else None
+        error = ErrorSpan(kind, 0, 0, value, right, attribute) if wrong else None
         pieces.append((value, right, error))
         pieces.append((after[:-1], after[:-1], None))
         if noisy and rng.random() < config.hedge_rate:

@@ -52,7 +52,7 @@ from editalign.train.common import check_max_steps
 
 logger = logging.getLogger(__name__)
 
-REWARD_KINDS = ("token", "sequence")
+REWARD_KINDS = ("token", "sequence", "dpo")
 
 
 @dataclass
@@ -113,7 +113,7 @@ def reward_model_source(reward_model: Any, kind: str = "token") -> RewardSource:
     ``kind="token"`` reads every response position (fine-grained PPO); ``"sequence"``
     reads only the last response token (ordinary PPO with a sequence-level reward model).
     """
-    check_choice("reward", kind, REWARD_KINDS)
+    check_choice("reward", kind, ("token", "sequence"))
     read_at = "token" if kind == "token" else "last"
 
     def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
@@ -123,6 +123,32 @@ def reward_model_source(reward_model: Any, kind: str = "token") -> RewardSource:
             return reward_model.response_rewards(input_ids, attention_mask, response_start)
         finally:
             reward_model.reward_config.read_at = saved
+
+    return score
+
+
+def dpo_reward_source(dpo_model: torch.nn.Module, ref_model: torch.nn.Module,
+                      beta: float) -> RewardSource:
+    """The dense implicit reward of a DPO policy (RTO, Zhong et al., arXiv 2404.18922):
+    ``r_t = β·(log π_DPO(y_t | x, y_<t) − log π_ref(y_t | x, y_<t))`` on every response token.
+
+    Summed over a response it is DPO's implicit sequence reward β·log π_DPO(y|x)/π_ref(y|x),
+    so PPO gets a token-level signal from preference pairs alone, with no edit labels.
+    ``ref_model`` must be the reference the DPO policy was trained against, ``beta`` its β.
+    Log-probabilities are at temperature 1 (what DPO's objective defines), whatever PPO
+    samples at.
+    """
+
+    @torch.no_grad()
+    def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
+        start = torch.as_tensor(response_start, device=input_ids.device)
+        lengths = attention_mask.sum(-1) - start
+        cols = torch.arange(int(lengths.max()), device=input_ids.device)
+        mask = cols[None, :] < lengths[:, None]
+        batch = Rollout(input_ids, attention_mask, start, mask, ~mask.all(-1))
+        logp, _ = policy_logprobs(dpo_model, batch, 1.0)
+        ref, _ = policy_logprobs(ref_model, batch, 1.0)
+        return torch.where(mask, beta * (logp - ref), torch.zeros_like(logp))
 
     return score
 
@@ -653,18 +679,35 @@ class PPOScriptArguments:
     prompt_field: str = field(default="prompt", metadata={"help": "prompt column of --prompts"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
     reward_model: str | None = field(default=None, metadata={
-        "help": "directory of a reward model trained with `editalign train token-rm|rm`"})
+        "help": "directory of a reward model trained with `editalign train token-rm|rm`, or "
+                "with --reward dpo a policy trained with `editalign train dpo`"})
     reward: str = field(default="token", metadata={
         "help": "token: every response token's reward (fine-grained PPO); sequence: the last "
-                "token's only (ordinary PPO)"})
+                "token's only (ordinary PPO); dpo: the DPO policy's implicit reward "
+                "β·(log π_DPO − log π_ref) on every token (RTO)"})
+    dpo_beta: float = field(default=0.1, metadata={
+        "help": "--reward dpo: the β the DPO policy was trained with"})
+    dpo_reference: str | None = field(default=None, metadata={
+        "help": "--reward dpo: the DPO policy's reference model (default: --model)"})
     value_init: str = field(default="reward_model", metadata={
-        "help": "initialise the value model from the reward_model or the policy backbone"})
+        "help": "initialise the value model from the reward_model (with --reward dpo: the "
+                "DPO policy's backbone and a new head) or the policy backbone"})
     chat_template: str = field(default="auto", metadata={
         "help": "prompt rendering: auto, always, never (as in editalign label)"})
 
 
+def _check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str) -> None:
+    """A DPO reward model must read the policy's token ids as the same tokens."""
+    from editalign.models import load_tokenizer, tokenizer_fingerprint
+
+    if tokenizer_fingerprint(load_tokenizer(directory)) != tokenizer_fingerprint(tokenizer):
+        raise ValueError(f"--reward dpo: {directory} has another tokenizer than --model; the "
+                         "implicit reward needs the policy's token ids")
+
+
 def run(argv: Sequence[str]) -> int:
-    """``editalign train ppo``: PPO with a token-level or sequence-level reward model."""
+    """``editalign train ppo``: PPO with a token-level or sequence-level reward model, or a
+    DPO policy's implicit token reward (``--reward dpo``)."""
     from trl import TrlParser
 
     from editalign.data.pairs import load_prompts
@@ -686,24 +729,38 @@ def run(argv: Sequence[str]) -> int:
 
     set_seed(config.seed)  # before building models: a LoRA adapter or value head is random
     tokenizer = load_tokenizer(model_args.model)
-    reward_model = TokenRewardModel.from_pretrained(script.reward_model, tokenizer=tokenizer)
-    reward_model.requires_grad_(False)
+    dtype = model_args.torch_dtype()
+    if script.reward != "dpo":
+        reward_model = TokenRewardModel.from_pretrained(script.reward_model, tokenizer=tokenizer)
+        reward_model.requires_grad_(False)
     # After the reward model, as before: loading it draws from the global RNG (its head).
     # No config: PPOTrainer turns gradient checkpointing on itself, after wrapping.
     policy, _ = load_policy(model_args, None)
     # With LoRA the reference is the policy without its adapter.
-    ref_model = None if model_args.lora_r > 0 else load_model(model_args.model,
-                                                              dtype=model_args.torch_dtype())
+    ref_model = None if model_args.lora_r > 0 else load_model(model_args.model, dtype=dtype)
     value_config = RewardModelConfig(transform="identity")
-    if script.value_init == "reward_model":
+    if script.value_init == "reward_model" and script.reward == "dpo":
+        value_model = TokenRewardModel.from_backbone(script.reward_model, value_config,
+                                                     tokenizer=tokenizer)
+    elif script.value_init == "reward_model":
         value_model = TokenRewardModel.from_pretrained(script.reward_model)
         value_model.reward_config = value_config
     else:
         value_model = TokenRewardModel.from_backbone(resolve_model_path(model_args.model),
                                                      value_config, tokenizer=tokenizer)
+    if script.reward == "dpo":
+        _check_same_tokenizer(tokenizer, script.reward_model)
+        dpo_model = load_model(script.reward_model, dtype=dtype).requires_grad_(False).eval()
+        # The reference PPO keeps is the DPO reference too unless another one is named.
+        dpo_ref = ref_model if ref_model is not None and not script.dpo_reference else \
+            load_model(script.dpo_reference or model_args.model, dtype=dtype)
+        dpo_ref.requires_grad_(False).eval()
+        source = dpo_reward_source(dpo_model.to(config.device), dpo_ref.to(config.device),
+                                   script.dpo_beta)
+    else:
+        source = reward_model_source(reward_model.to(config.device), script.reward)
     prompts = load_prompts(script.prompts, field=script.prompt_field, limit=script.limit)
-    trainer = PPOTrainer(config, policy, value_model.train(), tokenizer,
-                         reward_model_source(reward_model.to(config.device), script.reward),
+    trainer = PPOTrainer(config, policy, value_model.train(), tokenizer, source,
                          prompts, ref_model=ref_model, chat_template=script.chat_template)
     history = trainer.train()
     trainer.save_model()
