@@ -334,6 +334,8 @@ class Preset:
     detect: frozenset[str]
     build: Callable[[_Row, Mapping[str, str]], _Parts]
     response_roles: tuple[str, str] = ("original", "revised")
+    # A layout with files of its own (MLQE-PE archives): (path, source, split) -> rows, split.
+    reader: Callable[[Path, str, str | None], tuple[Any, str | None]] | None = None
 
 
 def _build_default(row: _Row, fields: Mapping[str, str]) -> _Parts:
@@ -850,7 +852,8 @@ def load_pairs(source: str | os.PathLike[str], *, preset: str | None = None,
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     name = os.fspath(source)
-    rows, split = _read_rows(Path(name), name, split)
+    reader = PRESETS[preset].reader if preset in PRESETS else None
+    rows, split = (reader or _read_rows)(Path(name), name, split)
     with contextlib.closing(rows):
         first = next(rows, None)
         chosen = _choose_preset(preset, fields or {}, first, name)
@@ -922,3 +925,7 @@ def load_prompts(source: str | os.PathLike[str], *, field: str = "prompt",
             assert prompt is not None  # required=True raises instead
             prompts.append(prompt)
         return prompts
+
+
+# The mlqe-pe preset lives in its own module and adds itself to PRESETS on import.
+import editalign.data.mlqe  # noqa: E402, F401
