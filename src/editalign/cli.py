@@ -31,7 +31,7 @@ def _add_label_args(p: argparse.ArgumentParser) -> None:
                    "(dashes or underscores); flags given on the command line win")
     p.add_argument("--data", help="pairs: .jsonl, .json, .parquet, .csv (optionally .gz) or a "
                    "directory saved by datasets")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"],
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"],
                    help="field layout of the data (auto-detected when omitted)")
     p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
                    help="explicit field mapping, e.g. --field prompt=question "
@@ -95,9 +95,19 @@ def cmd_label(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.model)
     labeled, stats = label_pairs(pairs, tokenizer, config, strict=args.strict,
                                  progress=sys.stderr.isatty())
+    from editalign.eval.qe import tag_agreement
+
+    # Data with official word tags (MLQE-PE): how well the edit labels reproduce them.
+    agreement = tag_agreement(labeled)
+    extra = {"official_tag_agreement": agreement} if agreement else None
     write_labeled(args.out, labeled, stats, config=config, tokenizer=tokenizer,
-                  model_name=args.model, load_report=report, preview_pairs=args.preview_pairs)
+                  model_name=args.model, load_report=report, preview_pairs=args.preview_pairs,
+                  extra=extra)
     print(stats.summary())
+    if agreement:
+        print(f"agreement with the official MT word tags ({agreement['words']} words): "
+              f"precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f}, "
+              f"MCC {agreement['mcc']:.3f}")
     print(f"wrote {len(labeled)} labelled pairs to {args.out} "
           f"({time.perf_counter() - started:.1f} s)")
     print(f"  stats:   {Path(args.out) / 'stats.json'}")

@@ -38,7 +38,7 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward-model", help="directory written by `editalign train token-rm|rm`")
     p.add_argument("--data", help="pairs file (any format `editalign label` reads) or a "
                    "directory written by `editalign label` with the reward model's tokenizer")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"],
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"],
                    help="field layout of the data (auto-detected when omitted)")
     p.add_argument("--limit", type=int, help="score only the first N pairs")
     p.add_argument("--max-length", type=int, default=1024,
@@ -104,10 +104,14 @@ def _colour(r: float, scale: float) -> str:
 
 
 def render_html(records: Sequence[dict[str, Any]], metrics: dict[str, Any], title: str,
-                read_at: str) -> str:
-    """One page: the metrics, a legend, then every pair with its tokens coloured by reward."""
-    all_r = np.concatenate([np.abs(r[s]["rewards"]) for r in records for s in SIDES]) \
-        if records else np.zeros(1)
+                read_at: str, legend: str | None = None) -> str:
+    """One page: the metrics, a legend, then every pair with its tokens coloured by reward.
+
+    A record may hold only one side (``eval qe`` shows the MT alone); ``legend`` replaces
+    the explanation of the dotted and wavy marks (HTML).
+    """
+    all_r = np.concatenate([np.abs(r[s]["rewards"]) for r in records for s in SIDES
+                            if s in r]) if records else np.zeros(1)
     scale = float(np.quantile(all_r, 0.98)) or 1.0
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>"
                    for k, v in metrics.items() if isinstance(v, float))
@@ -129,10 +133,11 @@ def render_html(records: Sequence[dict[str, Any]], metrics: dict[str, Any], titl
         f"<p>{len(records)} pairs shown. Token colour: <span class='t' style='background:"
         f"{_colour(scale, scale)}'>reward &gt; 0</span> / <span class='t' style='background:"
         f"{_colour(-scale, scale)}'>reward &lt; 0</span>, opacity ∝ |reward| (full at "
-        f"{scale:.3g}, the 98th percentile). <span class='edit'>dotted</span>: changed by the "
-        "edit (original: deleted/substituted; revised: added/substituted). "
-        "<span class='human'>wavy</span>: inside a human error span. Hover a token for its "
-        f"reward. Reward read at: {html.escape(read_at)}.</p>",
+        f"{scale:.3g}, the 98th percentile). "
+        + (legend or "<span class='edit'>dotted</span>: changed by the edit (original: "
+           "deleted/substituted; revised: added/substituted). <span class='human'>wavy</span>: "
+           "inside a human error span.")
+        + f" Hover a token for its reward. Reward read at: {html.escape(read_at)}.</p>",
         f"<details open><summary>metrics</summary><table>{rows}</table></details>",
     ]
     for rec in records:
@@ -140,6 +145,8 @@ def render_html(records: Sequence[dict[str, Any]], metrics: dict[str, Any], titl
         parts.append(f"<details><summary>prompt</summary><div class='resp'>"
                      f"{html.escape(rec['prompt'])}</div></details>")
         for name in ("original", "revised"):
+            if name not in rec:
+                continue
             side = rec[name]
             human = side.get("human_error", [])
             spans = []
