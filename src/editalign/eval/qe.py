@@ -19,7 +19,8 @@ Rules (the same for every model, and for the references):
   HTER.
 - **references** on the same words: a random tagger (BAD with the dev BAD rate), all-BAD,
   and, when the data has post-edits, the edit labels as tags (an oracle that has seen the
-  post-edit: MT words deleted or substituted by the word-level Levenshtein alignment).
+  post-edit: MT words deleted or substituted by the Levenshtein alignment of the
+  space-separated words, ``--granularity space``).
 """
 
 from __future__ import annotations
@@ -327,7 +328,8 @@ def labeled_segments(segments: Sequence[Segment], tokenizer: Any, max_length: in
                       revised=s.pe if s.pe is not None else s.mt,
                       id=f"{s.language_pair}-{s.split}-{s.index}",
                       meta={**segment_meta(s), "has_pe": s.pe is not None}) for s in segments]
-    config = LabelingConfig(granularity="word", max_length=max_length, truncation="keep_end")
+    # space: the official tags are per space-separated word (docs/mlqe-pe.md)
+    config = LabelingConfig(granularity="space", max_length=max_length, truncation="keep_end")
     labeled, _ = label_pairs(pairs, tokenizer, config)
     kept = [lp for lp in labeled if covered(lp)]
     return kept, len(pairs) - len(kept)
