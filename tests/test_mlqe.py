@@ -76,6 +76,18 @@ def test_extracted_folder_reads_the_same(tmp_path):
     assert [p.original for p in pairs] == MT and report.split == "test20"
 
 
+def test_split_must_match_the_folder_and_pe_is_needed_for_pairs(tmp_path):
+    archive = make_archive(tmp_path / "a.tar.gz")
+    with pytest.raises(DataError, match="split 'dev' was given"):
+        load_pairs(archive, preset="mlqe-pe", split="dev")
+    folder = make_folder(tmp_path)
+    (folder / "test20.pe").unlink()
+    with pytest.raises(DataError, match=r"no \.pe file") as err:
+        load_pairs(folder, preset="mlqe-pe")
+    assert err.value.line == 1
+    assert read_segments(folder)[0].pe is None  # QE reads it without post-edits
+
+
 def test_template_is_replaceable_including_chat(tmp_path, monkeypatch):
     archive = make_archive(tmp_path / "a.tar.gz")
     monkeypatch.setenv("EDITALIGN_MLQE_TEMPLATE", "{language_pair}|{source}")
