@@ -345,6 +345,8 @@ def main() -> None:
                     help="smoke size: 200 train pairs, 100 dev / 100 test sentences, 1 epoch, "
                     "token_cls, the first pair only")
     ap.add_argument("--name", default="mlqe_reward")
+    ap.add_argument("--cache-dir", help="cached mode: keep the frozen layers' outputs here and "
+                    "reuse them when the same pair, model, layers and sizes come again")
     args = ap.parse_args()
     if args.quick:
         args.pairs, args.objectives = args.pairs.split(",")[0], "token_cls"
@@ -382,9 +384,20 @@ def main() -> None:
             n_layers = args.layers or len(base.backbone.layers)
             n_frozen = n_layers - args.top_layers
             t1 = time.perf_counter()
-            cache = cache_pairs(base.backbone, train, n_frozen, 16, args.device)
-            dev_feats = cache_mts(base.backbone, dev, n_frozen, 32, args.device)
-            test_feats = cache_mts(base.backbone, test, n_frozen, 32, args.device)
+            # The cache depends only on these; --cache-dir keeps it for later runs.
+            key = (f"{pair}-{args.model}-L{n_frozen}-n{len(train)}-d{len(dev)}-t{len(test)}"
+                   f"-m{args.max_length}.pt")
+            stored = Path(args.cache_dir) / key if args.cache_dir else None
+            if stored is not None and stored.exists():
+                cache, dev_feats, test_feats = torch.load(stored, weights_only=False)
+                print(f"  read the cache from {stored}", flush=True)
+            else:
+                cache = cache_pairs(base.backbone, train, n_frozen, 16, args.device)
+                dev_feats = cache_mts(base.backbone, dev, n_frozen, 32, args.device)
+                test_feats = cache_mts(base.backbone, test, n_frozen, 32, args.device)
+                if stored is not None:
+                    stored.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save((cache, dev_feats, test_feats), stored)
             entry["cache_seconds"] = time.perf_counter() - t1
             entry["cache_tokens_shared_layout"] = sum(len(c["pos"]) for c in cache)
             entry["cache_tokens_padded_layout"] = sum(
