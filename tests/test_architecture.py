@@ -23,8 +23,8 @@ LAYERS: list[list[str]] = [
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels
     ["editalign.eval"],  # metrics, judges, win rate
-    ["editalign.train", "editalign.score", "editalign.sample"],  # trainers; scoring with a
-    # reward model; sampling a policy
+    ["editalign.train", "editalign.score", "editalign.sample", "editalign.label"],  # trainers;
+    # scoring with a reward model; sampling a policy; the label command
     ["editalign.revise"],  # revision with an LLM (its reward filter scores)
     ["editalign.annotate"],  # the annotation web tool
     ["editalign.bench"],  # the benchmark task and runner

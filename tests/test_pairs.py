@@ -343,7 +343,7 @@ def test_unknown_preset_and_unmappable_field(tmp_path):
         load_pairs(path, preset="nope")
     with pytest.raises(ValueError, match="preset 'spa' cannot map chosen"):
         load_pairs(path, preset="spa", fields={"chosen": "x"})
-    assert set(PRESETS) == {"default", "spa", "qa-feedback", "preference"}
+    assert set(PRESETS) == {"default", "spa", "qa-feedback", "preference", "mlqe-pe"}
 
 
 def test_dotted_field_mapping(tmp_path):

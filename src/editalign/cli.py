@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from editalign.data.command import add_label_args, cmd_label
+from editalign.label import add_label_args, cmd_label
 
 logger = logging.getLogger("editalign")
 

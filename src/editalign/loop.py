@@ -103,8 +103,8 @@ def _commands() -> dict[str, CommandSpec]:
     import functools
 
     from editalign.bench.command import add_bench_args, cmd_bench
-    from editalign.data.command import add_label_args, cmd_label
     from editalign.eval.winrate import add_eval_args, cmd_eval
+    from editalign.label import add_label_args, cmd_label
     from editalign.registry import make_judge
     from editalign.revise.command import add_revise_args, cmd_revise
     from editalign.sample import add_sample_args, cmd_sample

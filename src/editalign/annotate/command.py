@@ -14,7 +14,7 @@ def add_annotate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="pairs to annotate: any file or preset `editalign label` "
                    "reads (the original is the response people edit); --field "
                    "response=COLUMN for rows with only a prompt and a response")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"])
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"])
     p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
                    help="explicit field mapping as in `editalign label`; repeatable")
     p.add_argument("--split", help="split of a saved DatasetDict (default: train)")

@@ -114,9 +114,16 @@ def apply_editops(original: Sequence[Hashable], ops: list[tuple[str, int, int]],
 _PRETOKEN = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+$", re.UNICODE)
 
 
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the words (whitespace/punctuation pre-tokens) of ``text``."""
-    return [m.span() for m in _PRETOKEN.finditer(text)]
+# For text that is already tokenized by spaces (MLQE-PE's MT and post-edits), a word is
+# a run of non-space characters, with the whitespace before it.
+_SPACE_WORD = re.compile(r"\s*\S+|\s+$", re.UNICODE)
+
+
+def word_spans(text: str, *, split_punctuation: bool = True) -> list[tuple[int, int]]:
+    """Character spans of the words (whitespace/punctuation pre-tokens) of ``text``;
+    ``split_punctuation=False``: space-separated words only."""
+    pattern = _PRETOKEN if split_punctuation else _SPACE_WORD
+    return [m.span() for m in pattern.finditer(text)]
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,8 @@ def align_words(
     revised_text: str,
     original_offsets: Sequence[tuple[int, int]],
     revised_offsets: Sequence[tuple[int, int]],
+    *,
+    split_punctuation: bool = True,
 ) -> WordAlignment:
     """Word-level ("phrase") labels, projected onto tokens.
 
@@ -141,7 +150,8 @@ def align_words(
     overlaps; a token overlapping a changed word is changed even if it also overlaps an
     unchanged one. Tokens with an empty span (special tokens such as EOS) are ``equal``.
     """
-    o_spans, r_spans = word_spans(original_text), word_spans(revised_text)
+    o_spans = word_spans(original_text, split_punctuation=split_punctuation)
+    r_spans = word_spans(revised_text, split_punctuation=split_punctuation)
     o_words = [original_text[s:e].strip() for s, e in o_spans]
     r_words = [revised_text[s:e].strip() for s, e in r_spans]
     words = align(o_words, r_words)

@@ -52,8 +52,11 @@ def write_labeled(
     model_name: str,
     load_report: LoadReport | None = None,
     preview_pairs: int = 50,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the data set, ``stats.json`` and ``preview.html``; returns the stats dict.
+
+    ``extra`` adds top-level keys to ``stats.json`` (e.g. agreement with official tags).
 
     The data set is written to a temporary directory and moved into place, so an
     interrupted run never leaves a half-written data set that looks complete.
@@ -65,7 +68,7 @@ def write_labeled(
         "config": config_dict(config),
     }
     stats_dict = {**info, "load": load_report.to_dict() if load_report else None,
-                  "labels": stats.to_dict()}
+                  "labels": stats.to_dict(), **(extra or {})}
     summary = "\n".join(filter(None, [load_report.summary() if load_report else None,
                                       stats.summary()]))
     out.parent.mkdir(parents=True, exist_ok=True)

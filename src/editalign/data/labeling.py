@@ -31,10 +31,10 @@ from editalign.data.prompts import (
 )
 from editalign.models import tokenizer_fingerprint  # noqa: F401  (re-exported: its old home)
 
-Granularity = Literal["token", "word"]
+Granularity = Literal["token", "word", "space"]
 Truncation = Literal["keep_start", "keep_end"]
 
-GRANULARITIES = ("token", "word")
+GRANULARITIES = ("token", "word", "space")
 TRUNCATIONS = ("keep_start", "keep_end")
 
 
@@ -43,7 +43,9 @@ class LabelingConfig:
     """How pairs become labelled token sequences.
 
     granularity: ``token`` aligns token ids; ``word`` aligns whitespace/punctuation words
-        and gives every token of a changed word the word's label (FIGA's "phrase level").
+        and gives every token of a changed word the word's label (FIGA's "phrase level");
+        ``space`` does the same with space-separated words (for text already tokenized by
+        spaces, such as MLQE-PE, whose official tags are per space-separated word).
     max_length: longest full sequence (prompt + response + EOS); ``None`` for no limit.
     truncation: ``keep_start`` cuts the end of the sequence; ``keep_end`` drops prompt
         tokens from the left first, so that responses survive long prompts.
@@ -200,8 +202,9 @@ def label_pair(pair: EditPair, tokenizer: Any, config: LabelingConfig | None = N
         raise ValueError("the tokenizer has no eos_token; set one before labelling")
     o_ids, o_start, o_off = split_response(encodings[0], len(prompt_text), eos)
     r_ids, r_start, r_off = split_response(encodings[1], len(prompt_text), eos)
-    if config.granularity == "word":
-        alignment = align_words(pair.original, pair.revised, o_off[:-1], r_off[:-1])
+    if config.granularity in ("word", "space"):
+        alignment = align_words(pair.original, pair.revised, o_off[:-1], r_off[:-1],
+                                split_punctuation=config.granularity == "word")
         # edit_distance stays in tokens whatever the granularity, so ratios compare.
         distance = Levenshtein.distance(o_ids[o_start:-1], r_ids[r_start:-1])
     else:

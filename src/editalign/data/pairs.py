@@ -123,7 +123,8 @@ def load_pairs(source: str | os.PathLike[str], *, preset: str | None = None,
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     name = os.fspath(source)
-    rows, split = _read_rows(Path(name), name, split)
+    reader = PRESETS[preset].reader if preset in PRESETS else None
+    rows, split = (reader or _read_rows)(Path(name), name, split)
     with contextlib.closing(rows):
         first = next(rows, None)
         chosen = _choose_preset(preset, fields or {}, first, name)

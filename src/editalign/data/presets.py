@@ -9,26 +9,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any
 
+from editalign.data import mlqe
 from editalign.data.pair import Prompt
 from editalign.data.rows import (
     _describe,
     _get,
     _meta,
+    _Parts,
     _prompt,
     _Row,
     _text,
 )
 
 # --------------------------------------------------------------------------- presets
-
-
-class _Parts(NamedTuple):
-    prompt: Prompt
-    original: str
-    revised: str
-    meta: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,8 @@ class Preset:
     detect: frozenset[str]
     build: Callable[[_Row, Mapping[str, str]], _Parts]
     response_roles: tuple[str, str] = ("original", "revised")
+    # A layout with files of its own (MLQE-PE archives): (path, source, split) -> rows, split.
+    reader: Callable[[Path, str, str | None], tuple[Any, str | None]] | None = None
 
 
 def _build_default(row: _Row, fields: Mapping[str, str]) -> _Parts:
@@ -286,6 +284,15 @@ PRESETS: dict[str, Preset] = {
             detect=frozenset({"chosen", "rejected"}),
             build=_build_preference,
             response_roles=("rejected", "chosen"),
+        ),
+        Preset(
+            name="mlqe-pe",
+            description="MLQE-PE post-edits (PAIR-SPLIT.tar.gz or its folder): translation "
+                        "prompt with the source, MT as original, post-edit as revised, "
+                        "official tags in meta",
+            fields={"id": "id"}, mappable=frozenset(),
+            detect=frozenset({"segment", "template"}),
+            build=mlqe.build, reader=mlqe.read_rows,
         ),
     )
 }

@@ -8,9 +8,18 @@ import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from editalign.data.pair import DataError, Prompt
+
+
+class _Parts(NamedTuple):
+    """What a preset's ``build`` makes of one row."""
+
+    prompt: Prompt
+    original: str
+    revised: str
+    meta: dict[str, Any]
 
 # --------------------------------------------------------------------------- rows
 

@@ -320,7 +320,10 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
 
 
 def add_eval_args(p: Any) -> None:
-    p.add_argument("metric", choices=["winrate"], help="what to evaluate")
+    from editalign.eval.qe import add_qe_args
+
+    p.add_argument("metric", choices=["winrate", "qe"], help="what to evaluate: winrate, or "
+                   "qe (word-level quality estimation of a token reward model, docs/mlqe-pe.md)")
     p.add_argument("--config", help="YAML file whose keys are any of these options")
     p.add_argument("--policy", help="the policy: registered name, local directory or cached id")
     p.add_argument("--reference", help="the reference model (usually the starting policy)")
@@ -344,14 +347,19 @@ def add_eval_args(p: Any) -> None:
                    help="responses per prompt and side; the interval still resamples prompts")
     p.add_argument("--chat-template", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--out", help="write the result JSON here (qe: an output directory)")
     p.add_argument("--samples-out", help="write every prompt's two responses and outcome "
                    "(JSONL) here")
+    add_qe_args(p)
 
 
 def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
-    """``editalign eval winrate``; ``make_judge`` turns ``--judge`` into a judge (the CLI
+    """``editalign eval winrate|qe``; ``make_judge`` turns ``--judge`` into a judge (the CLI
     passes :func:`editalign.registry.make_judge`, the table of every judge)."""
+    if args.metric == "qe":
+        from editalign.eval.qe import cmd_qe
+
+        return cmd_qe(args)
     if not (args.policy and args.reference and args.prompts):
         raise ValueError("--policy, --reference and --prompts are required")
     rows = read_prompt_rows(args.prompts, args.limit)

@@ -20,7 +20,7 @@ def add_revise_args(p: argparse.ArgumentParser) -> None:
                    "(dashes or underscores); flags given on the command line win")
     p.add_argument("--data", help="input rows: any file or preset `editalign label` reads; "
                    "each row's original (worse) response is revised")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"],
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"],
                    help="field layout of the data (auto-detected when omitted); with "
                    "preference data the rejected reply is revised")
     p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",

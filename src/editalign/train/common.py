@@ -193,7 +193,7 @@ class DataArguments:
         "help": "pairs file (.jsonl/.json/.parquet/.csv, optionally .gz), a saved datasets "
                 "directory, or the output directory of `editalign label`"})
     preset: str | None = field(default=None, metadata={
-        "help": "field layout: default, spa, qa-feedback, preference (auto-detected)"})
+        "help": "field layout: default, spa, qa-feedback, preference, mlqe-pe (auto-detected)"})
     field_map: list[str] = field(default_factory=list, metadata={
         "aliases": ["--field"],
         "help": "explicit mapping KEY=COLUMN, e.g. --field prompt=question original=answer"})

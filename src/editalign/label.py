@@ -16,7 +16,7 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
                    "(dashes or underscores); flags given on the command line win")
     p.add_argument("--data", help="pairs: .jsonl, .json, .parquet, .csv (optionally .gz) or a "
                    "directory saved by datasets")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference"],
+    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"],
                    help="field layout of the data (auto-detected when omitted)")
     p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
                    help="explicit field mapping, e.g. --field prompt=question "
@@ -62,9 +62,19 @@ def cmd_label(args: argparse.Namespace) -> int:
                                  progress=sys.stderr.isatty())
     # Nothing is written when no pair is usable; most pairs lost is said loudly, with the fix.
     warning = check_labeled(stats, config, args.data)
+    from editalign.eval.qe import tag_agreement
+
+    # Data with official word tags (MLQE-PE): how well the edit labels reproduce them.
+    agreement = tag_agreement(labeled)
+    extra = {"official_tag_agreement": agreement} if agreement else None
     write_labeled(args.out, labeled, stats, config=config, tokenizer=tokenizer,
-                  model_name=args.model, load_report=report, preview_pairs=args.preview_pairs)
+                  model_name=args.model, load_report=report, preview_pairs=args.preview_pairs,
+                  extra=extra)
     print(stats.summary())
+    if agreement:
+        print(f"agreement with the official MT word tags ({agreement['words']} words): "
+              f"precision {agreement['precision']:.3f}, recall {agreement['recall']:.3f}, "
+              f"MCC {agreement['mcc']:.3f}")
     print(f"wrote {len(labeled)} labelled pairs to {args.out} "
           f"({time.perf_counter() - started:.1f} s)")
     print(f"  stats:   {Path(args.out) / 'stats.json'}")
