@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from editalign.data.align import LABEL_NAMES
+from editalign.data.labeling import SIDES
 
 # torch and the model code load only when a command runs, so `editalign --help` stays fast.
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from editalign.eval.reward_metrics import PairRewards
     from editalign.reward_model import TokenRewardModel
 
-SIDES = ("revised", "original")
 
 
 def add_score_args(p: argparse.ArgumentParser) -> None:
