@@ -27,7 +27,6 @@ from editalign.data.labeling import (
 )
 from editalign.data.pairs import LoadReport
 from editalign.data.preview import render_preview
-from editalign.models import tokenizer_fingerprint
 
 
 @contextlib.contextmanager
@@ -61,6 +60,8 @@ def write_labeled(
     The data set is written to a temporary directory and moved into place, so an
     interrupted run never leaves a half-written data set that looks complete.
     """
+    from editalign.models import tokenizer_fingerprint  # loads torch: only when writing
+
     out = Path(out_dir)
     info = {
         "model": model_name,

@@ -29,7 +29,20 @@ from editalign.data.prompts import (
     render_prompt,
     split_response,
 )
-from editalign.models import tokenizer_fingerprint  # noqa: F401  (re-exported: its old home)
+
+# The two sides of a labelled pair, in the order batches stack them (revised rows first).
+SIDES = ("revised", "original")
+
+
+def __getattr__(name: str) -> Any:
+    # tokenizer_fingerprint moved to editalign.models; imported on first use so that
+    # labelling does not load torch.
+    if name == "tokenizer_fingerprint":
+        from editalign.models import tokenizer_fingerprint
+
+        return tokenizer_fingerprint
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Granularity = Literal["token", "word", "space"]
 Truncation = Literal["keep_start", "keep_end"]

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from editalign.data.align import LABEL_NAMES
+from editalign.data.labeling import SIDES
 
 if TYPE_CHECKING:
     from editalign.data.labeling import LabeledPair
     from editalign.eval.reward_metrics import PairRewards
 
-SIDES = ("revised", "original")
 
 
 def _token_texts(lp: LabeledPair, name: str, eos: str) -> list[str]:

@@ -27,10 +27,8 @@ from typing import Any
 import torch
 
 from editalign.data.align import IGNORE
-from editalign.data.labeling import LabeledPair
+from editalign.data.labeling import SIDES, LabeledPair
 from editalign.losses import figa_weights
-
-SIDES = ("revised", "original")
 
 
 @dataclass

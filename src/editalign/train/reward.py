@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from editalign.data.align import IGNORE
-from editalign.data.labeling import LabeledPair
+from editalign.data.labeling import SIDES, LabeledPair
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
 from editalign.eval.spans import human_bad_tokens
 from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
@@ -58,7 +58,6 @@ from editalign.train.shared_prefix import (
 
 logger = logging.getLogger(__name__)
 
-SIDES = ("revised", "original")
 # No packed layout here: the reward trainer has no padding-free path.
 PAIR_LAYOUTS = ("padded", "shared", "auto")
 
