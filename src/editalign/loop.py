@@ -50,6 +50,8 @@ from typing import Any
 
 import yaml
 
+from editalign.data.jsonl import read_jsonl, write_jsonl
+
 logger = logging.getLogger(__name__)
 
 # Trainers that turn edit pairs into a policy with `--model --data --output_dir`.
@@ -530,7 +532,7 @@ class Loop:
             raise StageFailed(f"round {k}: no pair to train on: the reviser kept "
                               f"{len(kept)} rows and changed none of them (see "
                               f"{round_dir / 'revised.jsonl'})")
-        _write_jsonl(round_dir / "pairs.jsonl", pairs)
+        write_jsonl(round_dir / "pairs.jsonl", pairs)
         self._child(k, "label", [
             "label", "--data", str(round_dir / "pairs.jsonl"), "--model", self.policy_of(k),
             "--out", str(round_dir / "labels"),
@@ -628,8 +630,8 @@ def bench_revise(samples: Path, prompts: Path, out: Path) -> dict[str, Any]:
         originals.append(sample["original"])
         revised.append(revision.text)
         infos.append(info)
-    _write_jsonl(out, pairs)
-    _write_jsonl(out.with_name(out.name.removesuffix(".jsonl") + ".dropped.jsonl"), [])
+    write_jsonl(out, pairs)
+    write_jsonl(out.with_name(out.name.removesuffix(".jsonl") + ".dropped.jsonl"), [])
     before = judge_summary(originals, infos)
     return {"kept": len(pairs), "dropped": 0,
             "with_edit": sum(p["original"] != p["revised"] for p in pairs),
@@ -644,20 +646,7 @@ def bench_revise(samples: Path, prompts: Path, out: Path) -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Atomic: a crash leaves the previous file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    return read_jsonl(path) if path.is_file() else []
 
 
 def paired_difference(a: Path, b: Path) -> dict[str, float] | None:

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from editalign.bench.world import (
     grounded_value_error,
     render_response,
 )
+from editalign.data.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported)
 from editalign.data.pairs import EditPair
 from editalign.data.prompts import encode_example
 
@@ -105,20 +106,6 @@ class BenchTask:
             raise ValueError(f"{path}/world.json differs from the world its config.json "
                              "generates; was it written by another editalign version?")
         return task
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # --------------------------------------------------------------------------- statistics

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from editalign.data.jsonl import write_jsonl
 
 REWARD_MODEL_CLASS = "editalign.reward_model:TokenRewardModel"
 
@@ -136,16 +137,6 @@ def reward_model_scorer(path: str, *, batch_size: int = 8, max_length: int | Non
     return score
 
 
-def _write_jsonl(records: Sequence[dict[str, Any]], path: Path) -> None:
-    """Atomic write: a crash leaves the previous file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8", newline="\n") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def cmd_revise(args: argparse.Namespace) -> int:
     from editalign.data.pairs import load_pairs
     from editalign.llm.cache import RequestCache
@@ -200,8 +191,8 @@ def cmd_revise(args: argparse.Namespace) -> int:
         except FatalRequestError as err:
             print(f"editalign revise: error: {err}", file=sys.stderr)
             return 2
-    _write_jsonl([p.to_dict() for p in result.kept], out)
-    _write_jsonl([o.record() for o in result.outcomes if o.status != "kept"], dropped_path)
+    write_jsonl(out, [p.to_dict() for p in result.kept])
+    write_jsonl(dropped_path, [o.record() for o in result.outcomes if o.status != "kept"])
     print(result.summary())
     print(f"wrote {len(result.kept)} pairs to {out}; dropped/failed rows with reasons in "
           f"{dropped_path}")

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
+from editalign.data.jsonl import write_jsonl
 from editalign.data.labeling import render_prompt
 from editalign.losses import (
     KL_ESTIMATORS,
@@ -487,7 +488,7 @@ class PPOTrainer:
             # The log is rewritten from the history: a fresh run starts an empty log (not
             # appended to an earlier run's), a resumed one holds exactly the checkpoint's
             # iterations 0..N-1, so the rows that follow continue from N without repeats.
-            _write_jsonl_atomic(log_path, self.history)
+            write_jsonl(log_path, self.history, allow_nan=False)
         while self.iteration < cfg.num_iterations:
             stats = self.step()
             bar.update(1)
@@ -634,16 +635,6 @@ def _read_state(path: Path) -> dict[str, Any]:
     if len(rng) != 3 or not isinstance(rng[1], list):
         raise ValueError(f"{path}: field 'python_rng' is not a Python random state")
     return state
-
-
-def _write_jsonl_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """A crash leaves the previous file or the complete new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, allow_nan=False) + "\n")
-    tmp.replace(path)
 
 
 def _select(rollout: Rollout, idx: Tensor) -> Rollout:

@@ -1,0 +1,36 @@
+"""JSON Lines files that every stage reads and writes (edit pairs, samples, logs, results).
+
+Writes are atomic: the rows go to a temporary file beside the target, which then replaces
+it, so a crash leaves either the previous file or the complete new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every non-blank line of ``path`` as a JSON value."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], *,
+                allow_nan: bool = True) -> Path:
+    """Write ``rows`` one per line, atomically; ``allow_nan=False`` refuses NaN/inf (which
+    would make the file invalid JSON) instead of writing them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, allow_nan=allow_nan) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
