@@ -402,15 +402,15 @@ def test_bench_init_and_run_end_to_end(tmp_path, monkeypatch):
                  "--ppo-rollout-batch-size", "4", "--eval-limit", "4",
                  "--eval-max-new-tokens", "12"]) == 0
     results = json.loads((run / "results.json").read_text())["results"]
-    assert [r["method"] for r in results] == ["sft", "dpo", "figa", "ppo-seq", "ppo-token"]
+    assert [r["method"] for r in results] == list(DEFAULT_METHODS)
     assert all(0 <= r["win_rate"] <= 1 and r["n"] == 4 for r in results)
     assert (run / "results.md").read_text().count("\n") == len(results) + 2
-    assert [m["method"] for m in json.loads((run / "results.json").read_text())["summary"]] == [
-        "sft", "dpo", "figa", "ppo-seq", "ppo-token"]
+    assert [m["method"] for m in json.loads((run / "results.json").read_text())["summary"]] == \
+        list(DEFAULT_METHODS)
 
 
 def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, capsys):
-    """CI smoke test of the whole pipeline (`bench run --smoke`: init, five methods, eval,
+    """CI smoke test of the whole pipeline (`bench run --smoke`: init, the default methods, eval,
     report), then resume: only the stages whose outputs were deleted run again."""
     from editalign.cli import main
 
