@@ -403,8 +403,13 @@ def test_bench_init_and_run_end_to_end(tmp_path, monkeypatch):
                  "--eval-max-new-tokens", "12"]) == 0
     results = json.loads((run / "results.json").read_text())["results"]
     assert [r["method"] for r in results] == list(DEFAULT_METHODS)
-    assert all(0 <= r["win_rate"] <= 1 and r["n"] == 4 for r in results)
-    assert (run / "results.md").read_text().count("\n") == len(results) + 2
+    # 4 prompts (--eval-limit) x the run's samples per prompt, every one judged
+    per_prompt = json.loads((run / "results.json").read_text())["config"][
+        "eval_samples_per_prompt"]
+    assert all(0 <= r["win_rate"] <= 1 and r["n"] == 4 * per_prompt for r in results)
+    table = (run / "results.md").read_text().split("\n\n")[0].splitlines()  # the first table
+    assert [line.split(" | ")[0].removeprefix("| ") for line in table[2:]] == \
+        [r["method"] for r in results]  # one row per method of the one seed
     assert [m["method"] for m in json.loads((run / "results.json").read_text())["summary"]] == \
         list(DEFAULT_METHODS)
 
