@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from editalign.eval.token_html import SIDES, pair_record, render_html  # noqa: F401  (re-exported)
+from editalign.eval.token_html import pair_record, render_html
 
 # torch and the model code load only when a command runs, so `editalign --help` stays fast.
 if TYPE_CHECKING:

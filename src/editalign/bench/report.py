@@ -12,7 +12,7 @@ writes into ``out``:
 - ``report.html``: the results table, both plots (embedded as base64 PNGs), a few edit
   pairs rendered by :func:`editalign.data.preview.render_preview`, and, when a token reward
   model was trained, its token rewards on those pairs rendered by
-  :func:`editalign.score.render_html` (both embedded as ``srcdoc`` frames, so the page needs
+  :func:`editalign.eval.token_html.render_html` (both embedded as ``srcdoc`` frames, so the page needs
   no other file).
 """
 
@@ -174,8 +174,9 @@ def _pairs_preview(pairs_file: Path, tokenizer_dir: Path, n: int) -> str | None:
 
 def _token_rewards(rm_dir: Path, pairs_file: Path, n: int) -> str | None:
     from editalign.eval.reward_metrics import reward_metrics
+    from editalign.eval.token_html import pair_record, render_html
     from editalign.reward_model import TokenRewardModel
-    from editalign.score import pair_record, render_html, score_labeled
+    from editalign.score import score_labeled
     from editalign.train.common import DataArguments
 
     tokenizer = TokenRewardModel.load_tokenizer(str(rm_dir))

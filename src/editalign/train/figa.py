@@ -38,13 +38,7 @@ from editalign.losses import (
     figa_loss_from_nll,
     figa_weights,
 )
-from editalign.train.cli import (  # noqa: F401  (re-exported: their old home)
-    _has_accelerator,
-    finish,
-    load_policy,
-    parse_train_args,
-    resume_arg,
-)
+from editalign.train.cli import finish, load_policy, parse_train_args, resume_arg
 from editalign.train.collate import PairCollator, pair_features
 from editalign.train.shared_prefix import (
     AUTO_SHARED_MAX_RATIO,
