@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from _common import RESULTS, write_result
+from editalign.batching.lm import PairCollator, pair_features
 from editalign.data.align import IGNORE, Label
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.pairs import load_pairs
 from editalign.models import load_model, load_tokenizer
 from editalign.train.baselines import sft_dataset
-from editalign.train.collate import PairCollator, pair_features
 from editalign.train.figa import FIGAConfig, FIGATrainer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qa-feedback" / "feedback.json"

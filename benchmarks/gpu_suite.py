@@ -298,7 +298,7 @@ def part_figa_vs_sft(spec: dict, gpu: bool, peak: float | None) -> dict[str, Any
     from torch.utils.data import SequentialSampler
     from trl import SFTConfig, SFTTrainer
 
-    from editalign.train.collate import pair_features
+    from editalign.batching.lm import pair_features
     from editalign.train.figa import FIGAConfig, FIGATrainer
     from train_speed import sft_rows
 

@@ -14,7 +14,7 @@ Two ways to train:
 
 - ``--mode cached`` (the CPU default): SmolLM2-135M's lower layers are frozen and run once
   over every pair in the **shared-prefix layout** (one row per pair: [prompt + unedited
-  prefix | MT suffix | post-edit suffix], a 4-D mask; see train/shared_prefix.py); their
+  prefix | MT suffix | post-edit suffix], a 4-D mask; see batching/shared_prefix.py); their
   output is cached, and only the top ``--top-layers`` layers, the final norm and the head
   train on the cache (each epoch costs a few top layers instead of the whole model). Dev
   and test MTs are cached the same way (prompt + MT).
@@ -40,6 +40,11 @@ import numpy as np
 import torch
 
 from _common import RESULTS, write_result
+from editalign.batching.shared_prefix import (
+    common_prefix_length,
+    shared_prefix_mask,
+    side_token_rows,
+)
 from editalign.data.align import IGNORE
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.mlqe import read_segments
@@ -49,7 +54,6 @@ from editalign.losses import reward_model_loss, token_rewards
 from editalign.models import load_tokenizer
 from editalign.reward_model import TokenRewardModel
 from editalign.train.reward import RewardConfig
-from editalign.train.shared_prefix import common_prefix_length, shared_prefix_mask, side_token_rows
 
 DATA = "../shared/data/mlqe-pe/{pair}-{split}.tar.gz"
 # test20 lives in PAIR-test.tar.gz (folder PAIR-test20/)

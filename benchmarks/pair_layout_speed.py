@@ -6,7 +6,7 @@ response tokens' log-probabilities of both sides (what every pair loss needs):
 - ``padded``: 2B rows right-padded to the longest side (``attention_mask`` 2-D);
 - ``packed``: the 2B sides in one row, positions restarting per side (padding-free);
 - ``shared``: one row per pair ``[shared prefix | original suffix | revised suffix]`` with
-  a 4-D mask (:mod:`editalign.train.shared_prefix`), the prefix computed once.
+  a 4-D mask (:mod:`editalign.batching.shared_prefix`), the prefix computed once.
 
 In every layout the LM head runs only on the scored (response) positions. Pairs are
 synthetic token ids with two length profiles: ``qa-feedback`` (prompt ~700 tokens with the
@@ -70,8 +70,10 @@ def step_fn(model, layout: str, pairs: list[dict]):
     """A closure running forward+backward of one batch in ``layout``."""
     import torch
 
-    from editalign.train.shared_prefix import (
-        SIDES,
+    from editalign.batching.shared_prefix import (
+        SUFFIX_ORDER as SIDES,
+    )
+    from editalign.batching.shared_prefix import (
         build_shared_prefix_batch,
         model_mask,
         uses_flex_attention,

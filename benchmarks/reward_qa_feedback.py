@@ -34,12 +34,13 @@ import torch
 from _common import RESULTS, write_result
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.pairs import load_pairs
+from editalign.eval.pair_scoring import batch_pair_rewards, human_bad
 from editalign.eval.reward_metrics import auroc, best_f1, reward_metrics
 from editalign.losses import reward_model_loss, token_rewards
 from editalign.models import load_tokenizer
 from editalign.reward_model import TokenRewardModel
 from editalign.train.common import ModelArguments
-from editalign.train.reward import RewardConfig, RewardTrainer, batch_pair_rewards, human_bad
+from editalign.train.reward import RewardConfig, RewardTrainer
 
 DATA = "/work/shared/data/qa-feedback/feedback.json"
 _BAD = (3, 2)  # deleted, substituted

@@ -37,10 +37,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "qa-feedback" /
 
 
 def load_features(model: str, max_length: int, n: int):
+    from editalign.batching.lm import pair_features
     from editalign.data.labeling import LabelingConfig, label_pairs
     from editalign.data.pairs import load_pairs
     from editalign.models import load_tokenizer
-    from editalign.train.collate import pair_features
 
     tok = load_tokenizer(model)
     pairs, _ = load_pairs(str(DATA), preset="qa-feedback")
@@ -195,7 +195,7 @@ def sft_rows(features: list[dict], batch_pairs: int) -> dict[str, list]:
 def padded_vs_packed_loss(trainer, features) -> dict:
     import torch
 
-    from editalign.train.collate import PairCollator
+    from editalign.batching.lm import PairCollator
 
     t = trainer.processing_class
     losses = {}

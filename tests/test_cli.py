@@ -143,8 +143,8 @@ def test_label_warns_loudly_when_truncation_loses_most_pairs(tmp_path, capsys):
 
 
 def test_training_data_gets_the_same_truncation_warning(tmp_path, caplog):
+    from editalign.data.arguments import DataArguments
     from editalign.models import load_tokenizer
-    from editalign.train.common import DataArguments
 
     long_prompt = " ".join(f"word{i}" for i in range(60))
     path = tmp_path / "rows.jsonl"

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from editalign.batching.lm import PairCollator, pair_features
 from editalign.data.align import IGNORE, Label
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.pairs import EditPair
 from editalign.losses import figa_loss
 from editalign.models import load_model, load_tokenizer
-from editalign.train.collate import PairCollator, pair_features
 from editalign.train.figa import FIGAConfig, FIGATrainer
 
 COLOURS = ["red", "blue", "green", "yellow", "black", "white", "orange", "purple"]
@@ -144,10 +144,10 @@ def test_one_step_raises_added_and_lowers_gated_deleted_log_probs(tmp_path, tok)
 def test_closed_gate_switches_the_negative_term_off(tmp_path, pairs, tok):
     # A random model gives every token ℓ ≈ 5.5 > τ = 0.6: with gate "le" β has no effect
     # (the same count N, no negative term); with no gate it subtracts β·ℓ on D(ŷ).
-    b = batch(trainer(tmp_path, pairs, tok), pairs)
+    # (the batch carries the static weights: each trainer collates its own)
     with torch.no_grad():
         losses = {(beta, gate): (t := trainer(tmp_path, pairs, tok, beta=beta, gate=gate))
-                  .compute_loss(t.model, dict(b)).item()
+                  .compute_loss(t.model, batch(t, pairs)).item()
                   for beta in (0.5, 0.9) for gate in ("le", "none")}
     assert losses[0.5, "le"] == losses[0.9, "le"]
     assert losses[0.5, "none"] < losses[0.5, "le"] - 1.0

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from editalign.data.arguments import DataArguments
 from editalign.data.pairs import DataError
 from editalign.models import load_tokenizer
-from editalign.train.common import DataArguments
 
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -7,17 +7,18 @@ import pytest
 import torch
 from transformers import AutoModel
 
+from editalign.batching.shared_prefix import (
+    AUTO_SHARED_MAX_RATIO,
+    build_shared_prefix_batch,
+    shared_prefix_ratio,
+    side_token_rows,
+)
+from editalign.batching.tokens import PairDataset, RewardPairCollator
 from editalign.data.align import IGNORE, align
 from editalign.data.labeling import LabeledPair, TokenizedSide
 from editalign.models import load_tokenizer, resolve_model_path
 from editalign.reward_model import TokenRewardModel
-from editalign.train.collate import shared_prefix_ratio
-from editalign.train.reward import PairDataset, RewardConfig, RewardPairCollator, RewardTrainer
-from editalign.train.shared_prefix import (
-    AUTO_SHARED_MAX_RATIO,
-    build_shared_prefix_batch,
-    side_token_rows,
-)
+from editalign.train.reward import RewardConfig, RewardTrainer
 
 BAD = ord("B")
 a, b, c, d, e, f, x = (ord(ch) for ch in "abcdefx")
@@ -150,7 +151,7 @@ def test_shared_layout_trains_and_evaluates_like_padded(tmp_path, tokenizer, pai
         trainer.train()
         trainers.append(trainer)
     padded, shared = trainers
-    assert shared.data_collator.shared_prefix and not padded.data_collator.shared_prefix
+    assert shared.pair_layout.layout == "shared" and padded.pair_layout.layout == "padded"
     history = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in trainers]
     assert len(history[0]) == 4
     assert history[1] == pytest.approx(history[0], rel=1e-5, abs=1e-6)
@@ -184,9 +185,12 @@ def test_unsupported_attention_falls_back_to_padded_with_the_reason(
     model = reward_model(config)
     # pretend: an implementation that cannot take the 4-D mask
     monkeypatch.setattr(model.backbone.config, "_attn_implementation", "flash_attention_2")
-    with caplog.at_level("WARNING", logger="editalign.train.reward"):
+    with caplog.at_level("WARNING", logger="editalign.batching.layout"):
         trainer = RewardTrainer(model, config, train_dataset=pairs, processing_class=tokenizer)
-    assert trainer.args.pair_layout == "padded" and not trainer.data_collator.shared_prefix
+    # the config keeps what was asked for; the layout object says what runs, and why
+    assert config.pair_layout == "shared" and trainer.pair_layout.layout == "padded"
+    assert "flash_attention_2" in trainer.pair_layout.fallback_reason
+    assert trainer.data_collator.layout is trainer.pair_layout
     assert "flash_attention_2" in caplog.text and "using padded" in caplog.text
     assert trainer.data_collator(features(pairs))["attention_mask"].dim() == 2
 

@@ -6,12 +6,13 @@ import datasets
 import pytest
 import torch
 
+from editalign.batching.tokens import RewardPairCollator
 from editalign.data.align import IGNORE, align
 from editalign.data.labeling import LabeledPair, TokenizedSide
 from editalign.losses import reward_model_loss
 from editalign.models import build_tiny_tokenizer, load_tokenizer, resolve_model_path
 from editalign.reward_model import TokenizerMismatchError, TokenRewardModel
-from editalign.train.reward import RewardConfig, RewardPairCollator, RewardTrainer
+from editalign.train.reward import RewardConfig, RewardTrainer
 
 BAD = ord("B")  # the planted rule: this token id is always the bad one
 GOOD = list(range(ord("a"), ord("z") + 1))

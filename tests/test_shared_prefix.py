@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editalign.models import load_model
-from editalign.train.shared_prefix import (
-    SIDES,
+from editalign.batching.shared_prefix import SUFFIX_ORDER as SIDES
+from editalign.batching.shared_prefix import (
     additive_mask,
     build_shared_prefix_batch,
     common_prefix_length,
@@ -17,6 +16,7 @@ from editalign.train.shared_prefix import (
     shared_prefix_mask,
     shared_prefix_mask_mod,
 )
+from editalign.models import load_model
 
 PROMPT = [5, 17, 33, 40, 41, 42, 43, 7]  # 8 prompt tokens
 EOS = 2
@@ -295,8 +295,8 @@ def figa_trainer(tmp_path, tok, pairs, **kw):
 @pytest.mark.parametrize("gate", [{"gate": "none", "gamma": 0.5},
                                   {"gate": "le", "tau": 5.5, "gamma": 0.2}])
 def test_figa_shared_layout_gives_the_padded_loss_and_gradients(tmp_path, gate):
+    from editalign.batching.lm import PairCollator, pair_features
     from editalign.models import load_tokenizer
-    from editalign.train.collate import PairCollator, pair_features
 
     tok = load_tokenizer("tiny")
     pairs = figa_pairs(tok)
@@ -335,6 +335,7 @@ def test_figa_shared_layout_trains_like_padded(tmp_path):
 
 
 def test_figa_shared_layout_falls_back_to_padded_with_a_reason(tmp_path, caplog):
+    from editalign.batching.lm import pair_features
     from editalign.models import load_tokenizer
     from editalign.train.figa import FIGAConfig, FIGATrainer
 
@@ -343,10 +344,14 @@ def test_figa_shared_layout_falls_back_to_padded_with_a_reason(tmp_path, caplog)
     model.config._attn_implementation = "flash_attention_2"  # pretend: cannot take the mask
     args = FIGAConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none",
                       pair_layout="shared")
-    with caplog.at_level("WARNING", logger="editalign.train.figa"):
+    with caplog.at_level("WARNING", logger="editalign.batching.layout"):
         t = FIGATrainer(model=model, args=args, train_dataset=figa_pairs(tok),
                         processing_class=tok)
-    assert t.args.pair_layout == "padded" and not t.data_collator.shared_prefix
+    # the config keeps what was asked for; the layout object says what runs, and why
+    assert args.pair_layout == "shared" and t.pair_layout.layout == "padded"
+    assert "flash_attention_2" in t.pair_layout.fallback_reason
+    assert t.data_collator.layout is t.pair_layout
+    assert t.data_collator(pair_features(figa_pairs(tok))[0])["attention_mask"].dim() == 2
     assert "flash_attention_2" in caplog.text
 
 
@@ -364,8 +369,9 @@ def test_pair_layout_option():
 
 
 def test_auto_layout_chooses_per_batch(tmp_path):
+    from editalign.batching.lm import pair_features
+    from editalign.batching.shared_prefix import shared_prefix_ratio
     from editalign.models import load_tokenizer
-    from editalign.train.collate import pair_features, shared_prefix_ratio
     from editalign.train.figa import AUTO_SHARED_MAX_RATIO
 
     tok = load_tokenizer("tiny")
@@ -388,8 +394,8 @@ def test_auto_layout_chooses_per_batch(tmp_path):
 @pytest.mark.parametrize("layout", ["shared", "auto"])
 def test_figa_flex_shared_layout_gives_the_sdpa_padded_loss_and_gradients(
         tmp_path, flex_reference, layout):
+    from editalign.batching.lm import PairCollator, pair_features
     from editalign.models import load_tokenizer
-    from editalign.train.collate import PairCollator, pair_features
     from editalign.train.figa import FIGAConfig, FIGATrainer
 
     tok = load_tokenizer("tiny")

@@ -14,19 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from editalign.eval.token_html import pair_record, render_html
-
-# torch and the model code load only when a command runs, so `editalign --help` stays fast.
-if TYPE_CHECKING:
-    from editalign.data.labeling import LabeledPair
-    from editalign.eval.reward_metrics import PairRewards
-    from editalign.reward_model import TokenRewardModel
 
 
 def add_score_args(p: argparse.ArgumentParser) -> None:
@@ -46,29 +39,6 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory")
 
 
-def score_labeled(model: TokenRewardModel, pairs: Sequence[LabeledPair], pad_token_id: int,
-                  batch_size: int = 8) -> list[PairRewards]:
-    """Token rewards of both sides of every pair (response tokens, final EOS included)."""
-    import torch
-
-    from editalign.train.reward import PairDataset, RewardPairCollator, batch_pair_rewards
-
-    model.eval()
-    device = next(model.parameters()).device
-    collate = RewardPairCollator(pad_token_id=pad_token_id)
-    dataset = PairDataset(pairs)
-    out: list[PairRewards] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = [dataset[i] for i in range(start, min(start + batch_size, len(pairs)))]
-        batch = collate(chunk)
-        with torch.no_grad():
-            res = model(input_ids=batch["input_ids"].to(device),
-                        attention_mask=batch["attention_mask"].to(device))
-        out += batch_pair_rewards(res.logits, res.rewards, batch["edit_labels"],
-                                  pairs[start:start + len(chunk)])
-    return out
-
-
 def _nan_to_none(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _nan_to_none(v) for k, v in value.items()}
@@ -78,9 +48,11 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    # torch and the model code load only when the command runs: `editalign --help` stays fast.
+    from editalign.data.arguments import DataArguments
+    from editalign.eval.pair_scoring import score_labeled
     from editalign.eval.reward_metrics import reward_metrics
     from editalign.reward_model import TokenRewardModel
-    from editalign.train.common import DataArguments
 
     if not args.reward_model or not args.data or not args.out:
         raise SystemExit("editalign score: --reward-model, --data and --out are required")

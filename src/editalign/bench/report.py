@@ -173,11 +173,11 @@ def _pairs_preview(pairs_file: Path, tokenizer_dir: Path, n: int) -> str | None:
 
 
 def _token_rewards(rm_dir: Path, pairs_file: Path, n: int) -> str | None:
+    from editalign.data.arguments import DataArguments
+    from editalign.eval.pair_scoring import score_labeled
     from editalign.eval.reward_metrics import reward_metrics
     from editalign.eval.token_html import pair_record, render_html
     from editalign.reward_model import TokenRewardModel
-    from editalign.score import score_labeled
-    from editalign.train.common import DataArguments
 
     tokenizer = TokenRewardModel.load_tokenizer(str(rm_dir))
     model = TokenRewardModel.from_pretrained(str(rm_dir), tokenizer=tokenizer)

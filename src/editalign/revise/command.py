@@ -119,7 +119,7 @@ def reward_model_scorer(path: str, *, batch_size: int = 8, max_length: int | Non
                          "editalign does not have; use --reward-scorer MODULE:FUNCTION") from None
     from editalign.data.labeling import LabelingConfig, label_pairs
     from editalign.data.pairs import EditPair
-    from editalign.score import score_labeled
+    from editalign.eval.pair_scoring import score_labeled
 
     tokenizer = cls.load_tokenizer(path)
     model = cls.from_pretrained(path, tokenizer=tokenizer)

@@ -2,7 +2,7 @@
 the policy, train and save.
 
 One flag, one owner: the data options (``--data``, ``--granularity``, ``--max_length``, ...)
-are declared by :class:`~editalign.train.common.DataArguments` alone. A trainer config that
+are declared by :class:`~editalign.data.arguments.DataArguments` alone. A trainer config that
 needs one of them too (TRL's ``SFTConfig``/``DPOConfig`` and FIGA's cut ``max_length``,
 the reward config's) declares no second flag for it: :class:`TrainParser` hands the parsed
 value to every dataclass that has a field of that name.
@@ -20,12 +20,8 @@ from typing import Any
 import torch
 from trl import TrlParser
 
-from editalign.train.common import (
-    DataArguments,
-    ModelArguments,
-    check_max_steps,
-    given_options,
-)
+from editalign.data.arguments import DataArguments
+from editalign.train.common import ModelArguments, check_max_steps, given_options
 
 logger = logging.getLogger(__name__)
 

@@ -4,12 +4,13 @@
 ``transformers.Trainer`` whose ``compute_loss`` reads one step top to bottom:
 
 1. both sides of every pair go through the model in one forward pass
-   (:class:`~editalign.train.collate.PairCollator`: revised rows, then original rows,
-   padded or packed padding-free);
+   (:class:`~editalign.batching.lm.PairCollator`: revised rows, then original rows,
+   padded or packed padding-free, or one shared-prefix row per pair);
 2. TRL's fused LM head returns the log-probability of every scored token without
    materialising the ``(batch, length, vocab)`` logits (the same head ``SFTTrainer`` uses);
-3. :func:`editalign.losses.figa_weights` gives the static weights (α on A(ỹ), γ on the rest
-   of ỹ, −β on D(ŷ)), :func:`editalign.losses.figa_loss_from_nll` applies the gate on the
+3. the batch carries the static weights the collator computed with
+   :func:`editalign.losses.figa_weights` (α on A(ỹ), γ on the rest of ỹ, −β on D(ŷ));
+   :func:`editalign.losses.figa_loss_from_nll` applies the gate on the
    current loss and normalises by ``num_items_in_batch``: the count of nonzero-weight
    tokens of the whole accumulated batch, over all ranks, so gradient accumulation and
    data parallelism reproduce the big-batch loss.
@@ -28,7 +29,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from editalign.data.align import IGNORE
+from editalign.batching.layout import PAIR_LAYOUTS, PairLayout
+from editalign.batching.lm import PairCollator, is_peft, pair_features, pair_log_probs
+from editalign.batching.shared_prefix import AUTO_SHARED_MAX_RATIO
 from editalign.data.labeling import GRANULARITIES
 from editalign.losses import (
     FIGA_GATES,
@@ -36,20 +39,10 @@ from editalign.losses import (
     FIGA_NORMALIZE,
     check_choice,
     figa_loss_from_nll,
-    figa_weights,
 )
 from editalign.train.cli import finish, load_policy, parse_train_args, resume_arg
-from editalign.train.collate import PairCollator, pair_features
-from editalign.train.shared_prefix import (
-    AUTO_SHARED_MAX_RATIO,
-    layout_attention_mask,
-    layout_unsupported_reason,
-    uses_flex_attention,
-)
 
 logger = logging.getLogger(__name__)
-
-PAIR_LAYOUTS = ("padded", "packed", "shared", "auto")
 
 
 @dataclass
@@ -146,7 +139,7 @@ class FIGAConfig(TrainingArguments):
 
 class FIGATrainer(Trainer):
     """``transformers.Trainer`` with the FIGA loss; ``train_dataset`` is a list of
-    :func:`~editalign.train.collate.pair_features` dicts (or of ``LabeledPair``)."""
+    :func:`~editalign.batching.lm.pair_features` dicts (or of ``LabeledPair``)."""
 
     def __init__(self, model: Any, args: FIGAConfig, train_dataset: Any = None,
                  eval_dataset: Any = None, processing_class: Any = None,
@@ -157,32 +150,23 @@ class FIGATrainer(Trainer):
             raise ValueError("FIGATrainer needs the tokenizer (processing_class)")
         train_dataset = _as_features(train_dataset, args.max_length, "train")
         eval_dataset = _as_features(eval_dataset, args.max_length, "eval")
-        if args.pair_layout in ("shared", "auto"):
-            reason = layout_unsupported_reason(model)
-            if reason is None and args.world_size > 1:
-                reason = "more than one process (the layout bypasses the DDP wrapper's forward)"
-            if reason is not None:
-                logger.warning("pair_layout %s unavailable, using padded: %s",
-                               args.pair_layout, reason)
-                args.pair_layout = "padded"
+        # What runs (args.pair_layout stays what was asked for): the shared layout calls the
+        # unwrapped decoder, so it needs one process.
+        self.pair_layout = PairLayout.for_model(args.pair_layout, model,
+                                                world_size=args.world_size)
         if data_collator is None:
             data_collator = PairCollator(
                 pad_token_id=processing_class.pad_token_id,
                 eos_token_id=processing_class.eos_token_id,
-                alpha=args.alpha, beta=args.beta, gamma=args.gamma,
-                padding_free=args.padding_free,
-                shared_prefix=args.pair_layout in ("shared", "auto"),
-                shared_prefix_max_ratio=AUTO_SHARED_MAX_RATIO if args.pair_layout == "auto"
-                else None,
-                shared_prefix_dense_mask=not uses_flex_attention(model))
-        if args.gradient_checkpointing and _is_peft(model):
+                alpha=args.alpha, beta=args.beta, gamma=args.gamma, layout=self.pair_layout)
+        if args.gradient_checkpointing and is_peft(model):
             # LoRA freezes the embeddings: without this, checkpointed blocks get no gradient.
             model.enable_input_require_grads()
         super().__init__(model=model, args=args, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class,
                          data_collator=data_collator, **kwargs)
         # Per-token log-probs in tiles, without the full logits (as TRL's SFTTrainer does).
-        add_fused_lm_head(self.model.get_base_model() if _is_peft(self.model) else self.model)
+        add_fused_lm_head(self.model.get_base_model() if is_peft(self.model) else self.model)
         # The batch carries `shift_labels` (nonzero-weight positions), so Trainer counts
         # them over the accumulated batch (and all ranks) into `num_items_in_batch`, and
         # `compute_loss` returns a loss already normalised for gradient accumulation.
@@ -196,22 +180,12 @@ class FIGATrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         args: FIGAConfig = self.args  # type: ignore[assignment]
-        forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")
-                   if k in inputs}
         # 1-2. one forward pass over both sides; log p of every scored (nonzero-weight) token.
-        if "gather_index" in inputs:  # shared-prefix layout
-            outputs = None
-            nll = -_shared_prefix_log_probs(self.accelerator.unwrap_model(model), inputs)
-        else:
-            outputs = model(**forward, shift_labels=inputs["shift_labels"], fused_lm_head=True,
-                            use_cache=False)
-            nll = -outputs.log_probs
-        # 3. static weights, gate on the current (detached) loss, normalised sum.
-        weights = figa_weights(inputs["edit_labels"], inputs["revised"], inputs["final_eos"],
-                               alpha=args.alpha, beta=args.beta, gamma=args.gamma)
+        log_probs, outputs = pair_log_probs(model, inputs, self.accelerator.unwrap_model(model))
+        # 3. the batch's static weights, gate on the current (detached) loss, normalised sum.
         if args.normalize == "active":
             num_items_in_batch = None
-        result = figa_loss_from_nll(nll, weights, tau=args.tau, gate=args.gate,
+        result = figa_loss_from_nll(-log_probs, inputs["figa_weights"], tau=args.tau, gate=args.gate,
                                     negative=args.negative, normalize=args.normalize,
                                     num_items=num_items_in_batch)
         loss = result.loss
@@ -252,34 +226,6 @@ class FIGATrainer(Trainer):
                 logs[prefix + key] = sum(values) / len(values)
         self._figa_metrics[mode].clear()
         super().log(logs, *args, **kwargs)
-
-
-def _shared_prefix_log_probs(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-    """log p of every scored token from the shared-prefix layout, in the packed per-token
-    order of the other layouts (0 where ``shift_labels`` is -100); the LM head runs only on
-    the scored positions."""
-    base = model.get_base_model() if _is_peft(model) else model
-    # sdpa: the dense boolean mask; eager: additive; flex_attention: a BlockMask built here,
-    # on the device, from the per-position segments.
-    mask = layout_attention_mask(base, inputs.get("attention_mask"), inputs.get("segments"))
-    hidden = base.get_decoder()(input_ids=inputs["input_ids"], attention_mask=mask,
-                                position_ids=inputs["position_ids"],
-                                use_cache=False).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1])[inputs["gather_index"][0]]
-    targets = inputs["shift_labels"][0]
-    scored = targets != IGNORE
-    logits = base.get_output_embeddings()(hidden[scored]).float()
-    log_probs = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
-    log_probs[scored] = logits.log_softmax(-1).gather(-1, targets[scored, None])[:, 0]
-    return log_probs[None]
-
-
-def _is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
 
 
 def _as_features(dataset: Any, max_length: int | None, name: str) -> Any:

@@ -3,7 +3,7 @@
 One trainer for token-level and sequence-level reward models. A batch of B pairs is 2B
 sequences in one forward pass (revised sides first, then original sides, right-padded),
 or, with ``--pair_layout shared``, B rows ``[shared prefix | original suffix | revised
-suffix]`` (:mod:`editalign.train.shared_prefix`) whose per-token outputs are gathered back
+suffix]`` (:mod:`editalign.batching.shared_prefix`) whose per-token outputs are gathered back
 into the same 2B rows; the loss is a weighted sum of the objectives in
 :mod:`editalign.losses`:
 
@@ -30,31 +30,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
-from editalign.data.align import IGNORE
-from editalign.data.labeling import SIDES, LabeledPair
+from editalign.batching.layout import PairLayout
+from editalign.batching.shared_prefix import AUTO_SHARED_MAX_RATIO
+from editalign.batching.tokens import PairDataset, RewardPairCollator, token_mask, token_outputs
+from editalign.data.labeling import LabeledPair
+from editalign.eval.pair_scoring import score_pairs
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
-from editalign.eval.spans import human_bad_tokens
 from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
-from editalign.reward_model import (
-    RewardModelConfig,
-    TokenRewardModel,
-    TokenRewardOutput,
-    check_finite_rewards,
-)
-from editalign.train.collate import shared_prefix_ratio
-from editalign.train.shared_prefix import (
-    AUTO_SHARED_MAX_RATIO,
-    build_shared_prefix_batch,
-    layout_attention_mask,
-    layout_unsupported_reason,
-    side_token_rows,
-    uses_flex_attention,
-)
+from editalign.reward_model import RewardModelConfig, TokenRewardModel, TokenRewardOutput
 
 logger = logging.getLogger(__name__)
 
@@ -112,122 +98,6 @@ class RewardConfig(TrainingArguments):
         return RewardModelConfig(transform=transform, read_at=read_at, objectives=objectives)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-class PairDataset(Dataset):
-    """Labelled pairs as feature dicts: ``{side}_input_ids`` and ``{side}_labels`` per side."""
-
-    def __init__(self, pairs: Sequence[LabeledPair], max_length: int | None = None) -> None:
-        self.pairs = list(pairs)
-        self.max_length = max_length
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        lp = self.pairs[i]
-        row: dict[str, Any] = {"index": i}
-        for name in SIDES:
-            side = getattr(lp, name)
-            ids, labels = side.input_ids, side.labels
-            if self.max_length is not None:
-                ids, labels = ids[: self.max_length], labels[: self.max_length]
-            row[f"{name}_input_ids"], row[f"{name}_labels"] = ids, labels
-        return row
-
-
-@dataclass
-class RewardPairCollator:
-    """B pairs → 2B right-padded rows: ``input_ids``, ``attention_mask``, ``edit_labels``
-    (IGNORE on prompt and padding); rows 0..B-1 revised, B..2B-1 original.
-
-    With ``shared_prefix`` the model inputs are instead the shared-prefix layout (B rows,
-    ``segments`` ``(B, L)``, ``attention_mask`` boolean ``(B, 1, L, L)`` unless
-    ``shared_prefix_dense_mask`` is False (FlexAttention), ``position_ids``), and ``token_rows``
-    ``(2B, T)`` gives the layout column of every token of the 2B padded rows (0 on padding),
-    so the per-token outputs gathered there have the padded layout's shape and order;
-    ``edit_labels`` is unchanged and ``token_mask`` is the padded layout's attention mask.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-    shared_prefix: bool = False
-    # With ``shared_prefix``: use the shared layout for a batch only when its size is at
-    # most this fraction of the padded layout's (else the batch is padded); None: always.
-    shared_prefix_max_ratio: float | None = None
-    shared_prefix_dense_mask: bool = True
-
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self._padded(features)
-        if self._use_shared(features):
-            batch["token_mask"] = batch.pop("attention_mask")
-            batch.update(_shared_prefix_inputs(features, batch["input_ids"].shape[1],
-                                               self.pad_token_id,
-                                               self.shared_prefix_dense_mask))
-        return batch
-
-    def _use_shared(self, features: Sequence[dict[str, Any]]) -> bool:
-        if not self.shared_prefix:
-            return False
-        # The layout needs two tokens per side; such degenerate sides only come from a
-        # max_length below 2, and stay padded rather than failing the batch.
-        if any(len(f[f"{name}_input_ids"]) < 2 for name in SIDES for f in features):
-            return False
-        return (self.shared_prefix_max_ratio is None
-                or shared_prefix_ratio(features) <= self.shared_prefix_max_ratio)
-
-    def _padded(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        seqs = [(f[f"{name}_input_ids"], f[f"{name}_labels"]) for name in SIDES for f in features]
-        length = max(len(ids) for ids, _ in seqs)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(seqs), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
-        edit_labels = torch.full((len(seqs), length), IGNORE, dtype=torch.long)
-        for row, (ids, labels) in enumerate(seqs):
-            input_ids[row, : len(ids)] = torch.as_tensor(ids)
-            attention_mask[row, : len(ids)] = 1
-            edit_labels[row, : len(labels)] = torch.as_tensor(labels)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-                 "edit_labels": edit_labels}
-        if "index" in features[0]:
-            batch["index"] = torch.as_tensor([f["index"] for f in features])
-        return batch
-
-
-def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_token_id: int,
-                          dense_mask: bool = True) -> dict[str, torch.Tensor]:
-    """The shared-prefix model inputs of ``features`` and ``token_rows`` ``(2B, width)``:
-    row i (revised) and row B + i (original) index layout row i."""
-    pairs = [(f["original_input_ids"], f["revised_input_ids"]) for f in features]
-    layout = build_shared_prefix_batch(pairs, pad_token_id, dense_mask=dense_mask)
-    rows: dict[str, list[list[int]]] = {name: [] for name in SIDES}
-    for original, revised in pairs:
-        original_rows, revised_rows = side_token_rows(original, revised)
-        rows["original"].append(original_rows)
-        rows["revised"].append(revised_rows)
-    token_rows = torch.zeros((2 * len(pairs), width), dtype=torch.long)
-    for row, side_rows in enumerate(rows["revised"] + rows["original"]):
-        token_rows[row, : len(side_rows)] = torch.as_tensor(side_rows)
-    out = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
-           "segments": layout.segments, "token_rows": token_rows}
-    if layout.attention_mask is not None:
-        out["attention_mask"] = layout.attention_mask
-    return out
-
-
-def human_bad(lp: LabeledPair) -> np.ndarray | None:
-    """Per original response token (EOS excluded): inside a human error span (QA-Feedback)."""
-    spans = lp.meta.get("error_spans")
-    if spans is None:
-        return None
-    offsets = lp.original.offsets
-    if offsets[-1:] == [(0, 0)]:
-        offsets = offsets[:-1]
-    return np.array([h is not None for h in human_bad_tokens(lp.original_text, offsets, spans)])
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -243,18 +113,14 @@ class RewardTrainer(Trainer):
         pad = processing_class.pad_token_id if processing_class is not None else 0
         self.objectives = args.objectives()
         self.eval_pairs = list(eval_dataset) if eval_dataset else []
-        if args.pair_layout in ("shared", "auto"):
-            reason = layout_unsupported_reason(model.backbone)
-            if reason is not None:
-                logger.warning("pair_layout %s unavailable, using padded: %s",
-                               args.pair_layout, reason)
-                args.pair_layout = "padded"
+        # What runs (args.pair_layout stays what was asked for). The shared forward goes
+        # through the wrapped model, so data parallelism does not rule it out.
+        self.pair_layout = PairLayout.for_model(args.pair_layout, model.backbone,
+                                                choices=PAIR_LAYOUTS)
         # Evaluation (score_pairs) uses this collator too: the shared layout's gathered
         # outputs have the padded layout's shape, so the metrics code reads either.
-        kwargs.setdefault("data_collator", RewardPairCollator(
-            pad_token_id=pad, shared_prefix=args.pair_layout in ("shared", "auto"),
-            shared_prefix_max_ratio=AUTO_SHARED_MAX_RATIO if args.pair_layout == "auto"
-            else None, shared_prefix_dense_mask=not uses_flex_attention(model.backbone)))
+        kwargs.setdefault("data_collator", RewardPairCollator(pad_token_id=pad,
+                                                              layout=self.pair_layout))
         super().__init__(
             model=model, args=args,
             train_dataset=PairDataset(train_dataset, args.max_length)
@@ -268,28 +134,25 @@ class RewardTrainer(Trainer):
                                                             "eval": defaultdict(list)}
         self.train_tokens = 0
 
-    def _loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
-        unwrapped = self.accelerator.unwrap_model(model)
-        if "token_rows" in inputs:
-            out = _shared_prefix_forward(model, unwrapped, inputs)
-        else:
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    def _objective_loss(self, out: TokenRewardOutput, inputs: dict[str, torch.Tensor],
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.args
-        loss, parts = reward_model_loss(
+        return reward_model_loss(
             out.logits, inputs["edit_labels"], self.objectives,
-            transform=unwrapped.reward_config.transform, equal_weight=cfg.equal_weight,
-            center_coefficient=cfg.center_rewards_coefficient)
-        return loss, parts, out
+            transform=self.accelerator.unwrap_model(self.model).reward_config.transform,
+            equal_weight=cfg.equal_weight, center_coefficient=cfg.center_rewards_coefficient)
+
+    def _loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor], TokenRewardOutput]:
+        out = token_outputs(model, inputs, self.accelerator.unwrap_model(model))
+        return *self._objective_loss(out, inputs), out
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
                      return_outputs: bool = False, num_items_in_batch: Any = None) -> Any:
         loss, parts, out = self._loss(model, inputs)
         if model.training:
-            # Tokens of the pairs (the padded layout's mask), whichever layout computed them.
-            token_mask = inputs["token_mask"] if "token_mask" in inputs \
-                else inputs["attention_mask"]
-            self.train_tokens += int(token_mask.sum())
+            # Tokens of the pairs, whichever layout computed them.
+            self.train_tokens += int(token_mask(inputs).sum())
             for name, value in parts.items():
                 self._metrics["train"][f"loss_{name}"].append(float(value.detach()))
         return (loss, out) if return_outputs else loss
@@ -301,23 +164,13 @@ class RewardTrainer(Trainer):
             train.clear()
         super().log(logs, start_time)
 
-    @torch.no_grad()
     def score_pairs(self, pairs: Sequence[LabeledPair]) -> tuple[list[PairRewards], float]:
-        """Token rewards of both sides of every pair, and the mean loss over the batches."""
-        model = self.model
-        was_training = model.training
-        model.eval()
+        """Token rewards of both sides of every pair, and the mean loss over the batches
+        (:func:`editalign.eval.pair_scoring.score_pairs` on this trainer's eval loader)."""
         loader = self.get_eval_dataloader(PairDataset(pairs, self.args.max_length))
-        results: list[PairRewards] = []
-        losses = []
-        for inputs in loader:
-            inputs = self._prepare_inputs(inputs)
-            loss, _, out = self._loss(model, inputs)
-            losses.append(float(loss))
-            results += batch_pair_rewards(out.logits, out.rewards, inputs["edit_labels"],
-                                          [pairs[int(i)] for i in inputs["index"]])
-        model.train(was_training)
-        return results, float(np.mean(losses)) if losses else float("nan")
+        return score_pairs(self.model, (self._prepare_inputs(b) for b in loader), pairs,
+                           unwrapped=self.accelerator.unwrap_model(self.model),
+                           loss=lambda out, inputs: self._objective_loss(out, inputs)[0])
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -366,51 +219,6 @@ class RewardTrainer(Trainer):
         self.accelerator.unwrap_model(self.model).save_pretrained(
             output_dir, tokenizer=self.processing_class, state_dict=state_dict)
         torch.save(self.args, f"{output_dir}/training_args.bin")
-
-
-def _shared_prefix_forward(model: torch.nn.Module, unwrapped: TokenRewardModel,
-                           inputs: dict[str, torch.Tensor]) -> TokenRewardOutput:
-    """One forward pass over the shared-prefix rows, then every token's logit and reward
-    read at the token's own layout position: the (2B, T) outputs of the padded layout.
-
-    ``model`` (possibly DDP-wrapped) is called as a whole, so data parallelism still sees
-    the forward pass; the head is per position, so gathering after it is exact.
-    """
-    # sdpa: the dense boolean mask; eager: additive; flex_attention: a BlockMask built here,
-    # on the device, from the per-position segments.
-    mask = layout_attention_mask(unwrapped.backbone, inputs.get("attention_mask"),
-                                 inputs.get("segments"))
-    out = model(input_ids=inputs["input_ids"], attention_mask=mask,
-                position_ids=inputs["position_ids"])
-    rows = inputs["token_rows"]
-
-    def per_side(values: torch.Tensor) -> torch.Tensor:
-        return torch.cat([values, values]).gather(1, rows)
-
-    return TokenRewardOutput(logits=per_side(out.logits), rewards=per_side(out.rewards))
-
-
-def batch_pair_rewards(logits: torch.Tensor, rewards: torch.Tensor, edit_labels: torch.Tensor,
-                       pairs: Sequence[LabeledPair]) -> list[PairRewards]:
-    """Split a (2B, L) paired batch into one :class:`PairRewards` per pair.
-
-    Every consumer of pair rewards (``editalign score``, the reviser's reward-model scorer,
-    the reward trainer's evaluation) goes through here: a NaN or inf reward on a response
-    token raises :class:`~editalign.reward_model.NonFiniteRewardError` naming the pair.
-    """
-    n = len(pairs)
-    check_finite_rewards(rewards, edit_labels != IGNORE,
-                         rows=[f"pair {lp.id!r} ({side})" for side in ("revised", "original")
-                               for lp in pairs])
-    logits, rewards, labels = (t.float().cpu().numpy() for t in (logits, rewards, edit_labels))
-    out = []
-    for i, lp in enumerate(pairs):
-        r_sel, o_sel = labels[i] != IGNORE, labels[n + i] != IGNORE
-        out.append(PairRewards(
-            revised_rewards=rewards[i][r_sel], revised_labels=labels[i][r_sel],
-            original_rewards=rewards[n + i][o_sel], original_labels=labels[n + i][o_sel],
-            original_logits=logits[n + i][o_sel], human_bad=human_bad(lp)))
-    return out
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -35,7 +35,10 @@ from typing import Any
 
 import torch
 
-SIDES = ("original", "revised")
+# The order of the two suffixes in a layout row: the original's first. This is a row order,
+# not the order of a pair's sides in a batch of rows (`editalign.data.labeling.SIDES`:
+# revised, then original), which the collators use.
+SUFFIX_ORDER = ("original", "revised")
 FLEX_ATTENTION = "flex_attention"
 # Attention implementations known to apply the layout's mask exactly (dense 4-D or BlockMask).
 MASK_ATTENTION = ("sdpa", "eager", FLEX_ATTENTION)
@@ -92,8 +95,8 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
     if not pairs:
         raise ValueError("no pairs")
     rows, positions, segments, prefixes = [], [], [], []
-    sources: dict[str, list[list[int]]] = {s: [] for s in SIDES}
-    targets: dict[str, list[list[int]]] = {s: [] for s in SIDES}
+    sources: dict[str, list[list[int]]] = {s: [] for s in SUFFIX_ORDER}
+    targets: dict[str, list[list[int]]] = {s: [] for s in SUFFIX_ORDER}
     for original, revised in pairs:
         original, revised = list(original), list(revised)
         if len(original) < 2 or len(revised) < 2:
@@ -109,7 +112,7 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
             seg += [k] * (len(side_ids) - p)
             # row position of side token t: t if t < p else offset + t - p
             row_of = [t if t < p else offset + t - p for t in range(len(side_ids))]
-            name = SIDES[k - 1]
+            name = SUFFIX_ORDER[k - 1]
             sources[name].append(row_of[:-1])  # token t+1 is predicted from token t's row
             targets[name].append(side_ids[1:])
         rows.append(ids)
@@ -126,7 +129,7 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
         seg_t[i, :len(seg)] = torch.tensor(seg)
     mask = shared_prefix_mask(seg_t) if dense_mask else None
     out_source, out_target, out_valid = {}, {}, {}
-    for name in SIDES:
+    for name in SUFFIX_ORDER:
         t_max = max(map(len, sources[name]))
         src = torch.zeros((b, t_max), dtype=torch.long)
         tgt = torch.zeros((b, t_max), dtype=torch.long)
@@ -265,11 +268,28 @@ def gather_rows(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def side_logprobs(logits: torch.Tensor, batch: SharedPrefixBatch) -> dict[str, torch.Tensor]:
     """Per side ``(B, T_side)`` log-probabilities of the next token (0 on padding)."""
     out = {}
-    for name in SIDES:
+    for name in SUFFIX_ORDER:
         rows = gather_rows(logits, batch.source[name]).float().log_softmax(-1)
         logp = rows.gather(-1, batch.target[name][..., None]).squeeze(-1)
         out[name] = logp.masked_fill(~batch.valid[name], 0.0)
     return out
+
+
+def forward_shared(module: Any, inputs: dict[str, Any], attention_of: Any = None,
+                   **kwargs: Any) -> Any:
+    """Call ``module`` on shared-prefix inputs: the one forward pass of the layout.
+
+    ``inputs`` holds ``input_ids``, ``position_ids`` and ``segments`` (and the dense
+    ``attention_mask`` unless it was built for FlexAttention), on the module's device. The
+    mask reaches the module in the form the attention implementation of ``attention_of``
+    (default ``module``; the backbone when ``module`` is a wrapper around it) takes: a
+    ``BlockMask`` built here from the segments for flex_attention, the boolean 4-D mask for
+    sdpa, the additive one for eager. Extra ``kwargs`` go to the module (``use_cache=False``).
+    """
+    owner = module if attention_of is None else attention_of
+    mask = layout_attention_mask(owner, inputs.get("attention_mask"), inputs.get("segments"))
+    return module(input_ids=inputs["input_ids"], attention_mask=mask,
+                  position_ids=inputs["position_ids"], **kwargs)
 
 
 def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, torch.Tensor]:
@@ -278,9 +298,14 @@ def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, tor
     if reason is not None:
         raise ValueError(f"shared-prefix layout unavailable: {reason}")
     device = model.device
-    out = model(input_ids=batch.input_ids.to(device),
-                attention_mask=model_mask(model, batch),
-                position_ids=batch.position_ids.to(device), use_cache=False)
+
+    def to_device(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    inputs = {"input_ids": to_device(batch.input_ids), "position_ids": to_device(batch.position_ids),
+              "attention_mask": to_device(batch.attention_mask),
+              "segments": to_device(batch.segments)}
+    out = forward_shared(model, inputs, use_cache=False)
     moved = SharedPrefixBatch(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask,
         position_ids=batch.position_ids, prefix_lengths=batch.prefix_lengths,
@@ -288,3 +313,15 @@ def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, tor
         target={k: v.to(device) for k, v in batch.target.items()},
         valid={k: v.to(device) for k, v in batch.valid.items()})
     return side_logprobs(out.logits, moved)
+
+
+def shared_prefix_ratio(features: Sequence[dict[str, Any]]) -> float:
+    """Positions of the shared-prefix layout / positions of the padded layout (both padded
+    to a rectangle) for feature dicts with ``original_input_ids``/``revised_input_ids``:
+    under 1 the shared layout computes less."""
+    shared = padded = 0
+    for f in features:
+        o, r = f["original_input_ids"], f["revised_input_ids"]
+        shared = max(shared, len(o) + len(r) - common_prefix_length(o, r))
+        padded = max(padded, len(o), len(r))
+    return shared / (2 * padded)

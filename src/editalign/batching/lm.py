@@ -1,4 +1,4 @@
-"""Batches of edit pairs: both sides of every pair in one forward pass.
+"""Batches of edit pairs for a language model (FIGA): both sides of every pair in one pass.
 
 A FIGA batch of B pairs is 2B sequences, the revised sides first, then the original
 sides, either padded to a rectangle (``input_ids``/``attention_mask``) or, padding-free,
@@ -15,6 +15,12 @@ one code path:
 - ``edit_labels``: the next token's edit label (``Label`` code; -100 on prompt/padding).
 - ``revised``: the next token is on the revised side.
 - ``final_eos``: the next token is the final EOS of its response.
+- ``figa_weights``: the static FIGA weight of the next token (α, −β, γ or 0), computed here
+  once; ``shift_labels`` scores exactly its nonzero positions, and the loss applies it.
+
+Which layout a batch takes is the :class:`~editalign.batching.layout.PairLayout`'s call; a
+shared-prefix batch also carries ``gather_index``, the layout position that predicts each of
+these per-token positions, and :func:`shared_scored_log_probs` runs its forward pass.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from typing import Any
 
 import torch
 
+from editalign.batching.layout import PairLayout, is_shared_batch
+from editalign.batching.shared_prefix import build_shared_prefix_batch, forward_shared
 from editalign.data.align import IGNORE
 from editalign.data.labeling import SIDES, LabeledPair
 from editalign.losses import figa_weights
@@ -87,8 +95,9 @@ def pair_features(pairs: Sequence[LabeledPair], max_length: int | None = None,
 class PairCollator:
     """Collate :func:`pair_features` dicts into one FIGA batch (see the module docstring).
 
-    ``alpha``/``beta``/``gamma`` only decide which positions are scored (nonzero weight);
-    the weights themselves are computed on the device by the trainer.
+    ``alpha``/``beta``/``gamma`` give the static weights the batch carries (the trainer
+    builds the collator from its config). ``layout`` decides padded, packed or shared-prefix
+    per batch; without one, ``padding_free`` picks packed over padded.
     """
 
     pad_token_id: int
@@ -98,16 +107,12 @@ class PairCollator:
     gamma: float = 0.0
     padding_free: bool = False
     pad_to_multiple_of: int | None = None
-    # Shared-prefix layout (:mod:`editalign.train.shared_prefix`): one row per pair; the
-    # per-token tensors are the padding-free ones and ``gather_index`` maps each of their
-    # positions to the flattened (row * length + column) layout position that predicts it.
-    shared_prefix: bool = False
-    # With ``shared_prefix``: use the shared layout for a batch only when its padded size is
-    # at most this fraction of the padded layout's (else the batch is padded); None: always.
-    shared_prefix_max_ratio: float | None = None
-    # With ``shared_prefix``: also ship the dense (B, 1, L, L) mask (sdpa/eager). FlexAttention
-    # builds its BlockMask on the device from ``segments``, which every shared batch carries.
-    shared_prefix_dense_mask: bool = True
+    layout: PairLayout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None:
+            name = "packed" if self.padding_free else "padded"
+            self.layout = PairLayout(requested=name, layout=name)
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [(f[f"{name}_input_ids"], f[f"{name}_labels"], name == "revised")
@@ -126,13 +131,13 @@ class PairCollator:
             if len(i) >= 2 and i[-1] == self.eos_token_id and lab[-1] != IGNORE:
                 flag[-2] = True  # position -2 predicts the final EOS
             final_eos.append(flag)
-        if self.shared_prefix and (self.shared_prefix_max_ratio is None or shared_prefix_ratio(
-                features) <= self.shared_prefix_max_ratio):
-            batch = _shared_prefix_inputs(features, self.pad_token_id,
-                                          self.shared_prefix_dense_mask)
+        layout = self.layout
+        assert layout is not None  # set in __post_init__
+        if layout.use_shared(features):
+            batch = _shared_prefix_inputs(features, self.pad_token_id, layout.dense_mask)
             cat = {"edit_labels": torch.cat(shift_edit)[None], "targets": torch.cat(shift_ids)[None],
                    "revised": torch.cat(revised)[None], "final_eos": torch.cat(final_eos)[None]}
-        elif self.padding_free:
+        elif layout.packed:
             batch = {
                 "input_ids": torch.cat(ids)[None],
                 "position_ids": torch.cat([torch.arange(len(i)) for i in ids])[None],
@@ -156,21 +161,9 @@ class PairCollator:
         # `num_items_in_batch` for batches that carry `labels` (and then counts `shift_labels`).
         batch["labels"] = torch.cat([torch.full_like(batch["shift_labels"][:, :1], IGNORE),
                                      batch["shift_labels"][:, :-1]], dim=1)
+        batch["figa_weights"] = weights
         batch.update(cat)
         return batch
-
-
-def shared_prefix_ratio(features: Sequence[dict[str, Any]]) -> float:
-    """Positions of the shared-prefix layout / positions of the padded layout (both padded
-    to a rectangle): under 1 the shared layout computes less."""
-    from editalign.train.shared_prefix import common_prefix_length
-
-    shared = padded = 0
-    for f in features:
-        o, r = f["original_input_ids"], f["revised_input_ids"]
-        shared = max(shared, len(o) + len(r) - common_prefix_length(o, r))
-        padded = max(padded, len(o), len(r))
-    return shared / (2 * padded)
 
 
 def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
@@ -179,8 +172,6 @@ def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
     ``dense_mask`` is False) plus ``gather_index`` in the packed per-token order (all
     revised sides, then all original sides; one entry per token, the last one of each side
     predicting nothing and pointing at position 0)."""
-    from editalign.train.shared_prefix import build_shared_prefix_batch
-
     layout = build_shared_prefix_batch(
         [(f["original_input_ids"], f["revised_input_ids"]) for f in features], pad_token_id,
         dense_mask=dense_mask)
@@ -196,6 +187,51 @@ def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
     if layout.attention_mask is not None:
         out["attention_mask"] = layout.attention_mask
     return out
+
+
+def pair_log_probs(model: Any, inputs: dict[str, Any], unwrapped: Any = None,
+                   ) -> tuple[torch.Tensor, Any]:
+    """log p of every scored token of a collated batch, whatever its layout, in the packed
+    per-token order of :class:`PairCollator` (0 where ``shift_labels`` is -100), and the
+    model's outputs (None for a shared-prefix batch).
+
+    ``model`` is what the trainer calls (maybe DDP-wrapped), with TRL's fused LM head
+    added: padded and packed batches go through it whole and never materialise the
+    ``(batch, length, vocab)`` logits. A shared-prefix batch goes through
+    :func:`shared_scored_log_probs` on ``unwrapped`` (default ``model``): it calls the
+    decoder and the LM head itself, so it runs on one process only.
+    """
+    if is_shared_batch(inputs):
+        return shared_scored_log_probs(model if unwrapped is None else unwrapped, inputs), None
+    forward = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids")
+               if k in inputs}
+    outputs = model(**forward, shift_labels=inputs["shift_labels"], fused_lm_head=True,
+                    use_cache=False)
+    return outputs.log_probs, outputs
+
+
+def shared_scored_log_probs(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """log p of every scored token from the shared-prefix layout, in the packed per-token
+    order of the other layouts (0 where ``shift_labels`` is -100); the LM head runs only on
+    the scored positions."""
+    base = model.get_base_model() if is_peft(model) else model
+    hidden = forward_shared(base.get_decoder(), inputs, attention_of=base,
+                            use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])[inputs["gather_index"][0]]
+    targets = inputs["shift_labels"][0]
+    scored = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[scored]).float()
+    log_probs = torch.zeros(targets.shape, dtype=logits.dtype, device=logits.device)
+    log_probs[scored] = logits.log_softmax(-1).gather(-1, targets[scored, None])[:, 0]
+    return log_probs[None]
+
+
+def is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
 
 
 def _pad(seqs: Sequence[torch.Tensor], value: Any, multiple: int | None) -> torch.Tensor:
