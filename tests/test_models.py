@@ -363,3 +363,25 @@ def test_code_shipped_in_a_model_directory_never_runs(cache, tmp_path, monkeypat
         with pytest.raises(ValueError, match=r"trust_remote_code|custom code"):
             load(str(evil))
     assert not marker.exists()
+
+
+def test_bench_model_cache_folder_changes_with_its_sources(tmp_path, monkeypatch):
+    """A cached tiny-bench built from older task text must not be loaded after the text
+    changes: the cache folder carries a digest of the sources it was built from."""
+    from editalign import models
+
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    before = models.source_digest([a, b], [models.build_tiny_model])
+    assert before == models.source_digest([a, b], [models.build_tiny_model])  # stable
+    a.write_text("x = 3\n")
+    assert models.source_digest([a, b], [models.build_tiny_model]) != before
+    assert models.source_digest([a, b]) != models.source_digest([a, b], [models.build_tiny_model])
+
+    name = models._REGISTRY["tiny-bench"].cache_name
+    grounded = models._REGISTRY["tiny-bench-grounded"].cache_name
+    assert name(None).startswith("tiny-bench-seed0-") and name("3").startswith("tiny-bench-seed3-")
+    assert grounded(None).startswith("tiny-bench-grounded-seed0-")
+    monkeypatch.setattr(models, "source_digest", lambda files, functions=(): "changed")
+    assert name(None) == "tiny-bench-seed0-changed"

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -437,13 +437,39 @@ def _build_tiny(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokeniz
     return build_tiny_model(_tiny_seed(variant))
 
 
+def source_digest(files: Sequence[Path], functions: Sequence[Callable[..., Any]] = ()) -> str:
+    """A short digest of source files and functions: a cached model built from them gets a
+    new cache folder when any of them changes, instead of a stale one being loaded."""
+    import inspect
+
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    for function in functions:
+        digest.update(inspect.getsource(function).encode())
+    return digest.hexdigest()[:10]
+
+
+def _bench_model_cache_name(name: str) -> Callable[[str | None], str]:
+    # The bench models are built from the task's text (bench/world.py renders it,
+    # bench/tokenizer.py trains the BPE on it) and the tiny architecture: the folder name
+    # carries their digest, read when a name is resolved (the files, not imported).
+    bench = Path(__file__).parent / "bench"
+
+    def cache_name(variant: str | None) -> str:
+        digest = source_digest([bench / "tokenizer.py", bench / "world.py"],
+                               [build_tiny_model, wrap_chatml_tokenizer])
+        return f"{name}-seed{seed_variant(name, variant)}-{digest}"
+
+    return cache_name
+
+
 # The benchmark task's model: the ``tiny`` Llama with a BPE tokenizer trained on the task's
 # text (editalign.bench.tokenizer); ``tiny-bench:SEED`` seeds its initial weights.
 declare_model("tiny-bench", "editalign.bench.tokenizer:build_tiny_bench",
-              cache_name=lambda variant: f"tiny-bench-seed{seed_variant('tiny-bench', variant)}")
+              cache_name=_bench_model_cache_name("tiny-bench"))
 declare_model("tiny-bench-grounded", "editalign.bench.tokenizer:build_tiny_bench_grounded",
-              cache_name=lambda variant: "tiny-bench-grounded-seed"
-              f"{seed_variant('tiny-bench-grounded', variant)}")
+              cache_name=_bench_model_cache_name("tiny-bench-grounded"))
 
 
 # --------------------------------------------------------------------------- loading
