@@ -141,3 +141,16 @@ def test_missing_arguments_and_bad_options(prompts, tmp_path, capsys):
     assert "--prompts required" in capsys.readouterr().err
     assert _run(prompts, tmp_path / "x.jsonl", "--num-samples", "0") == 2
     assert "num_samples must be >= 1" in capsys.readouterr().err
+
+
+def test_sample_options_share_the_evaluators_checks():
+    from editalign.eval.winrate import SamplingConfig
+    from editalign.sample import SampleOptions
+
+    for bad in ({"top_p": 0}, {"temperature": -1}, {"max_new_tokens": 0}, {"batch_size": 0}):
+        for cls in (SampleOptions, SamplingConfig):
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                cls(**bad)
+    with pytest.raises(ValueError, match="num_samples"):
+        SampleOptions(samples_per_prompt=2)
+    assert SampleOptions().max_new_tokens == 256 and SamplingConfig().max_new_tokens == 128

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from editalign.eval.winrate import SamplingConfig
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "vllm")
@@ -47,30 +49,21 @@ SETTING_KEYS = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "see
 
 
 @dataclass
-class SampleOptions:
-    """How to sample. ``temperature=0`` is greedy decoding; ``top_k=0`` switches top-k off."""
+class SampleOptions(SamplingConfig):
+    """How to sample: the evaluator's sampling settings (``temperature=0`` is greedy decoding,
+    ``top_k=0`` switches top-k off; one meaning and one set of checks for both), plus the
+    responses per prompt and the backend."""
 
-    num_samples: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
     max_new_tokens: int = 256
-    seed: int = 0
-    batch_size: int = 16
-    chat_template: str = "auto"
+    num_samples: int = 1
     backend: str = "hf"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples_per_prompt != 1:  # the evaluator's name for it; here it is num_samples
+            raise ValueError("SampleOptions takes num_samples, not samples_per_prompt")
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; allowed: {', '.join(BACKENDS)}")
 
@@ -159,12 +152,13 @@ class HFBackend:
             self.model.to("cuda")
 
     def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
-        from editalign.eval.winrate import SamplingConfig, sample_responses
+        from editalign.eval.winrate import sample_responses
 
-        o = self.options
-        config = SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-                                top_p=o.top_p, top_k=o.top_k, seed=seed,
-                                batch_size=len(prompts), chat_template=o.chat_template)
+        # one response per prompt: the caller repeats prompts for k samples and seeds chunks
+        config = SamplingConfig(max_new_tokens=self.options.max_new_tokens,
+                                temperature=self.options.temperature, top_p=self.options.top_p,
+                                top_k=self.options.top_k, seed=seed, batch_size=len(prompts),
+                                chat_template=self.options.chat_template)
         eos = self.tokenizer.eos_token_id
         return [Drawn(s.text, len(s.response_ids),
                       "stop" if s.response_ids and s.response_ids[-1] == eos else "length")
