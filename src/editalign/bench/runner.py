@@ -24,6 +24,7 @@ with :mod:`editalign.bench.results`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -269,7 +270,9 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
                              "--output_dir", str(round_out),
                              *_common(run, config.method_learning_rate(base)), *flags, *extra])
 
-        return train_online(method, bench, out, config, train_round)
+        # Its sampling and revising run in this process: keep the console one line per stage.
+        with contextlib.nullcontext() if console_is_terminal() else _progress_bars_off():
+            return train_online(method, bench, out, config, train_round)
     if method in SUPERVISED:
         trainer, flags = SUPERVISED[method]
         seconds = _train(trainer, ["--model", policy, "--data", str(pairs), "--output_dir",
