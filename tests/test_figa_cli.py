@@ -41,6 +41,28 @@ def test_config_file_labelled_dir_lora_and_tensorboard(data, tmp_path):
     assert list(out.glob("runs/*/events.out.tfevents.*"))
 
 
+def test_a_lora_policy_trains_again_from_its_merged_self(data, tmp_path, monkeypatch):
+    """Round 2 of a LoRA loop starts from round 1's policy: the saved adapter is loaded as its
+    base with the adapter merged in, and the new adapter records round 1 as its base (before,
+    the new adapter re-initialised the old one under the same name and round 1 was lost)."""
+    from editalign.models import load_model
+
+    lora = ["--lora_r", "4", "--use_cpu", "True", "--report_to", "none",
+            "--save_strategy", "no"]
+    first, second = tmp_path / "round1", tmp_path / "round2"
+    assert main(["train", "figa", "--data", str(data), *common(first), *lora,
+                 "--learning_rate", "0.05", "--gamma", "1.0"]) == 0
+    # lr 0: round 2's adapter stays zero (LoRA B starts at 0), so round 2 == round 1
+    monkeypatch.chdir(tmp_path)  # relative paths in, an absolute base recorded
+    assert main(["train", "figa", "--data", str(data), *common("round2"), "--model",
+                 "round1", *lora, "--learning_rate", "0.0"]) == 0
+    base = json.loads((second / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(first)
+    tiny, one, two = (load_model(str(p)).state_dict() for p in ("tiny", first, second))
+    assert max((one[k] - tiny[k]).abs().max().item() for k in tiny) > 1e-4  # round 1 learned
+    assert all(torch.allclose(two[k], one[k], atol=1e-6) for k in one)
+
+
 def test_unknown_option_value_is_refused_with_the_allowed_values(data, tmp_path, capsys):
     code = main(["train", "figa", "--data", str(data), *common(tmp_path), "--gate", "lt"])
     assert code == 2

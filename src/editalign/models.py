@@ -534,7 +534,40 @@ def load_model(
         kwargs["dtype"] = dtype
     if os.path.isdir(path):  # a local directory: name a corrupt file instead of a traceback
         check_weights(path)
+        if is_adapter_directory(path):
+            return _load_merged_adapter(path, kwargs)
     return AutoModelForCausalLM.from_pretrained(path, **{**kwargs, **SAFE_LOAD})
+
+
+def is_adapter_directory(path: str | os.PathLike[str]) -> bool:
+    """A directory that holds a PEFT (LoRA) adapter and no full model: what ``--lora_r``
+    training saves."""
+    return (Path(path) / "adapter_config.json").is_file() and \
+        not (Path(path) / "config.json").is_file()
+
+
+def _load_merged_adapter(path: str, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """An adapter directory as one plain model: its base (loaded by :func:`load_model`, so a
+    base that is itself an adapter directory is merged first) with the adapter merged in.
+
+    Merged, a LoRA policy can be trained again with a new adapter (the next round of a
+    loop) without the old one being re-initialised under the same name, and evaluated or
+    sampled like any model. The model's ``name_or_path`` becomes the adapter directory, so
+    an adapter trained on top of it records this directory as its base, and loading that
+    adapter later rebuilds the whole chain.
+    """
+    from peft import PeftModel
+
+    config = json.loads((Path(path) / "adapter_config.json").read_text(encoding="utf-8"))
+    base_path = config.get("base_model_name_or_path")
+    if not base_path:
+        raise WeightsError(f"{Path(path) / 'adapter_config.json'}: no base_model_name_or_path; "
+                           "cannot tell which model the adapter belongs to")
+    base = load_model(base_path, **kwargs)
+    merged = PeftModel.from_pretrained(base, path).merge_and_unload()
+    # absolute: an adapter records it as its base and may be loaded from anywhere
+    merged.config._name_or_path = merged.name_or_path = os.path.abspath(path)
+    return merged
 
 
 def load_model_and_tokenizer(
