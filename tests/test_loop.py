@@ -34,7 +34,7 @@ def _with(**changes):
     (_with(revise__retry_strict="yes"), "revise.retry_strict: expected true or false"),
     (_with(revise__api_base=None), "revise.api_base: required with reviser: api"),
     (_with(revise__reviser="human"), "revise.reviser: 'human' is not one of api, bench"),
-    (_with(train__method="ppo"), "train.method: 'ppo' is not one of figa, sft, dpo"),
+    (_with(train__method="grpo"), "train.method: 'grpo' is not one of figa, sft, dpo, ppo"),
     (_with(train__max_steps=5), "train.max_steps: unknown key"),
     (_with(sample__out="x.jsonl"), "sample.out: unknown option"),  # the loop sets it
     (_with(eval__judge_model=["a", "b"]), "eval.judge_model: expected a single value"),
@@ -208,3 +208,36 @@ def test_the_documented_loop_yaml_files_are_valid():
                 assert cfg["revise"]["reviser"] == "api" and cfg["train"]["method"] == "figa"
                 found += 1
     assert found == 2
+
+
+def test_ppo_round_trains_a_reward_model_then_ppo_from_the_current_policy(bench, tmp_path):
+    out = tmp_path / "loop-ppo"
+    cfg = resolve_config({
+        "out": str(out), "rounds": 1, "bench": str(bench),
+        "sample": {"num_samples": 1, "max_new_tokens": 12, "batch_size": 8, "limit": 6},
+        "eval": {"limit": 4, "samples_per_prompt": 1, "max_new_tokens": 8, "batch_size": 8},
+        "train": {"method": "ppo", "reward": "token",
+                  "reward_args": {"max_steps": 2, "per_device_train_batch_size": 4},
+                  "args": {"num_iterations": 1, "rollout_batch_size": 4,
+                           "per_device_train_batch_size": 4, "max_new_tokens": 8}}})
+    lines: list[str] = []
+    rounds = Loop(cfg, runner=Interrupting(), echo=lines.append).run_all()
+    round_dir = out / "round1"
+    assert (round_dir / "reward_model" / "reward_config.json").is_file()
+    assert (round_dir / "policy" / "config.json").is_file()
+    rm_log = (round_dir / "train_reward_model.log").read_text()
+    assert f"--model {bench / 'policy'}" in rm_log and f"--data {round_dir / 'labels'}" in rm_log
+    log = (round_dir / "train.log").read_text()
+    assert f"--reward_model {round_dir / 'reward_model'}" in log and "--reward token" in log
+    prompts = [json.loads(x) for x in (round_dir / "ppo_prompts.jsonl").read_text().splitlines()]
+    sampled = [json.loads(x) for x in (round_dir / "sample.jsonl").read_text().splitlines()]
+    assert len(prompts) == len({json.dumps(r["prompt"], sort_keys=True) for r in sampled})
+    assert rounds[0]["train"]["prompts"] == len(prompts)
+    assert json.loads((out / "results.json").read_text())["rounds"][0]["win_rate"] is not None
+
+
+def test_reward_keys_only_with_ppo(tmp_path):
+    with pytest.raises(ConfigError, match="only with method: ppo"):
+        resolve_config({"out": str(tmp_path), "train": {"method": "figa", "reward": "token"}})
+    with pytest.raises(ConfigError, match=r"train\.reward: .dense."):
+        resolve_config({"out": str(tmp_path), "train": {"method": "ppo", "reward": "dense"}})

@@ -54,8 +54,11 @@ from editalign.data.jsonl import read_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
-# Trainers that turn edit pairs into a policy with `--model --data --output_dir`.
-POLICY_METHODS = ("figa", "sft", "dpo")
+# Trainers that turn edit pairs into a policy with `--model --data --output_dir`; `ppo`
+# trains a reward model on the round's pairs, then the policy with PPO against it.
+POLICY_METHODS = ("figa", "sft", "dpo", "ppo")
+# train.reward with method ppo: the reward model each round trains, and how PPO reads it.
+PPO_REWARDS = {"token": "token-rm", "sequence": "rm"}
 REVISERS = ("api", "bench")
 STAGES = ("sample", "revise", "label", "train", "eval")
 TOP_KEYS = ("out", "rounds", "seed", "policy", "prompts", "bench", "bench_init", "sample",
@@ -69,7 +72,8 @@ OWNED = {
     "bench_init": {"action", "config", "out", "preset"},
 }
 # The loop's own keys inside a stage's section (not options of the child command).
-OWN_KEYS = {"revise": {"reviser", "bench"}, "train": {"method", "args", "only_edited"},
+OWN_KEYS = {"revise": {"reviser", "bench"},
+            "train": {"method", "args", "only_edited", "reward", "reward_args"},
             "eval": set(), "sample": set(), "label": set(), "bench_init": {"preset"}}
 
 # Built-in defaults on the generated task: what `editalign loop` runs with no config.
@@ -279,7 +283,10 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
                            "revise": {"reviser": "api"}, "label": {},
                            "train": {"method": "figa"}, "eval": {"judge": "gold"}}
     if on_bench:
-        cfg = _merge(cfg, BENCH_DEFAULTS)
+        defaults = copy.deepcopy(BENCH_DEFAULTS)
+        if (raw.get("train") or {}).get("method", "figa") != defaults["train"]["method"]:
+            del defaults["train"]["args"]  # FIGA's tuned flags mean nothing to another method
+        cfg = _merge(cfg, defaults)
     cfg = _merge(cfg, {k: v for k, v in raw.items() if v is not None})
     out_dir = Path(cfg["out"])
     if on_bench:
@@ -322,7 +329,16 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
             raise ConfigError(f"{source}: train.{key}: unknown key; allowed: "
                               f"{', '.join(sorted(OWN_KEYS['train']))} (trainer options go "
                               "under train.args)")
+    if train["method"] == "ppo":
+        train.setdefault("reward", "token")
+        if train["reward"] not in PPO_REWARDS:
+            raise ConfigError(f"{source}: train.reward: {train['reward']!r} is not one of "
+                              f"{', '.join(PPO_REWARDS)} (the reward model PPO trains against: "
+                              "token-level or sequence-level)")
+    elif "reward" in train or "reward_args" in train:
+        raise ConfigError(f"{source}: train.reward/reward_args: only with method: ppo")
     train_flags(train.get("args"))
+    train_flags(train.get("reward_args"))
     parsers = _parsers()
     bench_init_flags(cfg.get("bench_init"), parsers["bench"], source)
     for section in ("sample", "revise", "label", "eval"):
@@ -544,15 +560,48 @@ class Loop:
     def train(self, k: int) -> dict[str, Any]:
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
+        quiet = ["--seed", str(self.cfg["seed"] + k), "--report_to", "none",
+                 "--save_strategy", "no", "--disable_tqdm", "True"]
+        if train["method"] == "ppo":
+            return self._train_ppo(k, quiet)
         argv = ["train", train["method"], "--model", self.policy_of(k),
                 "--data", str(round_dir / "labels"), "--output_dir", str(round_dir / "policy"),
-                "--seed", str(self.cfg["seed"] + k), "--report_to", "none",
-                "--save_strategy", "no", "--disable_tqdm", "True",
-                *train_flags(train.get("args"))]  # last, so the user's flags win
+                *quiet, *train_flags(train.get("args"))]  # last, so the user's flags win
         self._child(k, "train", argv)
         metrics = round_dir / "policy" / "train_results.json"
         loss = json.loads(metrics.read_text()).get("train_loss") if metrics.is_file() else None
         return {"method": train["method"], "train_loss": loss}
+
+    def _train_ppo(self, k: int, quiet: list[str]) -> dict[str, Any]:
+        """A reward model on this round's pairs (initialised from the current policy), then
+        PPO from the current policy against it on the prompts this round sampled."""
+        round_dir = self.out / f"round{k}"
+        train = self.cfg["train"]
+        rm_method = PPO_REWARDS[train["reward"]]
+        rm_dir = round_dir / "reward_model"
+        if not (rm_dir / "reward_config.json").is_file():  # kept when PPO is what got killed
+            self._child(k, "train_reward_model", [
+                "train", rm_method, "--model", self.policy_of(k),
+                "--data", str(round_dir / "labels"), "--output_dir", str(rm_dir), *quiet,
+                *train_flags(train.get("reward_args"))])
+        # PPO reads its prompts from a pairs file (chat-message prompts included): one row
+        # per prompt this round sampled.
+        prompts = round_dir / "ppo_prompts.jsonl"
+        seen: dict[Any, dict[str, Any]] = {}
+        for row in _read_jsonl(round_dir / "sample.jsonl"):
+            key = json.dumps(row["prompt"], sort_keys=True)
+            seen.setdefault(key, {"id": f"prompt-{len(seen)}", "prompt": row["prompt"],
+                                  "original": "-", "revised": "-"})
+        write_jsonl(prompts, seen.values())
+        self._child(k, "train", [
+            "train", "ppo", "--model", self.policy_of(k), "--prompts", str(prompts),
+            "--reward_model", str(rm_dir), "--reward", train["reward"],
+            "--output_dir", str(round_dir / "policy"), *quiet, *train_flags(train.get("args"))])
+        reward_eval = rm_dir / "eval_results.json"
+        return {"method": f"ppo ({train['reward']}-level reward model)", "prompts": len(seen),
+                "reward_model": str(rm_dir),
+                "reward_model_eval": json.loads(reward_eval.read_text())
+                if reward_eval.is_file() else None}
 
     def evaluate(self, k: int) -> dict[str, Any]:
         round_dir = self.out / f"round{k}"
