@@ -624,3 +624,18 @@ def test_unpaired_surrogates_and_deep_nesting_are_errors_naming_row_and_field(tm
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(DataError, match="nested too deeply"):
         load_pairs(tmp_path / "deep.json")
+
+
+def test_nan_to_none_makes_strict_json():
+    import json
+    import math
+
+    from editalign.data.jsonl import nan_to_none
+
+    value = {"a": float("nan"), "b": [1.0, float("inf"), {"c": -math.inf}], "d": (2, "x"),
+             "e": 0.5}
+    clean = nan_to_none(value)
+    assert clean == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"], "e": 0.5}
+    json.dumps(clean, allow_nan=False)  # would raise on any NaN left
+    with __import__("pytest").raises(ValueError):
+        json.dumps(value, allow_nan=False)

@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from editalign.eval.token_html import pair_record, render_html
 
@@ -39,17 +36,10 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory")
 
 
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     # torch and the model code load only when the command runs: `editalign --help` stays fast.
     from editalign.data.arguments import DataArguments
+    from editalign.data.jsonl import nan_to_none
     from editalign.eval.pair_scoring import score_labeled
     from editalign.eval.reward_metrics import reward_metrics
     from editalign.reward_model import TokenRewardModel
@@ -64,7 +54,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = score_labeled(model, pairs, tokenizer.pad_token_id, args.batch_size)
     # An undefined metric (e.g. AUROC without both classes) is NaN in memory and null in the
     # file: strict JSON has no NaN. Rewards themselves were checked finite when scored.
-    metrics = _nan_to_none(reward_metrics(scores))
+    metrics = nan_to_none(reward_metrics(scores))
     eos = tokenizer.eos_token or ""
     records = [pair_record(lp, s, eos) for lp, s in zip(pairs, scores, strict=True)]
     out = Path(args.out)

@@ -13,6 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from editalign.data.jsonl import nan_to_none
+
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
 # The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
 # directory beside pairs.edited.jsonl; the reward models are evaluated on them.
@@ -24,10 +26,12 @@ EVAL_DONE = "winrate.json"  # in <run>/<method>/, the evaluation result (the run
 def write_results(out: Path, config: Any, bench: Path, n_pairs: int,
                    results: Sequence[dict[str, Any]],
                    found: Sequence[dict[str, Any]] = ()) -> None:
-    (out / "results.json").write_text(json.dumps(
+    # strict JSON: an undefined number (a spread over one seed, an AUROC without both
+    # classes) is null, never NaN
+    (out / "results.json").write_text(json.dumps(nan_to_none(
         {"config": asdict(config), "bench": str(bench), "pairs": n_pairs,
          "results": list(results), "summary": summarize(results),
-         "comparisons": list(found)}, indent=2) + "\n")
+         "comparisons": list(found)}), indent=2, allow_nan=False) + "\n")
 
 
 def error_breakdown(samples: Path, rows: Sequence[dict[str, Any]], k: int

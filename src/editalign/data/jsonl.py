@@ -7,6 +7,7 @@ it, so a crash leaves either the previous file or the complete new one, never ha
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,3 +35,17 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], *,
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def nan_to_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in nested dicts/lists) replaced by None:
+    strict JSON has no NaN, and an undefined metric (AUROC without both classes, a spread
+    over one seed) is written as null."""
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
