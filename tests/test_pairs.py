@@ -637,5 +637,5 @@ def test_nan_to_none_makes_strict_json():
     clean = nan_to_none(value)
     assert clean == {"a": None, "b": [1.0, None, {"c": None}], "d": [2, "x"], "e": 0.5}
     json.dumps(clean, allow_nan=False)  # would raise on any NaN left
-    with __import__("pytest").raises(ValueError):
+    with pytest.raises(ValueError):
         json.dumps(value, allow_nan=False)
