@@ -15,6 +15,7 @@ prompts, revises the samples with the programmatic reviser into ``bench/pairs.tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import MISSING, fields
@@ -110,6 +111,18 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.out:
+        raise ValueError("--out is required")
+    if args.action == "run":
+        return _cmd_run(args)
+    from editalign.bench.runner import console_is_terminal, progress_bars_off
+
+    # Not on a terminal (a log file, CI): its summary lines, no progress bars.
+    with contextlib.nullcontext() if console_is_terminal() else progress_bars_off():
+        return _cmd_init(args)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
     from editalign.bench.task import (
         BenchTask,
         judge_summary,
@@ -120,10 +133,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from editalign.eval.winrate import SamplingConfig, sample_responses
     from editalign.models import load_model, load_tokenizer
 
-    if not args.out:
-        raise ValueError("--out is required")
-    if args.action == "run":
-        return _cmd_run(args)
     apply_preset(args)
     started = time.perf_counter()
     out = Path(args.out)

@@ -156,7 +156,7 @@ def stage_output(log_path: Path, label: str, *, quiet: bool | None = None
         stack.enter_context(_log_handlers_to(log))  # first: it looks for today's console
         stack.enter_context(redirect_stdout(log))
         stack.enter_context(redirect_stderr(log))
-        stack.enter_context(_progress_bars_off())
+        stack.enter_context(progress_bars_off())
         try:
             yield note
         except BaseException as err:
@@ -189,7 +189,7 @@ def _log_handlers_to(stream: IO[str]) -> Iterator[None]:
 
 
 @contextmanager
-def _progress_bars_off() -> Iterator[None]:
+def progress_bars_off() -> Iterator[None]:
     """transformers', datasets' and huggingface_hub's progress bars off, restored after."""
     import datasets
     import huggingface_hub.utils as hub
@@ -271,7 +271,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
                              *_common(run, config.method_learning_rate(base)), *flags, *extra])
 
         # Its sampling and revising run in this process: keep the console one line per stage.
-        with contextlib.nullcontext() if console_is_terminal() else _progress_bars_off():
+        with contextlib.nullcontext() if console_is_terminal() else progress_bars_off():
             return train_online(method, bench, out, config, train_round)
     if method in SUPERVISED:
         trainer, flags = SUPERVISED[method]
