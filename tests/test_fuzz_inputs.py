@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the input paths of `label`, `revise` and the `annotate` API.
+"""Property-based fuzzing of the input paths of `label` (JSONL, CSV, JSON), `revise` and the
+`annotate` API.
 
 The contract for every generated input: either success, or a clear error (exit 2 from the
 CLI, a message naming the file and the row or field; a 400 naming the field from the API),
@@ -231,3 +232,52 @@ def test_annotation_store_save_validates_any_value(tmp_path_factory, annotator, 
     with contextlib.suppress(Invalid, Conflict):
         assert store.save(0, annotator, revised, spans, version) == 1
         assert store.export_pairs()[0].revised == revised
+
+
+# --------------------------------------------------------------------------- other formats
+
+# CSV cells are text: no unpaired surrogates (a UTF-8 file cannot hold them).
+csv_text = st.one_of(good_text, st.text(alphabet=st.characters(exclude_categories=["Cs"]),
+                                        max_size=30),
+                     st.sampled_from(["", " ", '"', "a,b", "line\nbreak", "x" * 5_000]))
+
+
+@FUZZ
+@given(rows=st.lists(st.dictionaries(st.sampled_from(["prompt", "original", "revised", "id",
+                                                      "other"]), csv_text, max_size=5),
+                     min_size=1, max_size=4),
+       header=st.sampled_from(["union", "fixed", "none"]))
+def test_label_csv_succeeds_or_names_the_row_and_writes_nothing(tmp_path_factory, rows, header,
+                                                                capsys):
+    import csv
+
+    tmp = tmp_path_factory.mktemp("label-csv")
+    data, out = tmp / "rows.csv", tmp / "labels"
+    columns = (sorted({k for r in rows for k in r}) or ["prompt"]) if header == "union" \
+        else ["prompt", "original", "revised"]
+    with data.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if header != "none":
+            writer.writeheader()
+        writer.writerows(rows)
+    rc = main(["label", "--data", str(data), "--preset", "default", "--model", "tiny",
+               "--max-length", "64", "--out", str(out), "--preview-pairs", "2"])
+    err = capsys.readouterr().err
+    if rc != 0:
+        assert rc == 2, err
+        message = err.strip().splitlines()[-1]
+        assert f"error: {data}" in message, message  # names the file
+        assert not out.exists()
+
+
+@FUZZ
+@given(rows=st.lists(pair_rows, min_size=1, max_size=4), wrap=st.booleans())
+def test_label_json_array_succeeds_or_names_the_row_and_writes_nothing(tmp_path_factory, rows,
+                                                                       wrap, capsys):
+    tmp = tmp_path_factory.mktemp("label-json")
+    data, out = tmp / "rows.json", tmp / "labels"
+    data.write_text(json.dumps({"data": rows} if wrap else rows), encoding="utf-8")
+    rc = main(["label", "--data", str(data), "--preset", "default", "--model", "tiny",
+               "--max-length", "64", "--out", str(out), "--preview-pairs", "2"])
+    err = capsys.readouterr().err
+    _check_contract(rc, err, data, [out])
