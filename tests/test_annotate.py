@@ -274,6 +274,36 @@ def test_a_slow_or_short_body_does_not_hold_a_thread(tmp_path):
         server.server_close()
 
 
+def test_trickled_headers_do_not_hold_a_thread(tmp_path):
+    """Each header byte comes within the per-read timeout, but the headers as a whole must
+    arrive within read_timeout: the server closes the connection."""
+    store = AnnotationStore(tmp_path / "slow-headers.sqlite")
+    store.import_pairs(PAIRS[:1])
+    server = AnnotateServer(store, "127.0.0.1", 0, read_timeout=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            closed = False
+            while time.monotonic() - started < 6 and not closed:
+                try:
+                    sock.sendall(b"X")  # one byte every 0.3 s: no single read waits 1 s
+                    sock.settimeout(0.3)
+                    closed = sock.recv(4096) == b""
+                except TimeoutError:
+                    continue
+                except OSError:  # reset by the server: closed too
+                    closed = True
+            assert closed and time.monotonic() - started < 4
+        # the server still answers a normal request
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_token_off_loopback_must_be_long(tmp_path, capsys):
     store = AnnotationStore(tmp_path / "t.sqlite")
     with pytest.raises(ValueError, match=f"at least {MIN_TOKEN_LENGTH} characters"):

@@ -7,20 +7,24 @@ API through DNS rebinding. Writes must be ``application/json`` (a plain HTML for
 send that cross-site). Request bodies are capped at :data:`MAX_BODY`, nested at most as deep
 as the JSON parser allows, and checked field by field (a 400 names the field). A token off
 loopback must have at least :data:`MIN_TOKEN_LENGTH` characters. Every socket read times out
-after ``read_timeout`` seconds without data, and a request body must arrive completely within
-``read_timeout`` seconds, so a client that announces a body and sends less cannot hold a
-thread. The page never puts
+after ``read_timeout`` seconds without data, the request line and headers must arrive within
+``read_timeout`` seconds in total, and so must a request body, so a client that trickles
+its headers, idles on a kept-alive connection or announces a body and sends less cannot
+hold a thread. The page never puts
 data into HTML: the JavaScript sets ``textContent``/``value`` only, and a strict
 Content-Security-Policy forbids inline scripts, so text in the data cannot run as code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import re
+import socket
+import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,6 +106,29 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
+
+    def handle_one_request(self) -> None:
+        """One request, whose request line and headers must arrive within ``read_timeout``
+        seconds in total: the per-read timeout alone lets a client that trickles a header
+        byte now and then (or idles on a kept-alive connection) hold a thread forever."""
+        watchdog = threading.Timer(self.server.read_timeout, self._drop_connection)
+        watchdog.daemon = True
+        self._header_watchdog = watchdog
+        watchdog.start()
+        try:
+            super().handle_one_request()
+        finally:
+            watchdog.cancel()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self._header_watchdog.cancel()  # headers are in: the body has its own deadline
+        return parsed
+
+    def _drop_connection(self) -> None:
+        # wakes the blocked header read with EOF; handle_one_request then ends the connection
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------ responses
 
