@@ -512,6 +512,9 @@ def test_method_args_parse_into_per_stage_flags():
     # The YAML form (--config): a mapping of stage to a flag string or list.
     assert parse_method_args({"token-rm": "--equal_weight 1", "dpo": ["--beta", 0.2]}) == {
         "token-rm": ["--equal_weight", "1"], "dpo": ["--beta", "0.2"]}
+    # the online arms take their own flags (after their base method's)
+    assert parse_method_args(["figa-online=--learning_rate 1e-3"]) == {
+        "figa-online": ["--learning_rate", "1e-3"]}
     for bad in (["figa"], ["nope=--x 1"]):
         with pytest.raises(ValueError, match="STAGE=FLAGS"):
             parse_method_args(bad)

@@ -22,6 +22,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from editalign.bench.online import ONLINE
 from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import TASKS, BenchConfig
@@ -210,7 +211,9 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-STAGES = (*METHODS, "rm", "token-rm", "ppo")
+# --method-args stages: every method (the online arms too: their flags come after their base
+# method's), the reward models, and ppo (both PPO arms).
+STAGES = (*METHODS, *ONLINE, "rm", "token-rm", "ppo")
 
 
 def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:
