@@ -254,6 +254,16 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
     return target, seconds
 
 
+def _ppo_flags(config: RunConfig) -> list[str]:
+    """The settings every PPO arm shares (the same budget and optimiser for all three)."""
+    return ["--num_iterations", str(config.ppo_iterations),
+            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
+            "--per_device_train_batch_size", str(config.batch_size),
+            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
+            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
+            *config.stage_args("ppo")]
+
+
 def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig,
                   policy: str, extra: list[str]) -> tuple[Path, float]:
     target = out / method
@@ -294,12 +304,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
         seconds += _train("ppo", [
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
             "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
-            "--num_iterations", str(config.ppo_iterations),
-            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
-            "--per_device_train_batch_size", str(config.batch_size),
-            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
-            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
-            *config.stage_args("ppo"), *extra])
+            *_ppo_flags(config), *extra])
         return target, seconds
     if method == "ppo-dpo":
         # The DPO policy of this run (trained here unless `dpo` already ran; its time is
@@ -313,12 +318,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
             "--reward_model", str(dpo_dir), "--reward", "dpo", "--dpo_beta", beta,
             "--output_dir", str(target),
-            "--num_iterations", str(config.ppo_iterations),
-            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
-            "--per_device_train_batch_size", str(config.batch_size),
-            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
-            "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
-            *config.stage_args("ppo"), *extra])
+            *_ppo_flags(config), *extra])
         return target, seconds
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
