@@ -177,12 +177,28 @@ GROUNDED: dict[str, tuple[str, list[str]]] = {
        for lr in ("3e-5", "5e-5", "1e-4")},
 }
 
+# The online arms (figa-online, sft-online: three rounds in the one-round budget) ran at the
+# one-round tuned settings, whose learning-rate schedule restarts every round; here only the
+# online arm's learning rate moves (its other flags stay the tuned ones: no --untuned), with
+# the one-round arms at their tuned settings beside them on the same tuning task.
+ONLINE_LRS = ("3e-4", "1e-3", "3e-3")
+TUNED = "<tuned>"  # a point marker, not a flag: keep the benchmark's tuned settings
+ONLINE_GRID: dict[str, tuple[str, list[str]]] = {
+    "online one-round reference": ("figa,sft", [TUNED]),
+    **{f"online {arm} lr{lr}": (arm, [TUNED, "--method-args", f"{arm}=--learning_rate {lr}"])
+       for arm in ("figa-online", "sft-online") for lr in ONLINE_LRS},
+}
+
 
 def run_point(name: str, methods: str, flags: list[str], bench: Path, out: Path
               ) -> list[dict]:
     target = out / name.replace(" ", "_")
+    common = COMMON
+    if TUNED in flags:  # this point starts from the tuned settings instead of the defaults
+        flags = [f for f in flags if f != TUNED]
+        common = [f for f in COMMON if f != "--untuned"]
     cmd = [sys.executable, "-m", "editalign.cli", "bench", "run", "--bench", str(bench),
-           "--out", str(target), "--methods", methods, *COMMON, *flags]
+           "--out", str(target), "--methods", methods, *common, *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     target.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -206,7 +222,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-tuning/runs")
     parser.add_argument("--only", default="supervised,ppo",
                         help="comma-separated grids: supervised, figa, baselines, lr_range, lr_top, "
-                        "lr_peak, linear, ppo, ppo2, grounded (with --task grounded)")
+                        "lr_peak, linear, ppo, ppo2, grounded (with --task grounded), online")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tag", default="bench_tuning")
     parser.add_argument("--task", default="facts", choices=["facts", "grounded"],
@@ -214,7 +230,7 @@ def main() -> None:
     args = parser.parse_args()
     grids = {"supervised": SUPERVISED, "figa": FIGA, "baselines": BASELINES,
              "lr_range": LR_RANGE, "lr_top": LR_TOP, "lr_peak": LR_PEAK, "linear": LINEAR,
-             "ppo": PPO, "ppo2": PPO2, "grounded": GROUNDED}
+             "ppo": PPO, "ppo2": PPO2, "grounded": GROUNDED, "online": ONLINE_GRID}
     grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
     bench, out = Path(args.bench), Path(args.out)
     if not (bench / "summary.json").is_file():
