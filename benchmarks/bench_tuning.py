@@ -181,7 +181,7 @@ GROUNDED: dict[str, tuple[str, list[str]]] = {
 # one-round tuned settings, whose learning-rate schedule restarts every round; here only the
 # online arm's learning rate moves (its other flags stay the tuned ones: no --untuned), with
 # the one-round arms at their tuned settings beside them on the same tuning task.
-ONLINE_LRS = ("3e-4", "1e-3", "3e-3")
+ONLINE_LRS = ("1e-4", "3e-4", "1e-3", "3e-3")
 TUNED = "<tuned>"  # a point marker, not a flag: keep the benchmark's tuned settings
 ONLINE_GRID: dict[str, tuple[str, list[str]]] = {
     "online one-round reference": ("figa,sft", [TUNED]),
