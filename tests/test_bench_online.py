@@ -34,6 +34,17 @@ def test_online_arm_same_budget_resumes_and_is_compared(tmp_path, monkeypatch):
         state = json.loads((run / "figa-online" / f"round{r}" / "policy" /
                             "trainer_state.json").read_text())
         assert state["global_step"] == rounds[r - 1]["steps"]
+    # each arm at its own tuned learning rate (the online arm's schedule restarts per round)
+    import torch
+
+    from editalign.bench.runner import TUNED_LEARNING_RATES
+
+    def lr(path):
+        return torch.load(path / "training_args.bin", weights_only=False).learning_rate
+
+    assert lr(run / "figa") == TUNED_LEARNING_RATES["figa"]
+    assert lr(run / "figa-online" / "round2" / "policy") == TUNED_LEARNING_RATES["figa-online"]
+    assert TUNED_LEARNING_RATES["figa-online"] != TUNED_LEARNING_RATES["figa"]
     results = json.loads((run / "results.json").read_text())
     assert [r["method"] for r in results["results"]] == ["figa", "figa-online"]
     online = results["results"][1]
