@@ -5,6 +5,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 
 import pytest
 from rapidfuzz.distance import Levenshtein
@@ -327,6 +328,17 @@ def test_bench_init_grounded_command(tmp_path, monkeypatch, capsys):
     assert summary["pairs"]["n"] == summary["pairs"]["prompts"] == len(pairs) == 3
     assert len({json.dumps(p["prompt"]) for p in pairs}) == 3 < len(train)
     assert all(json.dumps(p["prompt"]) in train for p in pairs)
+    # Error kinds per response: planted ones in the noisy data, the reviser's in the samples.
+    noisy_rows = [json.loads(x) for x in (out / "sft_noisy.jsonl").read_text().splitlines()]
+    planted = Counter(e["kind"] for r in noisy_rows for e in r["errors"])
+    assert summary["noisy_sft_data"]["edits_per_response"] == pytest.approx(
+        {k: v / len(noisy_rows) for k, v in planted.items()})
+    test_pairs = [json.loads(x) for x in (out / "pairs.test.jsonl").read_text().splitlines()]
+    fixed = Counter()
+    for pair in test_pairs:
+        fixed.update(pair["meta"]["edits"])
+    assert summary["policy_test_samples"]["edits_per_response"] == pytest.approx(
+        {k: v / len(test_pairs) for k, v in fixed.items()})
     rows = [json.loads(x) for x in (out / "prompts.test.jsonl").read_text().splitlines()]
     assert rows and all(r["bench"]["task"] == "grounded" for r in rows)
     assert "initial policy: 2 steps" in capsys.readouterr().out

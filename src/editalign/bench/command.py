@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import time
+from collections import Counter
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                "sft": sft.__dict__}
     summary["noisy_sft_data"] = judge_summary([r["response"] for r in rows],
                                               [r["bench"] for r in rows])
+    summary["noisy_sft_data"]["edits_per_response"] = _per_response(
+        [Counter(e["kind"] for e in r["errors"]) for r in rows])
     log = train_initial_policy(rows, args.model, out / "policy", config=sft)
     summary["sft_final_loss"] = log[-1]["loss"]
     print(f"initial policy: {sft.steps} steps, final loss {log[-1]['loss']:.4f} -> "
@@ -224,6 +227,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     save_pairs_jsonl(pairs, out / "pairs.train.jsonl")
     infos = [r["bench"] for r in train_rows]
     summary["policy_train_samples"] = judge_summary(texts, infos)
+    # What the reviser fixes in them, by kind (on the grounded task: where a wrong value came
+    # from), to set beside the planted errors of the noisy data.
+    summary["policy_train_samples"]["edits_per_response"] = _per_response(
+        [p.meta["edits"] for p in pairs])
     summary["revised_train_samples"] = judge_summary([p.revised for p in pairs], infos)
     summary["pairs"] = {"n": len(pairs), "with_edit": sum(p.has_edit for p in pairs),
                         "prompts": len(train_rows) // args.samples_per_prompt,
@@ -236,6 +243,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # every reward model's pair accuracy and token AUROC on them.
     test_pairs = make_edit_pairs(test_rows, [s.text for s in test])
     save_pairs_jsonl(test_pairs, out / "pairs.test.jsonl")
+    summary["policy_test_samples"]["edits_per_response"] = _per_response(
+        [p.meta["edits"] for p in test_pairs])
     summary["test_pairs"] = {"n": len(test_pairs),
                              "with_edit": sum(p.has_edit for p in test_pairs)}
     summary["seconds"] = time.perf_counter() - started
@@ -251,6 +260,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"wrote {len(pairs)} edit pairs ({summary['pairs']['with_edit']} with an edit) to "
           f"{out / 'pairs.train.jsonl'} ({summary['seconds']:.0f} s)")
     return 0
+
+
+def _per_response(counts: list[Counter[str] | dict[str, int]]) -> dict[str, float]:
+    """Mean count of each edit kind per response."""
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return {kind: n / max(len(counts), 1) for kind, n in sorted(total.items())}
 
 
 def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
