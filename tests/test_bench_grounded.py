@@ -416,3 +416,15 @@ def test_task_defaults_apply_to_the_grounded_task_only():
     config = BenchConfig(**{f.name: getattr(parsed("--task", "grounded"), f.name)
                             for f in fields(BenchConfig)})  # a valid config
     assert config.task == "grounded"
+
+
+def test_bench_init_refuses_a_task_without_held_out_prompts(tmp_path, capsys):
+    """The grounded default test fraction (0.03) holds out no entity of a toy world: a clear
+    error (exit 2) before anything is trained or written, not an empty evaluation."""
+    from editalign.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "init", "--task", "grounded", "--out", str(out), "--num-people", "5",
+                 "--num-animals", "2"]) == 2
+    assert "--test-fraction 0.03 holds out no prompt" in capsys.readouterr().err
+    assert not out.exists()

@@ -33,7 +33,9 @@ from editalign.bench.world import TASKS, BenchConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"max_new_tokens": 64, "num_seeds": 10},
     "quick": {"max_new_tokens": 64},
-    "smoke": {"num_people": 4, "num_animals": 2, "responses_per_prompt": 2, "sft_steps": 30,
+    # test_fraction: the grounded default (0.03) would hold out no entity of a toy world.
+    "smoke": {"num_people": 4, "num_animals": 2, "test_fraction": 0.2,
+              "responses_per_prompt": 2, "sft_steps": 30,
               "sft_batch_size": 8, "sft_warmup_steps": 2, "samples_per_prompt": 1,
               "max_new_tokens": 16, "run_max_steps": 2, "run_batch_size": 4,
               "run_ppo_iterations": 1, "run_ppo_rollout_batch_size": 4, "run_eval_limit": 4,
@@ -196,6 +198,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     args.model = args.model or ("tiny-bench-grounded" if config.task == "grounded"
                                 else "tiny-bench")
     task = BenchTask.build(config)
+    if not task.split("test"):
+        raise ValueError(f"--test-fraction {config.test_fraction} holds out no prompt of this "
+                         f"task ({len(task.world.entities)} entities): raise it or the sizes")
     task.write(out)
     rows = task.noisy_sft_rows()
     print(f"task: {len(task.world.entities)} entities, {len(task.split('train'))} train / "
