@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # task's default). The initial policy must learn to *copy* from the card, not memorise
 # entities: more entities of which a smaller fraction is held out (about as many held-out
 # prompts as before), one noisy response per prompt (more distinct cards for the same SFT
-# data size), and a longer SFT (see docs/benchmark.md, "The initial policy").
+# data size), and a longer SFT (docs/benchmark.md, "Defaults of `--task grounded`").
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "facts": {},
     "grounded": {"num_people": 400, "num_animals": 32, "about_prompts_per_entity": 4,
