@@ -5,6 +5,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 
 import pytest
 from rapidfuzz.distance import Levenshtein
@@ -317,9 +318,27 @@ def test_bench_init_grounded_command(tmp_path, monkeypatch, capsys):
     assert main(["bench", "init", "--task", "grounded", "--out", str(out), "--num-people", "5",
                  "--num-animals", "2", "--sft-steps", "2", "--sft-batch-size", "4",
                  "--sft-warmup-steps", "1", "--samples-per-prompt", "1",
-                 "--max-new-tokens", "4"]) == 0
+                 "--max-new-tokens", "4", "--pair-prompts", "3", "--test-fraction", "0.3"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "tiny-bench-grounded" and summary["config"]["task"] == "grounded"
+    # --pair-prompts: edit pairs from that many of the training prompts, all distinct.
+    pairs = [json.loads(x) for x in (out / "pairs.train.jsonl").read_text().splitlines()]
+    train = {json.dumps(json.loads(x)["prompt"]) for x in
+             (out / "prompts.train.jsonl").read_text().splitlines()}
+    assert summary["pairs"]["n"] == summary["pairs"]["prompts"] == len(pairs) == 3
+    assert len({json.dumps(p["prompt"]) for p in pairs}) == 3 < len(train)
+    assert all(json.dumps(p["prompt"]) in train for p in pairs)
+    # Error kinds per response: planted ones in the noisy data, the reviser's in the samples.
+    noisy_rows = [json.loads(x) for x in (out / "sft_noisy.jsonl").read_text().splitlines()]
+    planted = Counter(e["kind"] for r in noisy_rows for e in r["errors"])
+    assert summary["noisy_sft_data"]["edits_per_response"] == pytest.approx(
+        {k: v / len(noisy_rows) for k, v in planted.items()})
+    test_pairs = [json.loads(x) for x in (out / "pairs.test.jsonl").read_text().splitlines()]
+    fixed = Counter()
+    for pair in test_pairs:
+        fixed.update(pair["meta"]["edits"])
+    assert summary["policy_test_samples"]["edits_per_response"] == pytest.approx(
+        {k: v / len(test_pairs) for k, v in fixed.items()})
     rows = [json.loads(x) for x in (out / "prompts.test.jsonl").read_text().splitlines()]
     assert rows and all(r["bench"]["task"] == "grounded" for r in rows)
     assert "initial policy: 2 steps" in capsys.readouterr().out
@@ -354,3 +373,58 @@ def test_bench_run_refuses_an_earlier_init_of_the_other_task(tmp_path, capsys):
     assert main(["bench", "run", "--task", "grounded", "--smoke", "--out",
                  str(tmp_path / "run")]) == 2
     assert "holds the 'facts' task, not 'grounded'" in capsys.readouterr().err
+
+
+def test_task_defaults_apply_to_the_grounded_task_only():
+    """`--task grounded` gets its own defaults for every option the user left unset; the
+    first task keeps the dataclasses' defaults; explicit flags and presets win."""
+    import argparse
+    from dataclasses import fields
+
+    from editalign.bench.command import (
+        PAIR_DEFAULTS,
+        PRESETS,
+        TASK_DEFAULTS,
+        add_bench_args,
+        apply_preset,
+        apply_task_defaults,
+    )
+    from editalign.bench.task import PolicySFTConfig
+
+    parser = argparse.ArgumentParser()
+    add_bench_args(parser)
+
+    def parsed(*argv: str) -> argparse.Namespace:
+        return apply_task_defaults(apply_preset(parser.parse_args(["init", *argv])))
+
+    grounded = TASK_DEFAULTS["grounded"]
+    assert grounded and not TASK_DEFAULTS["facts"]
+    first = parsed()
+    base = {f.name: f.default for f in fields(BenchConfig)}
+    base.update({"sft_" + f.name: f.default for f in fields(PolicySFTConfig)})
+    base.update(PAIR_DEFAULTS)
+    for dest in grounded:
+        assert getattr(first, dest) == base[dest], dest
+        assert getattr(parsed("--task", "grounded"), dest) == grounded[dest], dest
+    # An explicit value wins even when it equals the first task's default.
+    assert parsed("--task", "grounded", "--sft-steps", str(base["sft_steps"])).sft_steps == \
+        base["sft_steps"]
+    # So does a preset's size (the smoke run stays a toy).
+    smoke = parsed("--task", "grounded", "--smoke")
+    assert smoke.sft_steps == PRESETS["smoke"]["sft_steps"]
+    assert smoke.num_people == PRESETS["smoke"]["num_people"]
+    config = BenchConfig(**{f.name: getattr(parsed("--task", "grounded"), f.name)
+                            for f in fields(BenchConfig)})  # a valid config
+    assert config.task == "grounded"
+
+
+def test_bench_init_refuses_a_task_without_held_out_prompts(tmp_path, capsys):
+    """The grounded default test fraction (0.03) holds out no entity of a toy world: a clear
+    error (exit 2) before anything is trained or written, not an empty evaluation."""
+    from editalign.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "init", "--task", "grounded", "--out", str(out), "--num-people", "5",
+                 "--num-animals", "2"]) == 2
+    assert "--test-fraction 0.03 holds out no prompt" in capsys.readouterr().err
+    assert not out.exists()

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import random
 import time
+from collections import Counter
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,62 @@ from editalign.bench.world import TASKS, BenchConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {"max_new_tokens": 64, "num_seeds": 10},
     "quick": {"max_new_tokens": 64},
-    "smoke": {"num_people": 4, "num_animals": 2, "responses_per_prompt": 2, "sft_steps": 30,
+    # test_fraction: the grounded default (0.03) would hold out no entity of a toy world.
+    "smoke": {"num_people": 4, "num_animals": 2, "test_fraction": 0.2,
+              "responses_per_prompt": 2, "sft_steps": 30,
               "sft_batch_size": 8, "sft_warmup_steps": 2, "samples_per_prompt": 1,
               "max_new_tokens": 16, "run_max_steps": 2, "run_batch_size": 4,
               "run_ppo_iterations": 1, "run_ppo_rollout_batch_size": 4, "run_eval_limit": 4,
               "run_eval_max_new_tokens": 8, "run_eval_samples_per_prompt": 1,
               "run_eval_batch_size": 8},
 }
+
+# Settings in which the grounded task differs from the first one (argparse destinations).
+# The first task keeps the dataclasses' defaults, so its files and numbers stay as they were;
+# `bench init|run --task grounded` applies these to every option the user did not set (the
+# parser's default for them is None, so an explicit value wins even when it equals the first
+# task's default). The initial policy must learn to *copy* from the card, not memorise
+# entities: more entities of which a smaller fraction is held out (about as many held-out
+# prompts as before), one noisy response per prompt (more distinct cards for the same SFT
+# data size), and a longer SFT (docs/benchmark.md, "Defaults of `--task grounded`").
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "facts": {},
+    "grounded": {"num_people": 400, "num_animals": 32, "about_prompts_per_entity": 4,
+                 "questions_per_attribute": 2, "test_fraction": 0.03,
+                 "responses_per_prompt": 1, "sft_steps": 4000, "pair_prompts": 336},
+}
+
+
+# The first task's defaults of the edit-pair options a task can change.
+PAIR_DEFAULTS: dict[str, int] = {"pair_prompts": 0, "samples_per_prompt": 2}
+
+
+def task_default_dests() -> set[str]:
+    """Options whose default depends on ``--task``."""
+    return {dest for values in TASK_DEFAULTS.values() for dest in values}
+
+
+def _base_defaults() -> dict[str, Any]:
+    """The first task's default of every option :data:`TASK_DEFAULTS` can change."""
+    base = {f.name: f.default for f in fields(BenchConfig)}
+    base.update({"sft_" + f.name: f.default for f in fields(PolicySFTConfig)})
+    base.update(PAIR_DEFAULTS)
+    return base
+
+
+def apply_task_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every task-dependent option left unset (None) with its value for ``args.task``."""
+    base = _base_defaults()
+    for dest in sorted(task_default_dests()):
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, TASK_DEFAULTS[args.task].get(dest, base[dest]))
+    return args
+
+
+def _default_help(dest: str, default: Any) -> str:
+    per_task = "; ".join(f"--task {task}: {values[dest]}" for task, values in TASK_DEFAULTS.items()
+                         if dest in values)
+    return f"(default: {default}; {per_task})" if per_task else f"(default: {default})"
 
 
 def _flag(name: str) -> str:
@@ -66,17 +117,21 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    "tiny-bench-grounded, smollm2-135m, a local directory; default: "
                    "tiny-bench, or tiny-bench-grounded with --task grounded)")
     task = p.add_argument_group("task (BenchConfig)")
+    per_task = task_default_dests()
     for f in fields(BenchConfig):
         default = f.default if f.default is not MISSING else None
-        task.add_argument(_flag(f.name), type=type(default), default=default,
+        task.add_argument(_flag(f.name), type=type(default),
+                          default=None if f.name in per_task else default,
                           choices=TASKS if f.name == "task" else None,
-                          help=f"(default: {default})")
+                          help=_default_help(f.name, default))
     sft = p.add_argument_group("initial policy SFT")
     for f in fields(PolicySFTConfig):
         if f.name == "seed":
             continue
-        sft.add_argument(_flag("sft_" + f.name), type=type(f.default), default=f.default,
-                         help=f"(default: {f.default})")
+        dest = "sft_" + f.name
+        sft.add_argument(_flag(dest), type=type(f.default),
+                         default=None if dest in per_task else f.default,
+                         help=_default_help(dest, f.default))
     run = p.add_argument_group("bench run (see editalign.bench.runner)")
     run.add_argument("--bench", help="directory written by `editalign bench init`")
     run.add_argument("--methods", default=",".join(DEFAULT_METHODS),
@@ -105,7 +160,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                          dest="run_" + f.name, type=kind, default=default,
                          help=f"(default: {default})")
     gen = p.add_argument_group("edit pairs from the initial policy's samples")
-    gen.add_argument("--samples-per-prompt", type=int, default=2)
+    gen.add_argument("--pair-prompts", type=int,
+                     default=None if "pair_prompts" in per_task else PAIR_DEFAULTS["pair_prompts"],
+                     help="sample at most this many training prompts (a seeded random subset; "
+                     "0: all) " + _default_help("pair_prompts", PAIR_DEFAULTS["pair_prompts"]))
+    gen.add_argument("--samples-per-prompt", type=int,
+                     default=None if "samples_per_prompt" in per_task
+                     else PAIR_DEFAULTS["samples_per_prompt"],
+                     help=_default_help("samples_per_prompt", PAIR_DEFAULTS["samples_per_prompt"]))
     gen.add_argument("--max-new-tokens", type=int, default=96)
     gen.add_argument("--temperature", type=float, default=1.0)
     gen.add_argument("--batch-size", type=int, default=32)
@@ -135,6 +197,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from editalign.models import load_model, load_tokenizer
 
     apply_preset(args)
+    apply_task_defaults(args)
     started = time.perf_counter()
     out = Path(args.out)
     config = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
@@ -145,6 +208,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     args.model = args.model or ("tiny-bench-grounded" if config.task == "grounded"
                                 else "tiny-bench")
     task = BenchTask.build(config)
+    if not task.split("test"):
+        raise ValueError(f"--test-fraction {config.test_fraction} holds out no prompt of this "
+                         f"task ({len(task.world.entities)} entities): raise it or the sizes")
     task.write(out)
     rows = task.noisy_sft_rows()
     print(f"task: {len(task.world.entities)} entities, {len(task.split('train'))} train / "
@@ -153,12 +219,20 @@ def _cmd_init(args: argparse.Namespace) -> int:
                                "sft": sft.__dict__}
     summary["noisy_sft_data"] = judge_summary([r["response"] for r in rows],
                                               [r["bench"] for r in rows])
+    summary["noisy_sft_data"]["edits_per_response"] = _per_response(
+        [Counter(e["kind"] for e in r["errors"]) for r in rows])
     log = train_initial_policy(rows, args.model, out / "policy", config=sft)
     summary["sft_final_loss"] = log[-1]["loss"]
     print(f"initial policy: {sft.steps} steps, final loss {log[-1]['loss']:.4f} -> "
           f"{out / 'policy'}")
     policy, tokenizer = load_model(str(out / "policy")), load_tokenizer(str(out / "policy"))
-    train_rows = task.rows("train") * args.samples_per_prompt
+    train_rows = task.rows("train")
+    if 0 < args.pair_prompts < len(train_rows):
+        # A task with many training prompts (the grounded one: many entities, so that the
+        # policy must copy from the card) keeps its edit pairs at the size the methods train on.
+        train_rows = random.Random(f"pair-prompts-{config.seed}").sample(train_rows,
+                                                                        args.pair_prompts)
+    train_rows = train_rows * args.samples_per_prompt
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, seed=config.seed,
                               batch_size=args.batch_size)
@@ -168,8 +242,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
     save_pairs_jsonl(pairs, out / "pairs.train.jsonl")
     infos = [r["bench"] for r in train_rows]
     summary["policy_train_samples"] = judge_summary(texts, infos)
+    # What the reviser fixes in them, by kind (on the grounded task: where a wrong value came
+    # from), to set beside the planted errors of the noisy data.
+    summary["policy_train_samples"]["edits_per_response"] = _per_response(
+        [p.meta["edits"] for p in pairs])
     summary["revised_train_samples"] = judge_summary([p.revised for p in pairs], infos)
-    summary["pairs"] = {"n": len(pairs), "with_edit": sum(p.has_edit for p in pairs)}
+    summary["pairs"] = {"n": len(pairs), "with_edit": sum(p.has_edit for p in pairs),
+                        "prompts": len(train_rows) // args.samples_per_prompt,
+                        "samples_per_prompt": args.samples_per_prompt}
     test_rows = task.rows("test")
     test = sample_responses(policy, tokenizer, [r["prompt"] for r in test_rows], sampling)
     summary["policy_test_samples"] = judge_summary([s.text for s in test],
@@ -178,6 +258,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     # every reward model's pair accuracy and token AUROC on them.
     test_pairs = make_edit_pairs(test_rows, [s.text for s in test])
     save_pairs_jsonl(test_pairs, out / "pairs.test.jsonl")
+    summary["policy_test_samples"]["edits_per_response"] = _per_response(
+        [p.meta["edits"] for p in test_pairs])
     summary["test_pairs"] = {"n": len(test_pairs),
                              "with_edit": sum(p.has_edit for p in test_pairs)}
     summary["seconds"] = time.perf_counter() - started
@@ -193,6 +275,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
     print(f"wrote {len(pairs)} edit pairs ({summary['pairs']['with_edit']} with an edit) to "
           f"{out / 'pairs.train.jsonl'} ({summary['seconds']:.0f} s)")
     return 0
+
+
+def _per_response(counts: list[Counter[str] | dict[str, int]]) -> dict[str, float]:
+    """Mean count of each edit kind per response."""
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return {kind: n / max(len(counts), 1) for kind, n in sorted(total.items())}
 
 
 def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
@@ -239,6 +329,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from editalign.bench.runner import run_benchmark
 
     apply_preset(args)
+    apply_task_defaults(args)
     if not args.bench and args.preset:
         # The whole pipeline: init into OUT/bench unless an earlier run finished it
         # (summary.json is written last, so it marks a complete init).
