@@ -33,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +155,7 @@ class HFBackend:
         from editalign.eval.winrate import sample_responses
 
         # one response per prompt: the caller repeats prompts for k samples and seeds chunks
-        config = SamplingConfig(max_new_tokens=self.options.max_new_tokens,
-                                temperature=self.options.temperature, top_p=self.options.top_p,
-                                top_k=self.options.top_k, seed=seed, batch_size=len(prompts),
-                                chat_template=self.options.chat_template)
+        config = replace(self.options, seed=seed, batch_size=len(prompts))
         eos = self.tokenizer.eos_token_id
         return [Drawn(s.text, len(s.response_ids),
                       "stop" if s.response_ids and s.response_ids[-1] == eos else "length")

@@ -37,13 +37,12 @@ SHARED_LAYOUTS = ("shared", "auto")
 class PairLayout:
     """How a batch holds both sides of its pairs.
 
-    ``requested`` is the name asked for, ``layout`` the one that runs (``padded`` when the
-    requested shared layout is unavailable, with ``fallback_reason``). ``dense_mask`` is
+    ``layout`` is the one that runs (``padded`` when a requested shared layout is
+    unavailable, with ``fallback_reason``; the config keeps what was asked). ``dense_mask`` is
     False under FlexAttention, which builds its ``BlockMask`` on the device from the
     batch's segments instead of shipping a ``(B, 1, L, L)`` mask.
     """
 
-    requested: str = "padded"
     layout: str = "padded"
     fallback_reason: str | None = None
     dense_mask: bool = True
@@ -65,7 +64,7 @@ class PairLayout:
                 reason = "more than one process (the layout bypasses the DDP wrapper's forward)"
             if reason is not None:
                 logger.warning("pair_layout %s unavailable, using padded: %s", requested, reason)
-        return cls(requested=requested, layout="padded" if reason else requested,
+        return cls(layout="padded" if reason else requested,
                    fallback_reason=reason, dense_mask=not uses_flex_attention(model))
 
     @property

@@ -111,8 +111,7 @@ class PairCollator:
 
     def __post_init__(self) -> None:
         if self.layout is None:
-            name = "packed" if self.padding_free else "padded"
-            self.layout = PairLayout(requested=name, layout=name)
+            self.layout = PairLayout(layout="packed" if self.padding_free else "padded")
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [(f[f"{name}_input_ids"], f[f"{name}_labels"], name == "revised")
@@ -227,10 +226,8 @@ def shared_scored_log_probs(model: Any, inputs: dict[str, Any]) -> torch.Tensor:
 
 
 def is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
+    from peft import PeftModel
+
     return isinstance(model, PeftModel)
 
 

@@ -15,7 +15,6 @@ prompts, revises the samples with the programmatic reviser into ``bench/pairs.tr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import time
@@ -178,10 +177,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("--out is required")
     if args.action == "run":
         return _cmd_run(args)
-    from editalign.bench.runner import console_is_terminal, progress_bars_off
+    from editalign.bench.runner import progress_bars_off_unless_terminal
 
-    # Not on a terminal (a log file, CI): its summary lines, no progress bars.
-    with contextlib.nullcontext() if console_is_terminal() else progress_bars_off():
+    with progress_bars_off_unless_terminal():  # off a terminal: its summary lines only
         return _cmd_init(args)
 
 

@@ -192,6 +192,12 @@ def _log_handlers_to(stream: IO[str]) -> Iterator[None]:
             handler.setStream(previous)
 
 
+def progress_bars_off_unless_terminal() -> contextlib.AbstractContextManager[None]:
+    """:func:`progress_bars_off` when the console is not a terminal (a log file, CI): the
+    console then gets one line per stage."""
+    return contextlib.nullcontext() if console_is_terminal() else progress_bars_off()
+
+
 @contextmanager
 def progress_bars_off() -> Iterator[None]:
     """transformers', datasets' and huggingface_hub's progress bars off, restored after."""
@@ -286,7 +292,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
                              *extra])
 
         # Its sampling and revising run in this process: keep the console one line per stage.
-        with contextlib.nullcontext() if console_is_terminal() else progress_bars_off():
+        with progress_bars_off_unless_terminal():
             return train_online(method, bench, out, config, train_round)
     if method in SUPERVISED:
         trainer, flags = SUPERVISED[method]
