@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, machine
 
 
 def main() -> None:
@@ -35,16 +34,12 @@ def main() -> None:
     bench = Path(results["bench"])
     wall = args.wall_seconds if args.wall_seconds is not None else \
         (run / "results.json").stat().st_mtime - (bench / "config.json").stat().st_mtime
-    import torch
-
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.tag}.json").write_text(json.dumps({
         "command": args.command, "note": args.note,
         "wall_seconds": round(wall, 1),
         "wall_from": "--wall-seconds" if args.wall_seconds is not None else "file times",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+        "machine": machine(),
         "init": json.loads((bench / "summary.json").read_text()),
         **results}, indent=2, allow_nan=False) + "\n")
     (RESULTS / f"{args.tag}.md").write_text(
