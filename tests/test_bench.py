@@ -586,6 +586,29 @@ def test_each_method_gets_its_tuned_settings_and_explicit_flags_win(tmp_path, mo
     assert "--gamma" not in argv
 
 
+def test_tuned_settings_follow_the_bench_directorys_task(tmp_path, monkeypatch):
+    from editalign.bench import runner
+
+    mine = runner.TunedSettings(learning_rates={"figa": 7e-4}, args={"figa": ["--beta", "0.1"]},
+                                ppo_learning_rate=9e-5, source="test")
+    monkeypatch.setitem(runner.TUNED, "grounded", mine)
+    config = runner.RunConfig(task="grounded")
+    assert config.method_learning_rate("figa") == 7e-4
+    assert config.stage_args("figa") == ["--beta", "0.1"]
+    assert config.ppo_lr() == 9e-5 and runner.RunConfig().ppo_lr() == \
+        runner.TUNED["facts"].ppo_learning_rate
+    # Given values win over every task's table.
+    assert runner.RunConfig(task="grounded", ppo_learning_rate=1e-6).ppo_lr() == 1e-6
+    assert runner.RunConfig(task="grounded", learning_rate=2e-5).method_learning_rate(
+        "figa") == 2e-5
+    with pytest.raises(ValueError, match="no tuned settings for task 'other'"):
+        runner.RunConfig(task="other").ppo_lr()
+    # The task comes from `bench init`'s config.json; older directories are the first task.
+    assert runner.bench_task(tmp_path) == "facts"
+    (tmp_path / "config.json").write_text(json.dumps({"task": "grounded"}))
+    assert runner.bench_task(tmp_path) == "grounded"
+
+
 def test_paired_comparison_by_hand(tmp_path):
     from editalign.bench.runner import RunConfig, comparisons, paired_comparison
     from editalign.eval.winrate import bootstrap_interval

@@ -539,6 +539,21 @@ def test_save_and_load_round_trip(tmp_path):
     assert (report.preset, report.no_edit) == ("default", 1)
 
 
+def test_save_replaces_the_file_whole(tmp_path):
+    # Another process may be reading the file (parallel bench seeds): a failed write keeps
+    # the old file, and nothing half-written is left beside it.
+    path = save_pairs_jsonl([EditPair("p", "a", "b", "x1")], tmp_path / "pairs.jsonl")
+
+    def broken():
+        yield EditPair("p", "c", "d", "x2")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_pairs_jsonl(broken(), path)
+    assert [p.id for p in load_pairs(path)[0]] == ["x1"]
+    assert [f.name for f in tmp_path.iterdir()] == ["pairs.jsonl"]
+
+
 # --------------------------------------------------------------------------- shared real data
 
 

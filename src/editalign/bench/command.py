@@ -146,18 +146,21 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--num-seeds", type=int, default=None,
                      help="shorthand for --seeds 0,1,...,N-1")
     for f in fields(RunConfig):
-        if f.name in ("methods", "extra", "seed", "seeds"):
+        if f.name in ("methods", "extra", "seed", "seeds", "task"):
             continue
         if f.name == "tuned":
             run.add_argument("--untuned", dest="run_tuned", action="store_false",
                              help="every trainer's own defaults instead of the settings tuned "
-                             "on the tuning task (editalign.bench.runner.TUNED_ARGS)")
+                             "on the task's tuning task (editalign.bench.runner.TUNED)")
             continue
         default = f.default if f.default is not MISSING else None
-        kind = {"eval_limit": int, "learning_rate": float}.get(f.name, type(default))
+        kind = {"eval_limit": int, "learning_rate": float,
+                "ppo_learning_rate": float}.get(f.name, type(default))
         run.add_argument(_flag("run_" + f.name) if f.name in ("batch_size",) else _flag(f.name),
                          dest="run_" + f.name, type=kind, default=default,
-                         help=f"(default: {default})")
+                         help="(default: the task's tuned rate, editalign.bench.runner.TUNED)"
+                         if f.name in ("learning_rate", "ppo_learning_rate")
+                         else f"(default: {default})")
     gen = p.add_argument_group("edit pairs from the initial policy's samples")
     gen.add_argument("--pair-prompts", type=int,
                      default=None if "pair_prompts" in per_task else PAIR_DEFAULTS["pair_prompts"],
@@ -354,7 +357,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               [int(x) for x in str(args.seeds).split(",") if x.strip()]),
                        extra=parse_method_args(args.method_args),
                        **{f.name: getattr(args, "run_" + f.name) for f in fields(RunConfig)
-                          if f.name not in ("methods", "extra", "seed", "seeds")})
+                          if f.name not in ("methods", "extra", "seed", "seeds", "task")})
     run_benchmark(args.bench, args.out, config)
     print((Path(args.out) / "results.md").read_text())
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -63,24 +63,54 @@ DEFAULT_METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
 SUPERVISED = {"sft": ("sft", []), "dpo": ("dpo", []), "figa": ("figa", []),
               "dpo-sft": ("dpo", ["--loss_type", "sigmoid", "sft", "--loss_weights", "1", "1"])}
 
-# Hyper-parameters chosen on a *tuning* task (another world: `bench init --seed 1`), never
-# on the reported one: benchmarks/bench_tuning.py, results in
-# benchmarks/results/bench_tuning_*.{json,md}; each method got the same learning-rate range.
-TUNED_LEARNING_RATES = {"sft": 3e-3, "dpo": 1e-4, "dpo-sft": 1e-3, "figa": 3e-3,
+@dataclass(frozen=True)
+class TunedSettings:
+    """The settings chosen for one task on its *tuning* task (another world: `bench init
+    --seed 1`), never on the reported one: benchmarks/bench_tuning.py, results in
+    ``benchmarks/results/<source>.{json,md}``; each method got the same learning-rate range."""
+
+    learning_rates: dict[str, float]  # per supervised method (and online arm)
+    args: dict[str, list[str]]  # extra `editalign train` flags per stage
+    ppo_learning_rate: float  # shared by every PPO arm
+    source: str  # the tuning results they were read from
+
+
+TUNED: dict[str, TunedSettings] = {
+    "facts": TunedSettings(
+        learning_rates={"sft": 3e-3, "dpo": 1e-4, "dpo-sft": 1e-3, "figa": 3e-3,
                         # The online arms restart their schedule every round: at the one-round
                         # rate (3e-3) they drifted to KL 16 and lost by 0.21; 3e-4 was best of
-                        # 1e-4..3e-3 on the tuning task (benchmarks/results/bench_tuning_online.md).
-                        "figa-online": 3e-4, "sft-online": 3e-4}
-TUNED_ARGS: dict[str, list[str]] = {
-    "dpo": ["--beta", "0.3"],
-    # The best FIGA with a push-down term: γ = 1 (every revised token), β = 0.25 on the
-    # deletions. On the tuning task β = 0 was better still, but that is SFT exactly; γ < 1
-    # and larger β lost at every tuned rate, and the official γ = 0 diverged at lr ≥ 1e-3.
-    "figa": ["--gamma", "1", "--beta", "0.25"],
-    # Kept tokens trained towards reward 0: without it the token RM gives every kept token
-    # a negative reward (Σ ≈ −10 per response), a length penalty that PPO then follows.
-    "token-rm": ["--equal_weight", "1"],
+                        # 1e-4..3e-3 on the tuning task (bench_tuning_online.md).
+                        "figa-online": 3e-4, "sft-online": 3e-4},
+        args={
+            "dpo": ["--beta", "0.3"],
+            # The best FIGA with a push-down term: γ = 1 (every revised token), β = 0.25 on
+            # the deletions. On the tuning task β = 0 was better still, but that is SFT
+            # exactly; γ < 1 and larger β lost at every tuned rate, and the official γ = 0
+            # diverged at lr ≥ 1e-3.
+            "figa": ["--gamma", "1", "--beta", "0.25"],
+            # Kept tokens trained towards reward 0: without it the token RM gives every kept
+            # token a negative reward (Σ ≈ −10 per response), a length penalty PPO follows.
+            "token-rm": ["--equal_weight", "1"],
+        },
+        ppo_learning_rate=5e-5,
+        source="bench_tuning_*"),
+    # On the grounded tuning task every supervised method was best at 3e-4 of the same range
+    # (1e-4..1e-2; DPO 1e-5..1e-3), at the first task's other settings, and the three PPO
+    # arms together at 1e-4 of 3e-5..3e-4 (bench_tuning_grounded.md). The online arms were
+    # not tuned here: they keep the first task's rate, which happens to be the same.
+    "grounded": TunedSettings(
+        learning_rates={"sft": 3e-4, "dpo": 3e-4, "dpo-sft": 3e-4, "figa": 3e-4,
+                        "figa-online": 3e-4, "sft-online": 3e-4},
+        args={"dpo": ["--beta", "0.3"], "figa": ["--gamma", "1", "--beta", "0.25"],
+              "token-rm": ["--equal_weight", "1"]},
+        ppo_learning_rate=1e-4,
+        source="bench_tuning_grounded"),
 }
+
+# The first task's, under their old names.
+TUNED_LEARNING_RATES = TUNED["facts"].learning_rates
+TUNED_ARGS = TUNED["facts"].args
 # TRL's DPOConfig β, what `ppo-dpo` reads the DPO policy with when no --beta was given.
 DPO_DEFAULT_BETA = 0.1
 
@@ -90,11 +120,11 @@ class RunConfig:
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     max_steps: int = 100  # optimizer steps of sft / dpo / figa and of each reward model
     batch_size: int = 16
-    learning_rate: float | None = None  # sft / dpo / dpo-sft / figa; None: TUNED_LEARNING_RATES
+    learning_rate: float | None = None  # sft / dpo / dpo-sft / figa; None: the task's tuned one
     rm_learning_rate: float = 1e-3
     ppo_iterations: int = 100
     ppo_rollout_batch_size: int = 16
-    ppo_learning_rate: float = 5e-5
+    ppo_learning_rate: float | None = None  # every PPO arm; None: the task's tuned one
     seed: int = 0  # the seed of one run (set from ``seeds`` by run_benchmark)
     seeds: list[int] = field(default_factory=lambda: [0])  # one full run per seed
     eval_limit: int | None = None
@@ -106,14 +136,30 @@ class RunConfig:
     # and tuned ones: keys are methods, the reward models (rm, token-rm) and ppo (both PPO
     # arms; keep arm-specific PPO flags for the reward).
     extra: dict[str, list[str]] = field(default_factory=dict)
-    tuned: bool = True  # apply TUNED_ARGS (False: every trainer's own defaults)
+    tuned: bool = True  # apply the task's tuned args (False: every trainer's own defaults)
+    # Whose tuned settings apply: set by run_benchmark from the bench directory's task.
+    task: str = "facts"
+
+    @property
+    def tuned_settings(self) -> TunedSettings:
+        if self.task not in TUNED:
+            raise ValueError(f"no tuned settings for task {self.task!r}; known: "
+                             f"{', '.join(TUNED)}")
+        return TUNED[self.task]
 
     def stage_args(self, stage: str) -> list[str]:
-        return [*(TUNED_ARGS.get(stage, []) if self.tuned else []), *self.extra.get(stage, [])]
+        tuned = self.tuned_settings.args.get(stage, []) if self.tuned else []
+        return [*tuned, *self.extra.get(stage, [])]
 
     def method_learning_rate(self, method: str) -> float:
+        """The learning rate given, else the task's tuned one (also with ``tuned=False``:
+        the trainers' own defaults are no rate for this budget)."""
         return self.learning_rate if self.learning_rate is not None \
-            else TUNED_LEARNING_RATES[method]
+            else self.tuned_settings.learning_rates[method]
+
+    def ppo_lr(self) -> float:
+        return self.ppo_learning_rate if self.ppo_learning_rate is not None \
+            else self.tuned_settings.ppo_learning_rate
 
 
 def _common(config: RunConfig, lr: float) -> list[str]:
@@ -269,7 +315,7 @@ def _ppo_flags(config: RunConfig) -> list[str]:
     return ["--num_iterations", str(config.ppo_iterations),
             "--rollout_batch_size", str(config.ppo_rollout_batch_size),
             "--per_device_train_batch_size", str(config.batch_size),
-            "--learning_rate", str(config.ppo_learning_rate), "--seed", str(config.seed),
+            "--learning_rate", str(config.ppo_lr()), "--seed", str(config.seed),
             "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
             *config.stage_args("ppo")]
 
@@ -334,6 +380,12 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
+def bench_task(bench: Path) -> str:
+    """The task a ``bench init`` directory holds (``facts`` for those written before tasks)."""
+    path = bench / "config.json"
+    return json.loads(path.read_text()).get("task", "facts") if path.is_file() else "facts"
+
+
 def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None = None,
                   *, report: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Train and evaluate every method for every seed; resumable (see the done markers).
@@ -348,8 +400,9 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     from editalign.data.pairs import load_pairs, save_pairs_jsonl
     from editalign.eval.winrate import SamplingConfig, evaluate_winrate
 
-    config = config or RunConfig()
     bench, out = Path(bench), Path(out)
+    # The task is a property of the bench directory: its tuned settings apply.
+    config = replace(config or RunConfig(), task=bench_task(bench))
     out.mkdir(parents=True, exist_ok=True)
     for method in config.methods:
         if method not in (*METHODS, *ONLINE):

@@ -161,13 +161,19 @@ def _accept(row: _Row, preset: Preset, fields: Mapping[str, str], report: LoadRe
 def save_pairs_jsonl(pairs: Iterable[EditPair], path: str | os.PathLike[str]) -> Path:
     """Write pairs as UTF-8 JSONL that :func:`load_pairs` reads back (``default`` preset).
 
-    Parent directories are created. Returns the path written.
+    Parent directories are created. Returns the path written. The file is replaced whole
+    (written beside it, then renamed), so a reader in another process never sees half of it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for pair in pairs:
-            handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="\n") as handle:
+            for pair in pairs:
+                handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
