@@ -571,7 +571,7 @@ def test_each_method_gets_its_tuned_settings_and_explicit_flags_win(tmp_path, mo
     tuned = runner.RunConfig()
     [(trainer, argv)] = flags(tuned, "figa")
     assert trainer == "figa"
-    assert float(value(argv, "--learning_rate")) == runner.TUNED_LEARNING_RATES["figa"]
+    assert float(value(argv, "--learning_rate")) == runner.TUNED["facts"].learning_rates["figa"]
     assert value(argv, "--gamma") == "1" and value(argv, "--beta") == "0.25"
     [(trainer, argv)] = flags(tuned, "dpo-sft")
     assert trainer == "dpo" and argv[argv.index("--loss_type") + 1:][:2] == ["sigmoid", "sft"]
@@ -590,7 +590,7 @@ def test_tuned_settings_follow_the_bench_directorys_task(tmp_path, monkeypatch):
     from editalign.bench import runner
 
     mine = runner.TunedSettings(learning_rates={"figa": 7e-4}, args={"figa": ["--beta", "0.1"]},
-                                ppo_learning_rate=9e-5, source="test")
+                                ppo_learning_rate=9e-5)
     monkeypatch.setitem(runner.TUNED, "grounded", mine)
     config = runner.RunConfig(task="grounded")
     assert config.method_learning_rate("figa") == 7e-4

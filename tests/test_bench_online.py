@@ -37,14 +37,15 @@ def test_online_arm_same_budget_resumes_and_is_compared(tmp_path, monkeypatch):
     # each arm at its own tuned learning rate (the online arm's schedule restarts per round)
     import torch
 
-    from editalign.bench.runner import TUNED_LEARNING_RATES
+    from editalign.bench.runner import TUNED
 
     def lr(path):
         return torch.load(path / "training_args.bin", weights_only=False).learning_rate
 
-    assert lr(run / "figa") == TUNED_LEARNING_RATES["figa"]
-    assert lr(run / "figa-online" / "round2" / "policy") == TUNED_LEARNING_RATES["figa-online"]
-    assert TUNED_LEARNING_RATES["figa-online"] != TUNED_LEARNING_RATES["figa"]
+    rates = TUNED["facts"].learning_rates
+    assert lr(run / "figa") == rates["figa"]
+    assert lr(run / "figa-online" / "round2" / "policy") == rates["figa-online"]
+    assert rates["figa-online"] != rates["figa"]
     results = json.loads((run / "results.json").read_text())
     assert [r["method"] for r in results["results"]] == ["figa", "figa-online"]
     online = results["results"][1]

@@ -44,6 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
               "run_eval_batch_size": 8},
 }
 
+# RunConfig fields that are no `bench run --flag` of their own: set from other flags
+# (--methods, --method-args, --seeds/--num-seeds) or by the runner (seed, task).
+NOT_RUN_FLAGS = ("methods", "extra", "seed", "seeds", "task")
+
 # Settings in which the grounded task differs from the first one (argparse destinations).
 # The first task keeps the dataclasses' defaults, so its files and numbers stay as they were;
 # `bench init|run --task grounded` applies these to every option the user did not set (the
@@ -146,7 +150,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--num-seeds", type=int, default=None,
                      help="shorthand for --seeds 0,1,...,N-1")
     for f in fields(RunConfig):
-        if f.name in ("methods", "extra", "seed", "seeds", "task"):
+        if f.name in NOT_RUN_FLAGS:
             continue
         if f.name == "tuned":
             run.add_argument("--untuned", dest="run_tuned", action="store_false",
@@ -357,7 +361,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                               [int(x) for x in str(args.seeds).split(",") if x.strip()]),
                        extra=parse_method_args(args.method_args),
                        **{f.name: getattr(args, "run_" + f.name) for f in fields(RunConfig)
-                          if f.name not in ("methods", "extra", "seed", "seeds", "task")})
+                          if f.name not in NOT_RUN_FLAGS})
     run_benchmark(args.bench, args.out, config)
     print((Path(args.out) / "results.md").read_text())
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -67,50 +67,42 @@ SUPERVISED = {"sft": ("sft", []), "dpo": ("dpo", []), "figa": ("figa", []),
 class TunedSettings:
     """The settings chosen for one task on its *tuning* task (another world: `bench init
     --seed 1`), never on the reported one: benchmarks/bench_tuning.py, results in
-    ``benchmarks/results/<source>.{json,md}``; each method got the same learning-rate range."""
+    ``benchmarks/results/bench_tuning_*.{json,md}``; each method got the same learning-rate
+    range."""
 
     learning_rates: dict[str, float]  # per supervised method (and online arm)
     args: dict[str, list[str]]  # extra `editalign train` flags per stage
     ppo_learning_rate: float  # shared by every PPO arm
-    source: str  # the tuning results they were read from
 
+
+_FACTS = TunedSettings(
+    learning_rates={"sft": 3e-3, "dpo": 1e-4, "dpo-sft": 1e-3, "figa": 3e-3,
+                    # The online arms restart their schedule every round: at the one-round
+                    # rate (3e-3) they drifted to KL 16 and lost by 0.21; 3e-4 was best of
+                    # 1e-4..3e-3 on the tuning task (bench_tuning_online.md).
+                    "figa-online": 3e-4, "sft-online": 3e-4},
+    args={
+        "dpo": ["--beta", "0.3"],
+        # The best FIGA with a push-down term: γ = 1 (every revised token), β = 0.25 on the
+        # deletions. On the tuning task β = 0 was better still, but that is SFT exactly;
+        # γ < 1 and larger β lost at every tuned rate, and the official γ = 0 diverged at
+        # lr ≥ 1e-3.
+        "figa": ["--gamma", "1", "--beta", "0.25"],
+        # Kept tokens trained towards reward 0: without it the token RM gives every kept
+        # token a negative reward (Σ ≈ −10 per response), a length penalty PPO follows.
+        "token-rm": ["--equal_weight", "1"],
+    },
+    ppo_learning_rate=5e-5)
 
 TUNED: dict[str, TunedSettings] = {
-    "facts": TunedSettings(
-        learning_rates={"sft": 3e-3, "dpo": 1e-4, "dpo-sft": 1e-3, "figa": 3e-3,
-                        # The online arms restart their schedule every round: at the one-round
-                        # rate (3e-3) they drifted to KL 16 and lost by 0.21; 3e-4 was best of
-                        # 1e-4..3e-3 on the tuning task (bench_tuning_online.md).
-                        "figa-online": 3e-4, "sft-online": 3e-4},
-        args={
-            "dpo": ["--beta", "0.3"],
-            # The best FIGA with a push-down term: γ = 1 (every revised token), β = 0.25 on
-            # the deletions. On the tuning task β = 0 was better still, but that is SFT
-            # exactly; γ < 1 and larger β lost at every tuned rate, and the official γ = 0
-            # diverged at lr ≥ 1e-3.
-            "figa": ["--gamma", "1", "--beta", "0.25"],
-            # Kept tokens trained towards reward 0: without it the token RM gives every kept
-            # token a negative reward (Σ ≈ −10 per response), a length penalty PPO follows.
-            "token-rm": ["--equal_weight", "1"],
-        },
-        ppo_learning_rate=5e-5,
-        source="bench_tuning_*"),
-    # On the grounded tuning task every supervised method was best at 3e-4 of the same range
-    # (1e-4..1e-2; DPO 1e-5..1e-3), at the first task's other settings, and the three PPO
-    # arms together at 1e-4 of 3e-5..3e-4 (bench_tuning_grounded.md). The online arms were
-    # not tuned here: they keep the first task's rate, which happens to be the same.
-    "grounded": TunedSettings(
-        learning_rates={"sft": 3e-4, "dpo": 3e-4, "dpo-sft": 3e-4, "figa": 3e-4,
-                        "figa-online": 3e-4, "sft-online": 3e-4},
-        args={"dpo": ["--beta", "0.3"], "figa": ["--gamma", "1", "--beta", "0.25"],
-              "token-rm": ["--equal_weight", "1"]},
-        ppo_learning_rate=1e-4,
-        source="bench_tuning_grounded"),
+    "facts": _FACTS,
+    # The first task's other settings; on the grounded tuning task every supervised method
+    # was best at 3e-4 of the same range (1e-4..1e-2; DPO 1e-5..1e-3) and the three PPO arms
+    # together at 1e-4 of 3e-5..3e-4 (bench_tuning_grounded.md). The online arms were not
+    # tuned here: they keep the first task's rate, which happens to be the same.
+    "grounded": replace(_FACTS, learning_rates={m: 3e-4 for m in _FACTS.learning_rates},
+                        ppo_learning_rate=1e-4),
 }
-
-# The first task's, under their old names.
-TUNED_LEARNING_RATES = TUNED["facts"].learning_rates
-TUNED_ARGS = TUNED["facts"].args
 # TRL's DPOConfig β, what `ppo-dpo` reads the DPO policy with when no --beta was given.
 DPO_DEFAULT_BETA = 0.1
 
