@@ -363,3 +363,104 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
     clipped = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
     return loss, masked_mean((clipped > unclipped).to(values.dtype), mask).detach()
+
+
+# ----------------------------------------------------------------------------- dense group advantages (docs/methods.md §4b)
+
+GROUP_SCALES = ("group", "batch", "none")
+TOKEN_TERMS = ("reward_to_go", "reward")
+
+
+def _group_members(group_ids: Tensor) -> list[Tensor]:
+    """The row indices of each group, for arbitrary ids (TRL's ``arange(N) // G``, verl's
+    prompt uids), in order of first appearance."""
+    ids = group_ids.tolist()
+    first: dict[object, list[int]] = {}
+    for row, gid in enumerate(ids):
+        first.setdefault(gid, []).append(row)
+    return [torch.tensor(rows, device=group_ids.device) for rows in first.values()]
+
+
+def _group_stats(values: Tensor, members: list[Tensor], valid: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor]:
+    """Per-row mean and unbiased std of ``values`` over the row's group (``valid`` rows ×
+    positions only, when given), broadcast back to ``values[:, 0]``'s shape.
+
+    Computed with ``Tensor.mean``/``Tensor.std`` on each group, so contiguous groups of one
+    size give TRL's ``view(-1, G).mean/std`` bit for bit. Fewer than two counted values: std 0.
+    """
+    n = values.shape[0]
+    mean = values.new_zeros(n)
+    std = values.new_zeros(n)
+    if len(members) and valid is None and values.dim() == 1:
+        sizes = {len(rows) for rows in members}
+        contiguous = torch.equal(torch.cat(members), torch.arange(n, device=values.device))
+        if len(sizes) == 1 and contiguous and next(iter(sizes)) > 1:
+            grouped = values.view(-1, next(iter(sizes)))
+            size = grouped.shape[1]
+            return (grouped.mean(dim=1).repeat_interleave(size),
+                    grouped.std(dim=1).repeat_interleave(size))
+    for rows in members:
+        picked = values[rows] if valid is None else values[rows][valid[rows]]
+        if picked.numel() == 0:
+            continue
+        mean[rows] = picked.mean()
+        std[rows] = picked.std() if picked.numel() > 1 else picked.new_zeros(())
+    return mean, std
+
+
+def reward_to_go(token_rewards: Tensor, mask: Tensor) -> Tensor:
+    """G_t = Σ_{s ≥ t} r_s over each row's response tokens (γ = 1), zero on padding."""
+    rewards = token_rewards * mask.to(token_rewards.dtype)
+    return rewards.flip(-1).cumsum(-1).flip(-1) * mask.to(token_rewards.dtype)
+
+
+def dense_group_advantages(sequence_rewards: Tensor, token_rewards: Tensor | None, mask: Tensor,
+                           group_ids: Tensor, *, token_coef: float = 1.0,
+                           token_term: str = "reward_to_go", scale: str = "group",
+                           eps: float = 1e-4) -> Tensor:
+    """Per-token advantages for a group method (GRPO) from an outcome reward and token rewards.
+
+    A_{i,t} = (R_i − mean_g R) / (std_g R + eps) + λ·(u_{i,t} − mean_g u) / (std_g u + eps)
+
+    where g is row i's group (rows with one ``group_ids`` value: the completions of one
+    prompt), R the (N,) ``sequence_rewards``, u the token term built from the (N, T)
+    ``token_rewards``: the reward itself (``"reward"``) or its reward-to-go
+    (``"reward_to_go"``), its mean and std taken over all response tokens of the group.
+    ``scale``: ``"group"`` divides by the group's std (GRPO), ``"batch"`` by the batch's
+    (TRL's ``scale_rewards="batch"``), ``"none"`` only centres (Dr. GRPO); the token term
+    follows the same rule (``"batch"`` → the std over every response token of the batch).
+    Stds are unbiased (``torch.std``) and ``eps`` is added to the std, as TRL does, so with
+    ``token_coef = 0`` or ``token_rewards = None`` the result is TRL's GRPO advantage,
+    broadcast over the response. A group of one row has advantage 0 from its outcome.
+    Returns an (N, T) tensor, exactly 0 where ``mask`` is 0.
+    """
+    check_choice("scale", scale, GROUP_SCALES)
+    check_choice("token term", token_term, TOKEN_TERMS)
+    if sequence_rewards.dim() != 1 or mask.dim() != 2 or mask.shape[0] != sequence_rewards.shape[0]:
+        raise ValueError(f"expected sequence rewards (N,) and mask (N, T); got "
+                         f"{tuple(sequence_rewards.shape)} and {tuple(mask.shape)}")
+    members = _group_members(group_ids)
+    valid = mask.to(sequence_rewards.dtype)
+    mean, std = _group_stats(sequence_rewards, members)
+    outcome = sequence_rewards - mean
+    if scale == "group":
+        outcome = outcome / (std + eps)
+    elif scale == "batch":
+        outcome = outcome / (sequence_rewards.std() + eps)
+    advantages = outcome[:, None] * valid
+    if token_rewards is None or token_coef == 0:
+        return advantages
+    if token_rewards.shape != mask.shape:
+        raise ValueError(f"token rewards {tuple(token_rewards.shape)} and mask "
+                         f"{tuple(mask.shape)} differ in shape")
+    term = reward_to_go(token_rewards, mask) if token_term == "reward_to_go" else token_rewards
+    term = term.to(sequence_rewards.dtype)
+    token_mean, token_std = _group_stats(term, members, mask.bool())
+    centred = term - token_mean[:, None]
+    if scale == "group":
+        centred = centred / (token_std[:, None] + eps)
+    elif scale == "batch":
+        picked = term[mask.bool()]
+        centred = centred / ((picked.std() if picked.numel() > 1 else 0.0) + eps)
+    return advantages + token_coef * centred * valid
