@@ -208,8 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from editalign.outputs import check_finite, lock_scope
+
     try:
-        return int(args.func(args) or 0)
+        # NaN or inf would turn a filter off or fail only at the first request: refused here,
+        # for every command (`train` checks its own options when it parses them).
+        check_finite(vars(args))
+        with lock_scope():  # the output locks a command takes end with it
+            return int(args.func(args) or 0)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"editalign {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -39,13 +39,21 @@ def add_label_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
+    if not args.data or not args.out:
+        raise SystemExit("editalign label: --data and --out are required")
+    # Before anything heavy is imported or loaded: a missing input or an output that must
+    # not be replaced is said in a second, not after the tokenizer loaded and the work ran.
+    if not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data}: no such file or directory")
+    from editalign.data.io import check_label_dir
+
+    inputs = {"--data": args.data}
+    check_label_dir(args.out, inputs)
     from editalign.data.io import write_labeled
     from editalign.data.labeling import LabelingConfig, check_labeled, label_pairs
     from editalign.data.pairs import DataError, load_pairs, parse_field_mapping
     from editalign.models import load_tokenizer
 
-    if not args.data or not args.out:
-        raise SystemExit("editalign label: --data and --out are required")
     fields = parse_field_mapping(args.field) if args.field else None
     started = time.perf_counter()
     pairs, report = load_pairs(args.data, preset=args.preset, fields=fields, strict=args.strict,
@@ -69,7 +77,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     extra = {"official_tag_agreement": agreement} if agreement else None
     write_labeled(args.out, labeled, stats, config=config, tokenizer=tokenizer,
                   model_name=args.model, load_report=report, preview_pairs=args.preview_pairs,
-                  extra=extra)
+                  extra=extra, inputs=inputs)
     print(stats.summary())
     if agreement:
         print(f"agreement with the official MT word tags ({agreement['words']} words): "

@@ -80,8 +80,9 @@ class Drawn:
 # --------------------------------------------------------------------------- the output file
 
 
-def read_done(path: Path) -> dict[str, dict[str, Any]]:
-    """Rows already in ``path`` by id; a torn last line (no newline, or not JSON) is cut off.
+def read_done(path: Path, *, cut: bool = True) -> dict[str, dict[str, Any]]:
+    """Rows already in ``path`` by id; a torn last line (no newline, or not JSON) is cut off
+    (``cut=False``: left, to look at the file before changing it).
 
     A line in the middle that is not JSON is not a torn write but a damaged file: refused.
     """
@@ -89,7 +90,7 @@ def read_done(path: Path) -> dict[str, dict[str, Any]]:
         return {}
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    if good_end < len(data):
+    if good_end < len(data) and cut:
         logger.info("%s: dropping a torn last line (%d bytes)", path, len(data) - good_end)
         with path.open("r+b") as f:
             f.truncate(good_end)
@@ -269,8 +270,9 @@ def sample_prompts(model: str, prompts: Sequence[Any], out: str | os.PathLike[st
     # Row n is sample j = n % k of prompt i = n // k: a prompt's samples stay together.
     row_ids = [f"{ids[n // k]}-{n % k}" for n in range(len(prompts) * k)]
     expected = {rid: (prompts[n // k], settings) for n, rid in enumerate(row_ids)}
+    # The file is checked to be this run's before anything in it is touched (a torn line cut).
+    _check_resumable(out, read_done(out, cut=False), expected)
     done = read_done(out)
-    _check_resumable(out, done, expected)
     todo = [(c, rows) for c, rows in _chunks(len(row_ids), options.batch_size)
             if any(row_ids[n] not in done for n in rows)]
     print(f"sample: {len(prompts)} prompts x {k} = {len(row_ids)} rows with {model} "
@@ -348,6 +350,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
                                         ("--out", args.out)) if not value]
     if missing:
         raise ValueError(f"{', '.join(missing)} required")
+    from editalign.outputs import check_file, file_lock_path, hold_lock
+
+    # Before the model loads: --out is a file that is no input, and one run writes it.
+    out = check_file(args.out, flag="--out", inputs={"--prompts": args.prompts,
+                                                     "--model": args.model})
+    hold_lock(file_lock_path(out), what=f"--out {out}", command="sample")
     options = SampleOptions(num_samples=args.num_samples, temperature=args.temperature,
                             top_p=args.top_p, top_k=args.top_k,
                             max_new_tokens=args.max_new_tokens, seed=args.seed,

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from editalign.eval.token_html import pair_record, render_html
 
+# `score` directories written before the output marker.
+SCORE_LEGACY = (("rewards.jsonl", "metrics.json"),)
+
 
 def add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file whose keys are any of these options "
@@ -39,13 +42,18 @@ def add_score_args(p: argparse.ArgumentParser) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     # torch and the model code load only when the command runs: `editalign --help` stays fast.
     from editalign.data.arguments import DataArguments
-    from editalign.data.jsonl import nan_to_none
+    from editalign.data.jsonl import nan_to_none, write_jsonl
     from editalign.eval.pair_scoring import score_labeled
     from editalign.eval.reward_metrics import reward_metrics
     from editalign.reward_model import TokenRewardModel
 
     if not args.reward_model or not args.data or not args.out:
         raise SystemExit("editalign score: --reward-model, --data and --out are required")
+    from editalign.outputs import check_dir, mark_dir, write_text
+
+    # Before the model loads: --out is new, empty or an earlier `score` output.
+    out = check_dir(args.out, flag="--out", command="score", legacy=SCORE_LEGACY,
+                    inputs={"--data": args.data, "--reward-model": args.reward_model})
     tokenizer = TokenRewardModel.load_tokenizer(args.reward_model)
     model = TokenRewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
     data = DataArguments(data=args.data, preset=args.preset, limit=args.limit,
@@ -57,16 +65,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     metrics = nan_to_none(reward_metrics(scores))
     eos = tokenizer.eos_token or ""
     records = [pair_record(lp, s, eos) for lp, s in zip(pairs, scores, strict=True)]
+    mark_dir(out, "score")
+    write_jsonl(out / "rewards.jsonl", records, allow_nan=False)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
+    write_text(out / "index.html",
+               render_html(records[: args.html_pairs], metrics,
+                           f"editalign score: {args.reward_model}", model.reward_config.read_at))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "rewards.jsonl").open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    (out / "index.html").write_text(
-        render_html(records[: args.html_pairs], metrics,
-                    f"editalign score: {args.reward_model}", model.reward_config.read_at),
-        encoding="utf-8")
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     print(f"scored {len(records)} pairs: {shown}")
     print(f"  rewards: {out / 'rewards.jsonl'}\n  metrics: {out / 'metrics.json'}\n"

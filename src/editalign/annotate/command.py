@@ -53,6 +53,12 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     db = Path(args.db) if args.db else _default_db(args.data)
     out = Path(args.out) if args.out else db.with_name(
         db.name.removesuffix(".sqlite").removesuffix(".annotate") + ".edits.jsonl")
+    from editalign.outputs import check_file
+
+    # Before the database is opened or the data read: the export must not be an input.
+    check_file(out, flag="--out", inputs={"--data": args.data, "--db": db})
+    if args.data:
+        check_file(db, flag="--db", inputs={"--data": args.data})
     store = AnnotationStore(db)
     if args.data:
         pairs, report = load_pairs(args.data, preset=args.preset,
@@ -64,7 +70,10 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     if args.export:
         pairs = store.export_pairs()
         save_pairs_jsonl(pairs, out)
-        print(f"wrote {len(pairs)} edited pairs to {out}")
+        renamed = sum("renamed_from" in p.meta for p in pairs)
+        print(f"wrote {len(pairs)} edited pairs to {out}"
+              + (f" ({renamed} ids renamed with ~N: ID@ANNOTATOR was another item's id; "
+                 "meta.renamed_from has the first choice)" if renamed else ""))
         return 0
     token = args.token or os.environ.get("EDITALIGN_ANNOTATE_TOKEN")
     if not token and not is_loopback(args.host):

@@ -131,17 +131,35 @@ class AnnotationStore:
     # ------------------------------------------------------------------ items
 
     def import_pairs(self, pairs: Iterable[EditPair]) -> int:
-        """Add pairs not yet in the store (matched by id); returns how many were added."""
+        """Add pairs not yet in the store (matched by id); returns how many were added.
+
+        A pair whose id is already stored must be that same item (a restart with the same
+        data): an id given twice, or one the database holds for another text, raises
+        ``ValueError`` naming it, and nothing is added.
+        """
         added = 0
+        given: set[str] = set()
         with self._tx() as db:
             position = db.execute("SELECT COALESCE(MAX(position) + 1, 0) FROM items").fetchone()[0]
             for pair in pairs:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?)",
-                    (pair.id, position, json.dumps(pair.prompt, ensure_ascii=False),
-                     pair.original, pair.revised, json.dumps(pair.meta, ensure_ascii=False)))
-                if cursor.rowcount:
-                    position, added = position + 1, added + 1
+                if pair.id in given:
+                    raise ValueError(f"id {pair.id!r} is given to two pairs; every item needs "
+                                     "its own id")
+                given.add(pair.id)
+                values = (json.dumps(pair.prompt, ensure_ascii=False), pair.original,
+                          pair.revised)
+                stored = db.execute("SELECT prompt, original, revised FROM items WHERE id = ?",
+                                    (pair.id,)).fetchone()
+                if stored is not None:
+                    if tuple(stored) != values:
+                        raise ValueError(f"{self.path}: item {pair.id!r} is stored with another "
+                                         "prompt or response than the data gives it now; use a "
+                                         "new --db for changed data")
+                    continue
+                db.execute("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                           (pair.id, position, *values,
+                            json.dumps(pair.meta, ensure_ascii=False)))
+                position, added = position + 1, added + 1
         return added
 
     def count(self) -> int:
@@ -203,7 +221,9 @@ class AnnotationStore:
         """Every saved annotation as an EditPair, in item order then annotator.
 
         The id is the item's id when one annotator edited the item, else
-        ``ID@ANNOTATOR``; ``meta`` adds ``annotator``, ``error_spans`` (offsets into
+        ``ID@ANNOTATOR``; should that be another item's id (or an id already exported),
+        ``~2``, ``~3``, ... is added until it is unique (``meta["renamed_from"]`` keeps
+        the first choice), so no two exported pairs share an id; ``meta`` adds ``annotator``, ``error_spans`` (offsets into
         ``original``), ``annotated_at`` and ``source: "annotate"`` to the item's own meta.
         """
         rows = self._db().execute(
@@ -212,6 +232,8 @@ class AnnotationStore:
             "FROM annotations a JOIN items i ON i.id = a.item_id "
             "ORDER BY i.position, a.annotator").fetchall()
         pairs = []
+        taken = {r[0] for r in self._db().execute("SELECT id FROM items")}
+        used: set[str] = set()
         for row in rows:
             meta = json.loads(row["meta"])
             if "error_spans" in meta:
@@ -223,6 +245,13 @@ class AnnotationStore:
             if row["revised"] != row["original"]:
                 meta.setdefault("input_revised", row["revised"])
             pair_id = row["id"] if row["n"] == 1 else f"{row['id']}@{row['annotator']}"
+            chosen, k = pair_id, 1
+            while pair_id in used or (pair_id != row["id"] and pair_id in taken):
+                k += 1
+                pair_id = f"{chosen}~{k}"
+            if pair_id != chosen:
+                meta["renamed_from"] = chosen
+            used.add(pair_id)
             pairs.append(EditPair(prompt=json.loads(row["prompt"]), original=row["original"],
                                   revised=row["edited"], id=pair_id, meta=meta))
         return pairs

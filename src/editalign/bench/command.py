@@ -27,6 +27,7 @@ from editalign.bench.online import ONLINE
 from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import TASKS, BenchConfig
+from editalign.outputs import OutputError, claim_dir, first_difference
 
 # Sizes of `bench run --full` / `--quick` / `--smoke` (argparse destinations; every method
 # shares the same pairs, steps, batch size and seed as always). Applied only to options left
@@ -204,11 +205,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     apply_preset(args)
     apply_task_defaults(args)
     started = time.perf_counter()
-    out = Path(args.out)
-    config = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
-    sft = PolicySFTConfig(seed=config.seed, **{f.name: getattr(args, "sft_" + f.name)
-                                               for f in fields(PolicySFTConfig)
-                                               if f.name != "seed"})
+    out = claim_dir(args.out, flag="--out", command="bench init", legacy=INIT_LEGACY,
+                    inputs={"--model": args.model})
+    config, sft = _init_settings(args)
     # The grounded task's cards need their words in the tokenizer (tiny-bench-grounded).
     args.model = args.model or ("tiny-bench-grounded" if config.task == "grounded"
                                 else "tiny-bench")
@@ -282,6 +281,32 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+# `bench init` directories written before the output marker.
+INIT_LEGACY = (("config.json", "world.json"),)
+
+
+def _init_settings(args: argparse.Namespace) -> tuple[BenchConfig, PolicySFTConfig]:
+    config = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
+    sft = PolicySFTConfig(seed=config.seed, **{f.name: getattr(args, "sft_" + f.name)
+                                               for f in fields(PolicySFTConfig)
+                                               if f.name != "seed"})
+    return config, sft
+
+
+def _check_init_done(bench: Path, args: argparse.Namespace) -> None:
+    """An earlier ``bench init`` in OUT/bench is reused only if it was made with this run's
+    task settings; otherwise its policy and pairs would be reported under settings that did
+    not make them."""
+    summary = json.loads((bench / "summary.json").read_text())
+    config, sft = _init_settings(args)
+    difference = first_difference({"config": summary.get("config"), "sft": summary.get("sft")},
+                                  json.loads(json.dumps({"config": config.to_dict(),
+                                                         "sft": sft.__dict__})))
+    if difference:
+        raise OutputError(f"{bench} was made with other settings ({difference}): rerun with "
+                          "the same settings to resume, or use another --out")
+
+
 def _per_response(counts: list[Counter[str] | dict[str, int]]) -> dict[str, float]:
     """Mean count of each edit kind per response."""
     total: Counter[str] = Counter()
@@ -331,10 +356,11 @@ def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, lis
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from editalign.bench.runner import run_benchmark
+    from editalign.bench.runner import claim_run_dir, run_benchmark
 
     apply_preset(args)
     apply_task_defaults(args)
+    claim_run_dir(Path(args.out), Path(args.bench) if args.bench else None)
     if not args.bench and args.preset:
         # The whole pipeline: init into OUT/bench unless an earlier run finished it
         # (summary.json is written last, so it marks a complete init).
@@ -344,6 +370,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if done != args.task:
                 raise ValueError(f"{bench} holds the {done!r} task, not {args.task!r}: use "
                                  "another --out")
+            _check_init_done(bench, args)
             print(f"bench init: done earlier ({bench / 'summary.json'}), skipped")
         else:
             from editalign.bench.runner import STAGE_LOG, stage_output

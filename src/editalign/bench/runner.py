@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,6 +50,7 @@ from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's 
     summarize,
     write_results,
 )
+from editalign.outputs import claim_dir, mark_dir, read_done, write_done
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def _train(method: str, argv: list[str]) -> float:
     from editalign.train.common import run_trainer
 
     output_dir = Path(argv[argv.index("--output_dir") + 1])
+    mark_dir(output_dir, "train")  # the stage log goes in first; the trainer's output is ours
     started = time.perf_counter()
     with stage_output(output_dir / STAGE_LOG, f"train {method} -> {output_dir}"):
         logger.info("editalign train %s %s", method, " ".join(argv))
@@ -293,13 +295,26 @@ def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunCo
     extra = config.stage_args(method)
     target = out / method
     marker = target / TRAIN_DONE
-    if marker.is_file():  # resume: this stage finished in an earlier (interrupted) run
+    done = read_done(marker, train_settings(config))  # refused when other settings made it
+    if done is not None:  # resume: this stage finished in an earlier (interrupted) run
         logger.info("skip training %s (done: %s)", method, marker)
         policy_dir = target / f"round{ONLINE_ROUNDS}" / "policy" if method in ONLINE else target
-        return policy_dir, float(json.loads(marker.read_text())["seconds"])
+        return policy_dir, float(done["seconds"])
     target, seconds = _train_method(method, bench, pairs, out, config, policy, extra)
-    marker.write_text(json.dumps({"method": method, "seconds": seconds}) + "\n")
+    write_done(marker, train_settings(config), {"method": method, "seconds": seconds})
     return target, seconds
+
+
+def train_settings(config: RunConfig) -> dict[str, Any]:
+    """What a trained stage depends on: every setting of the run but the methods, the seeds
+    (each seed's stages have their own directory) and the evaluation's."""
+    return {k: v for k, v in asdict(config).items()
+            if k not in ("methods", "seeds") and not k.startswith("eval_")}
+
+
+def eval_settings(config: RunConfig) -> dict[str, Any]:
+    """What an evaluated stage depends on: its training's settings and the evaluation's."""
+    return {k: v for k, v in asdict(config).items() if k not in ("methods", "seeds")}
 
 
 def _ppo_flags(config: RunConfig) -> list[str]:
@@ -343,13 +358,16 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
         rm_method, reward = ("rm", "sequence") if method == "ppo-seq" else ("token-rm", "token")
         rm_dir = out / rm_method
         seconds = 0.0
-        if not (rm_dir / "reward_config.json").is_file():  # both arms of a run share it
+        # Trained once per run (kept when PPO is what got killed), keyed like every stage.
+        if read_done(rm_dir / TRAIN_DONE, train_settings(config)) is None:
             held_out = pairs.parent / HELD_OUT_PAIRS
             seconds += _train(rm_method, [
                 "--model", policy, "--data", str(pairs), "--output_dir", str(rm_dir),
                 *_common(config, config.rm_learning_rate),
                 *(["--eval_data", str(held_out)] if held_out.is_file() else []),
                 *config.stage_args(rm_method)])
+            write_done(rm_dir / TRAIN_DONE, train_settings(config),
+                       {"method": rm_method, "seconds": seconds})
         seconds += _train("ppo", [
             "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
             "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
@@ -370,6 +388,16 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
             *_ppo_flags(config), *extra])
         return target, seconds
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+# `bench run` directories written before the output marker.
+RUN_LEGACY = (("results.json",), ("pairs.edited.jsonl",))
+
+
+def claim_run_dir(out: Path, bench: Path | None) -> Path:
+    """``--out`` of ``bench run`` checked and locked (see :mod:`editalign.outputs`)."""
+    return claim_dir(out, flag="--out", command="bench run", legacy=RUN_LEGACY,
+                     inputs={"--bench": bench})
 
 
 def bench_task(bench: Path) -> str:
@@ -393,13 +421,19 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     from editalign.eval.winrate import SamplingConfig, evaluate_winrate
 
     bench, out = Path(bench), Path(out)
+    claim_run_dir(out, bench)  # before any work: ours to write, and ours alone
     # The task is a property of the bench directory: its tuned settings apply.
     config = replace(config or RunConfig(), task=bench_task(bench))
-    out.mkdir(parents=True, exist_ok=True)
     for method in config.methods:
         if method not in (*METHODS, *ONLINE):
             raise ValueError(f"unknown method {method!r}; choose from "
                              f"{', '.join([*METHODS, *ONLINE])}")
+    for seed in config.seeds:  # a rerun with other settings is refused before any work
+        run = replace(config, seed=seed)
+        run_out = out / f"seed{seed}" if len(config.seeds) > 1 else out
+        for method in config.methods:
+            read_done(run_out / method / TRAIN_DONE, train_settings(run))
+            read_done(run_out / method / EVAL_DONE, eval_settings(run))
     pairs, _ = load_pairs(bench / "pairs.train.jsonl")
     edited = [p for p in pairs if p.has_edit]
     if not edited:
@@ -426,8 +460,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
         for method in bar:
             bar.set_postfix(method=method)
             done = run_out / method / EVAL_DONE
-            if done.is_file():  # resume: trained and evaluated in an earlier run
-                entry = json.loads(done.read_text())
+            entry = read_done(done, eval_settings(run))
+            if entry is not None:  # resume: trained and evaluated in an earlier run
                 results.append(entry)
                 logger.info("skip %s seed %s (done: %s)", method, seed, done)
                 continue
@@ -446,7 +480,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
             rm_eval = reward_model_eval(method, run_out)
             if rm_eval:
                 entry["reward_model_eval"] = rm_eval
-            done.write_text(json.dumps(entry, indent=2) + "\n")
+            write_done(done, eval_settings(run), entry)
             results.append(entry)
             if console_is_terminal():
                 bar.write(result.table().splitlines()[-1])

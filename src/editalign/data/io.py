@@ -27,6 +27,7 @@ from editalign.data.labeling import (
 )
 from editalign.data.pairs import LoadReport
 from editalign.data.preview import render_preview
+from editalign.outputs import Inputs, check_dir, make_dir, mark_dir
 
 
 @contextlib.contextmanager
@@ -52,17 +53,23 @@ def write_labeled(
     load_report: LoadReport | None = None,
     preview_pairs: int = 50,
     extra: dict[str, Any] | None = None,
+    inputs: Inputs | None = None,
 ) -> dict[str, Any]:
     """Write the data set, ``stats.json`` and ``preview.html``; returns the stats dict.
 
     ``extra`` adds top-level keys to ``stats.json`` (e.g. agreement with official tags).
 
     The data set is written to a temporary directory and moved into place, so an
-    interrupted run never leaves a half-written data set that looks complete.
+    interrupted run never leaves a half-written data set that looks complete. An existing
+    ``out_dir`` is replaced only when it is an earlier ``editalign label`` output (its
+    marker, see :mod:`editalign.outputs`); anything else, a directory holding the input or
+    the current directory included, raises :class:`~editalign.outputs.OutputError` before
+    anything is written. A symlinked ``out_dir`` keeps its link: the directory it points to
+    is replaced.
     """
     from editalign.models import tokenizer_fingerprint  # loads torch: only when writing
 
-    out = Path(out_dir)
+    out = check_label_dir(out_dir, inputs)
     info = {
         "model": model_name,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
@@ -72,23 +79,49 @@ def write_labeled(
                   "labels": stats.to_dict(), **(extra or {})}
     summary = "\n".join(filter(None, [load_report.summary() if load_report else None,
                                       stats.summary()]))
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = tmp.with_name(tmp.name + ".old")
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the output from others
         with _quiet_datasets():
             to_dataset(labeled, info).save_to_disk(str(tmp))
+        mark_dir(tmp, COMMAND)
         (tmp / "stats.json").write_text(json.dumps(stats_dict, indent=2, ensure_ascii=False))
         (tmp / "preview.html").write_text(
             render_preview(labeled, title=f"editalign label preview: {model_name}",
                            stats=stats_dict, summary=summary, limit=preview_pairs),
             encoding="utf-8")
+        # Checked again at the last moment: another process may have put files there.
+        check_label_dir(out, inputs)
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)  # moved aside, not deleted, until the new one is in place
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
         raise
+    shutil.rmtree(old, ignore_errors=True)
     return stats_dict
+
+
+COMMAND = "label"
+# `editalign label` directories written before the marker.
+LEGACY = (("stats.json", "dataset_info.json", "preview.html"),)
+
+
+def check_label_dir(out_dir: str | os.PathLike[str], inputs: Inputs | None = None) -> Path:
+    """The directory ``editalign label`` may replace (a symlink's target), or
+    :class:`~editalign.outputs.OutputError`: see :func:`editalign.outputs.check_dir`."""
+    return check_dir(out_dir, flag="--out", command=COMMAND, inputs=inputs, replace=True,
+                     legacy=LEGACY)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_labeled(path: str | os.PathLike[str]) -> tuple[list[LabeledPair], dict[str, Any]]:

@@ -1,7 +1,8 @@
 """JSON Lines files that every stage reads and writes (edit pairs, samples, logs, results).
 
 Writes are atomic: the rows go to a temporary file beside the target, which then replaces
-it, so a crash leaves either the previous file or the complete new one, never half of it.
+it, so a crash leaves either the previous file or the complete new one, never half of it
+(:func:`editalign.outputs.atomic_open`; a symlinked target keeps its link).
 """
 
 from __future__ import annotations
@@ -24,16 +25,12 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], *,
                 allow_nan: bool = True) -> Path:
     """Write ``rows`` one per line, atomically; ``allow_nan=False`` refuses NaN/inf (which
     would make the file invalid JSON) instead of writing them."""
+    from editalign.outputs import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, allow_nan=allow_nan) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:  # a symlink keeps pointing at the new file
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, allow_nan=allow_nan) + "\n")
     return path
 
 

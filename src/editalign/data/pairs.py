@@ -132,8 +132,19 @@ def load_pairs(source: str | os.PathLike[str], *, preset: str | None = None,
         report = LoadReport(source=name, preset=chosen.name, fields=dict(fields or {}),
                             split=split)
         stream = rows if first is None else itertools.chain([first], rows)
-        pairs = [pair for row in itertools.islice(stream, limit)
-                 if (pair := _accept(row, chosen, mapping, report, strict)) is not None]
+        pairs: list[EditPair] = []
+        seen: dict[str, str] = {}  # id -> where its row is
+        for row in itertools.islice(stream, limit):
+            pair = _accept(row, chosen, mapping, report, strict)
+            if pair is None:
+                continue
+            if pair.id in seen:
+                # Two rows with one id would be mixed up wherever pairs are matched by id
+                # (annotate's items, resumes, reports): refused, never silently merged.
+                raise row.error(f"id {pair.id!r} is also the id of {seen[pair.id]}; every "
+                                "row needs its own id", field=mapping.get("id", "id"))
+            seen[pair.id] = row.where
+            pairs.append(pair)
     return pairs, report
 
 
@@ -164,16 +175,12 @@ def save_pairs_jsonl(pairs: Iterable[EditPair], path: str | os.PathLike[str]) ->
     Parent directories are created. Returns the path written. The file is replaced whole
     (written beside it, then renamed), so a reader in another process never sees half of it.
     """
+    from editalign.outputs import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("w", encoding="utf-8", newline="\n") as handle:
-            for pair in pairs:
-                handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_open(path) as handle:  # a symlink keeps pointing at the new file
+        for pair in pairs:
+            handle.write(json.dumps(pair.to_dict(), ensure_ascii=False) + "\n")
     return path
 
 

@@ -424,6 +424,12 @@ def cmd_qe(args: argparse.Namespace) -> int:
     if not (args.reward_model and args.data and args.dev and args.out):
         raise ValueError("editalign eval qe: --reward-model, --data, --dev and --out are "
                          "required")
+    from editalign.outputs import check_dir, mark_dir, write_text
+
+    # Before the model loads: --out is new, empty or an earlier `eval qe` output.
+    out = check_dir(args.out, flag="--out", command="eval qe", legacy=(("qe.json",),),
+                    inputs={"--data": args.data, "--dev": args.dev,
+                            "--reward-model": args.reward_model})
     started = time.perf_counter()
     tokenizer = TokenRewardModel.load_tokenizer(args.reward_model)
     model = TokenRewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
@@ -445,11 +451,10 @@ def cmd_qe(args: argparse.Namespace) -> int:
                   data=args.data, dev_data=args.dev,
                   dropped_truncated={k: v[3] for k, v in parts.items()},
                   seconds=time.perf_counter() - started)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "qe.json").write_text(json.dumps(result, indent=2))
+    mark_dir(out, "eval qe")
+    write_text(out / "qe.json", json.dumps(result, indent=2))
     table = markdown(result, f"Word-level QE of {args.reward_model} on {args.data}")
-    (out / "qe.md").write_text(table)
+    write_text(out / "qe.md", table)
     labeled, rewards, sentences, _ = parts["test"]
     records = _records(labeled, rewards, sentences, result["model"]["threshold"],
                        tokenizer.eos_token or "")
@@ -457,9 +462,10 @@ def cmd_qe(args: argparse.Namespace) -> int:
     legend = ("<span class='edit'>dotted</span>: the model tags the word BAD (min token "
               f"reward <= {result['model']['threshold']:.4g}, chosen on dev). "
               "<span class='human'>wavy</span>: the official MLQE-PE tag is BAD.")
-    (out / "index.html").write_text(render_html(
+    write_text(out / "index.html", render_html(
         records[: args.html_pairs], shown, f"editalign eval qe: {args.reward_model}",
-        model.reward_config.read_at, legend=legend), encoding="utf-8")
+        model.reward_config.read_at, legend=legend))
+    out = Path(args.out)
     print(table)
     print(f"  result: {out / 'qe.json'}\n  table:  {out / 'qe.md'}\n  view:   {out / 'index.html'}")
     return 0

@@ -299,9 +299,9 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
         return None if xs is None else sum(xs) / len(xs)
 
     if samples_out:
-        out = Path(samples_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("w", encoding="utf-8") as f:
+        from editalign.outputs import atomic_open
+
+        with atomic_open(samples_out) as f:
             for i, row in enumerate(rows):
                 record = {"id": row.get("id", i // k), "sample": i % k, "prompt": row["prompt"],
                           "policy": texts_a[i], "reference": texts_b[i],
@@ -370,6 +370,15 @@ def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
         return cmd_qe(args)
     if not (args.policy and args.reference and args.prompts):
         raise ValueError("--policy, --reference and --prompts are required")
+    from editalign.outputs import check_file, write_text
+
+    inputs = {"--prompts": args.prompts, "--policy": args.policy,
+              "--reference": args.reference}
+    for flag, path in (("--out", args.out), ("--samples-out", args.samples_out)):
+        if path:  # before any model loads
+            check_file(path, flag=flag, inputs=inputs)
+    if args.out and args.samples_out:
+        check_file(args.samples_out, flag="--samples-out", inputs={"--out": args.out})
     rows = read_prompt_rows(args.prompts, args.limit)
     judge = make_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -380,7 +389,6 @@ def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
                               n_resamples=args.bootstrap, samples_out=args.samples_out)
     print(result.table())
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
+        write_text(args.out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
         print(f"wrote {args.out}")
     return 0

@@ -221,6 +221,10 @@ class Loop:
                     "rm:DIR (a reward model) or api:URL (an LLM judge)")
 
     def run_all(self) -> list[dict[str, Any]]:
+        from editalign.outputs import claim_dir
+
+        # Before any work: OUT is new, empty or an earlier loop's, and no other loop runs in it.
+        claim_dir(self.out, flag="--out", command="loop", legacy=(("loop_config.json",),))
         self._check_config()
         self.ensure_bench()
         self.check_inputs()

@@ -21,6 +21,7 @@ from editalign.loop.config import stage_commands
 def run_command(argv: Sequence[str]) -> int:
     """``editalign ARGV`` in this process, with the CLI's exit codes (2 on a data error)."""
     from editalign.data.pairs import DataError
+    from editalign.outputs import check_finite, lock_scope
     from editalign.train.common import run_trainer
 
     name, rest = argv[0], list(argv[1:])
@@ -32,7 +33,9 @@ def run_command(argv: Sequence[str]) -> int:
         add_args(parser)
         args = parser.parse_args(rest)
         args.command = name
-        return int(run(args) or 0)
+        check_finite(vars(args))  # as the CLI does
+        with lock_scope():
+            return int(run(args) or 0)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"editalign {name}: error: {err}", file=sys.stderr)
         return 2

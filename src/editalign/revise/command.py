@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,27 @@ def reward_model_scorer(path: str, *, batch_size: int = 8, max_length: int | Non
     return score
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled like Ctrl-C (say what is cached and how to resume), in the main
+    thread only (signal handlers cannot be set elsewhere)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_revise(args: argparse.Namespace) -> int:
     from editalign.data.pairs import load_pairs
     from editalign.llm.cache import RequestCache
@@ -153,6 +175,16 @@ def cmd_revise(args: argparse.Namespace) -> int:
         raise SystemExit(f"editalign revise: {', '.join(missing)} required")
     if args.reward_scorer and args.reward_model:
         raise ValueError("give --reward-scorer or --reward-model, not both")
+    from editalign.outputs import check_file, file_lock_path, hold_lock
+
+    # Before a request is sent: neither output may be an input, the other output, or a
+    # directory; and one run at a time writes them.
+    out = check_file(args.out, flag="--out", inputs={"--data": args.data, "--cache": args.cache})
+    dropped_path = Path(args.dropped) if args.dropped else out.with_name(
+        out.name.removesuffix(".jsonl") + ".dropped.jsonl")
+    check_file(dropped_path, flag="--dropped",
+               inputs={"--data": args.data, "--out": out, "--cache": args.cache})
+    hold_lock(file_lock_path(out), what=f"--out {out}", command="revise")
     template = load_template(args.template)
     options = ReviseOptions(
         max_edit_ratio=None if args.max_edit_ratio >= 1 else args.max_edit_ratio,
@@ -174,17 +206,14 @@ def cmd_revise(args: argparse.Namespace) -> int:
     else:
         from editalign.models import cache_dir
         cache_path = cache_dir() / "revise-requests.sqlite"
-    out = Path(args.out)
-    dropped_path = Path(args.dropped) if args.dropped else out.with_name(
-        out.name.removesuffix(".jsonl") + ".dropped.jsonl")
     print(f"revising {len(pairs)} rows with {args.model} at {config.url} "
           f"(template {template.name!r}, concurrency {config.concurrency}, cache {cache_path})")
-    with RequestCache(cache_path) as cache:
+    with RequestCache(cache_path) as cache, _sigterm_as_interrupt():
         try:
             result = revise_pairs(pairs, lambda: ChatClient(config, cache), template, options,
                                   scorer=scorer,
                                   progress=not args.no_progress and sys.stderr.isatty())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a scheduler, `kill`)
             print(f"\ninterrupted: {len(cache)} answers are in {cache_path}; rerun the same "
                   "command to resume (cached requests are not sent again)", file=sys.stderr)
             return 130

@@ -73,6 +73,11 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     parser = TrainParser((ModelArguments, DataArguments, config_cls))
     model_args, data_args, config = parser.parse_args_and_config(argv)
     check_max_steps(config.max_steps)
+    check_train_options(model_args, data_args, config)
+    # Before any model is loaded: the output directory is ours to write, and ours alone.
+    claim_output_dir(config.output_dir, inputs={"--model": model_args.model,
+                                                "--data": data_args.data,
+                                                "--eval_data": data_args.eval_data})
     # What the user set (command line or --config), so a labelled directory can refuse
     # labelling options it would silently ignore.
     defaults = DataArguments()
@@ -85,6 +90,31 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
 
     set_seed(config.seed)
     return model_args, data_args, config
+
+
+# Directories an `editalign train` wrote before the output marker existed.
+TRAIN_LEGACY = (("trainer_state.json",), ("train_results.json",), ("checkpoint-*",),
+                ("ppo_log.jsonl",), ("reward_config.json",))
+
+
+def check_train_options(*parsed: Any) -> None:
+    """NaN or infinite numbers refused, as every other command does (``--learning_rate
+    nan``)."""
+    from editalign.outputs import check_finite
+
+    check_finite({f.name: getattr(obj, f.name) for obj in parsed
+                  for f in dataclasses.fields(obj) if f.init}, dashes=False)
+
+
+def claim_output_dir(output_dir: str | None, *, inputs: dict[str, Any]) -> Path:
+    """``--output_dir`` checked (an earlier training output, empty or new; not a file, not
+    the starting model) and locked for this run: see :mod:`editalign.outputs`."""
+    from editalign.outputs import claim_dir
+
+    if not output_dir:
+        raise ValueError("--output_dir is required")
+    return claim_dir(output_dir, flag="--output_dir", command="train", inputs=inputs,
+                     legacy=TRAIN_LEGACY)
 
 
 def _has_accelerator() -> bool:

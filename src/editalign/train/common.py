@@ -74,10 +74,16 @@ def registered_trainers() -> dict[str, str]:
 
 
 def run_trainer(name: str, argv: Sequence[str]) -> int:
+    from editalign.outputs import lock_scope
+
+    # The --output_dir lock a trainer takes is released when it returns (the benchmark runs
+    # many trainers in one process).
     if name in TRAINERS:
-        return TRAINERS[name].load()(argv)
+        with lock_scope():
+            return TRAINERS[name].load()(argv)
     if name in _EXTRA:
-        return _EXTRA[name][0](argv)
+        with lock_scope():
+            return _EXTRA[name][0](argv)
     raise ValueError(f"unknown trainer {name!r}; available: "
                      f"{', '.join(sorted([*TRAINERS, *_EXTRA]))}")
 
