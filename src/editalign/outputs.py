@@ -193,8 +193,10 @@ def claim_dir(path: str | os.PathLike[str], *, flag: str, command: str,
     """:func:`check_dir`, then create, mark and lock it (until :func:`lock_scope` ends or
     the process exits); returns the directory."""
     target = check_dir(path, flag=flag, command=command, inputs=inputs, legacy=legacy)
+    created = not target.exists()
     make_dir(target)
-    hold_lock(target / LOCK, what=f"{flag} {path}", command=command)
+    lock = hold_lock(target / LOCK, what=f"{flag} {path}", command=command)
+    lock.created_dir = lock.created_dir or created
     mark_dir(target, command)
     return target
 
@@ -210,6 +212,8 @@ class RunLock:
     def __init__(self, path: str | os.PathLike[str], *, what: str, command: str) -> None:
         self.path, self.what, self.command = Path(path), what, command
         self._fd: int | None = None
+        # claim_dir made the directory: removed on release if the run wrote nothing there
+        self.created_dir = False
 
     def acquire(self) -> RunLock:
         import fcntl
@@ -240,6 +244,14 @@ class RunLock:
 
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, 0)  # empty: released in order, not stale
+        directory = self.path.parent
+        if self.created_dir and {p.name for p in directory.iterdir()} <= _OWN_FILES:
+            # A run refused or failed before writing anything leaves nothing behind.
+            for name in _OWN_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    (directory / name).unlink()
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None
