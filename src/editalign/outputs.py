@@ -116,6 +116,20 @@ def check_file(path: str | os.PathLike[str], *, flag: str, inputs: Inputs | None
     return path
 
 
+def check_distinct(outputs: Mapping[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse two outputs (``{flag: path}``) that are one file: the second would overwrite
+    the first."""
+    seen: dict[Path, str] = {}
+    for flag, value in outputs.items():
+        if not value:
+            continue
+        target = _resolve(value)
+        if target in seen:
+            raise OutputError(f"{flag} {value} is the same file as {seen[target]}: give each "
+                              "output its own path")
+        seen[target] = f"{flag} {value}"
+
+
 def marked_by(directory: str | os.PathLike[str]) -> str | None:
     """The command whose output ``directory`` is (its marker), or None."""
     marker = Path(directory) / MARKER

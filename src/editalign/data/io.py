@@ -27,7 +27,7 @@ from editalign.data.labeling import (
 )
 from editalign.data.pairs import LoadReport
 from editalign.data.preview import render_preview
-from editalign.outputs import Inputs, check_dir, make_dir, mark_dir
+from editalign.outputs import Inputs, OutputError, check_dir, make_dir, mark_dir, no_space
 
 
 @contextlib.contextmanager
@@ -97,10 +97,13 @@ def write_labeled(
         if out.exists():
             out.rename(old)  # moved aside, not deleted, until the new one is in place
         tmp.rename(out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             old.rename(out)
+        if no_space(err):
+            raise OutputError(f"no space left on device while writing {out} (in {tmp.name}); "
+                              "nothing was replaced: free some space and rerun") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     return stats_dict

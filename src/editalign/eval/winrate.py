@@ -370,15 +370,14 @@ def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
         return cmd_qe(args)
     if not (args.policy and args.reference and args.prompts):
         raise ValueError("--policy, --reference and --prompts are required")
-    from editalign.outputs import check_file, write_text
+    from editalign.outputs import check_distinct, check_file, write_text
 
     inputs = {"--prompts": args.prompts, "--policy": args.policy,
               "--reference": args.reference}
     for flag, path in (("--out", args.out), ("--samples-out", args.samples_out)):
         if path:  # before any model loads
             check_file(path, flag=flag, inputs=inputs)
-    if args.out and args.samples_out:
-        check_file(args.samples_out, flag="--samples-out", inputs={"--out": args.out})
+    check_distinct({"--out": args.out, "--samples-out": args.samples_out})
     rows = read_prompt_rows(args.prompts, args.limit)
     judge = make_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

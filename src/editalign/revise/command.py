@@ -175,15 +175,15 @@ def cmd_revise(args: argparse.Namespace) -> int:
         raise SystemExit(f"editalign revise: {', '.join(missing)} required")
     if args.reward_scorer and args.reward_model:
         raise ValueError("give --reward-scorer or --reward-model, not both")
-    from editalign.outputs import check_file, file_lock_path, hold_lock
+    from editalign.outputs import check_distinct, check_file, file_lock_path, hold_lock
 
     # Before a request is sent: neither output may be an input, the other output, or a
     # directory; and one run at a time writes them.
     out = check_file(args.out, flag="--out", inputs={"--data": args.data, "--cache": args.cache})
     dropped_path = Path(args.dropped) if args.dropped else out.with_name(
         out.name.removesuffix(".jsonl") + ".dropped.jsonl")
-    check_file(dropped_path, flag="--dropped",
-               inputs={"--data": args.data, "--out": out, "--cache": args.cache})
+    check_file(dropped_path, flag="--dropped", inputs={"--data": args.data, "--cache": args.cache})
+    check_distinct({"--out": out, "--dropped": dropped_path, "--cache": args.cache})
     hold_lock(file_lock_path(out), what=f"--out {out}", command="revise")
     template = load_template(args.template)
     options = ReviseOptions(
