@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from editalign.models import load_model, load_tokenizer
+from editalign.outputs import OutputError
 from editalign.train.ppo import dpo_reward_source
 
 
@@ -121,11 +122,21 @@ def test_bench_ppo_dpo_arm_reads_the_runs_dpo_policy_with_its_beta(tmp_path, mon
         return [(a, b) for a, b in zip(argv[::2], argv[1::2], strict=False) if a not in skip]
 
     assert ppo_settings(ppo_argv) == ppo_settings(token_ppo)
-    # A finished dpo arm is reused, not retrained; a β given to dpo reaches the reward.
+    # A finished dpo arm is reused, not retrained, under the same settings; under others
+    # (a β that PPO would read the old policy with) it is refused, never mislabelled.
     calls.clear()
     assert (out / "dpo" / runner.TRAIN_DONE).is_file()
     (out / "ppo-dpo" / runner.TRAIN_DONE).unlink()
     runner.train_method("ppo-dpo", tmp_path / "bench", tmp_path / "pairs.jsonl", out,
-                        runner.RunConfig(extra={"dpo": ["--beta", "0.5"]}))
+                        runner.RunConfig())
     [(ppo, argv)] = calls
-    assert ppo == "ppo" and value(argv, "--dpo_beta") == "0.5"
+    assert ppo == "ppo" and value(argv, "--dpo_beta") == "0.3"
+    (out / "ppo-dpo" / runner.TRAIN_DONE).unlink()
+    with pytest.raises(OutputError, match=r"extra\.dpo=null then"):
+        runner.train_method("ppo-dpo", tmp_path / "bench", tmp_path / "pairs.jsonl", out,
+                            runner.RunConfig(extra={"dpo": ["--beta", "0.5"]}))
+    # A β given to dpo reaches the reward.
+    calls.clear()
+    runner.train_method("ppo-dpo", tmp_path / "bench", tmp_path / "pairs.jsonl",
+                        tmp_path / "out3", runner.RunConfig(extra={"dpo": ["--beta", "0.5"]}))
+    assert [c for c, _ in calls] == ["dpo", "ppo"] and value(calls[-1][1], "--dpo_beta") == "0.5"

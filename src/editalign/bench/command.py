@@ -27,7 +27,7 @@ from editalign.bench.online import ONLINE
 from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import TASKS, BenchConfig
-from editalign.outputs import OutputError, claim_dir, first_difference
+from editalign.outputs import OutputError, claim_dir, first_difference, mark_dir
 
 # Sizes of `bench run --full` / `--quick` / `--smoke` (argparse destinations; every method
 # shares the same pairs, steps, batch size and seed as always). Applied only to options left
@@ -375,6 +375,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         else:
             from editalign.bench.runner import STAGE_LOG, stage_output
 
+            mark_dir(bench, "bench init")  # its stage log goes in first
             with stage_output(bench / STAGE_LOG, f"bench init -> {bench}"):
                 cmd_bench(argparse.Namespace(**{**vars(args), "action": "init",
                                                 "out": str(bench)}))

@@ -13,6 +13,7 @@ from typing import Any
 from editalign.data.jsonl import write_jsonl
 from editalign.loop.config import (
     PPO_REWARDS,
+    STAGES,
     ConfigError,
     bench_init_flags,
     command_flags,
@@ -40,6 +41,8 @@ class Loop:
         if path.is_file():
             before = json.loads(path.read_text())
             for key in sorted(set(before) | set(self.cfg)):
+                if key in STAGES and not any(self.out.glob(f"round*/{key}.done")):
+                    continue  # a stage that never ran: its corrected settings apply
                 if key != "rounds" and before.get(key) != self.cfg.get(key):
                     raise ConfigError(
                         f"{self.out} was started with another {key!r} ({before.get(key)!r}, "
@@ -143,33 +146,64 @@ class Loop:
         return {"pairs": len(pairs), "labelled": stats["labels"]["kept"],
                 "truncated": stats["labels"]["truncated_pairs"]}
 
+    def _quiet(self, k: int) -> list[str]:
+        return ["--seed", str(self.cfg["seed"] + k), "--report_to", "none",
+                "--save_strategy", "no", "--disable_tqdm", "True"]
+
+    def _train_argv(self, k: int) -> list[str]:
+        round_dir = self.out / f"round{k}"
+        train = self.cfg["train"]
+        return ["train", train["method"], "--model", self.policy_of(k),
+                "--data", str(round_dir / "labels"), "--output_dir", str(round_dir / "policy"),
+                *self._quiet(k), *train_flags(train.get("args"))]  # last: the user's flags win
+
+    def _ppo_argvs(self, k: int) -> tuple[list[str], list[str]]:
+        """The reward model's and PPO's ``editalign train`` argv in round ``k``."""
+        round_dir = self.out / f"round{k}"
+        train = self.cfg["train"]
+        rm_dir = round_dir / "reward_model"
+        return (["train", PPO_REWARDS[train["reward"]], "--model", self.policy_of(k),
+                 "--data", str(round_dir / "labels"), "--output_dir", str(rm_dir),
+                 *self._quiet(k), *train_flags(train.get("reward_args"))],
+                ["train", "ppo", "--model", self.policy_of(k), "--prompts",
+                 str(round_dir / "ppo_prompts.jsonl"), "--reward_model", str(rm_dir),
+                 "--reward", train["reward"], "--output_dir", str(round_dir / "policy"),
+                 *self._quiet(k), *train_flags(train.get("args"))])
+
+    def check_train_options(self) -> None:
+        """``train.args`` (and ``reward_args``) through the trainer's own parser and checks,
+        before any stage runs: a typo must not surface after the paid-for revise stage."""
+        from editalign.train.cli import check_train_argv
+
+        argvs = self._ppo_argvs(1) if self.cfg["train"]["method"] == "ppo" else \
+            [self._train_argv(1)]
+        for argv in argvs:
+            key = "train.reward_args" if argv[1] in PPO_REWARDS.values() else "train.args"
+            try:
+                check_train_argv(argv[1], argv[2:])
+            except ValueError as err:
+                raise ConfigError(f"{key}: editalign train {argv[1]} refuses them: {err}"
+                                  ) from None
+
     def train(self, k: int) -> dict[str, Any]:
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
-        quiet = ["--seed", str(self.cfg["seed"] + k), "--report_to", "none",
-                 "--save_strategy", "no", "--disable_tqdm", "True"]
         if train["method"] == "ppo":
-            return self._train_ppo(k, quiet)
-        argv = ["train", train["method"], "--model", self.policy_of(k),
-                "--data", str(round_dir / "labels"), "--output_dir", str(round_dir / "policy"),
-                *quiet, *train_flags(train.get("args"))]  # last, so the user's flags win
-        self._child(k, "train", argv)
+            return self._train_ppo(k)
+        self._child(k, "train", self._train_argv(k))
         metrics = round_dir / "policy" / "train_results.json"
         loss = json.loads(metrics.read_text()).get("train_loss") if metrics.is_file() else None
         return {"method": train["method"], "train_loss": loss}
 
-    def _train_ppo(self, k: int, quiet: list[str]) -> dict[str, Any]:
+    def _train_ppo(self, k: int) -> dict[str, Any]:
         """A reward model on this round's pairs (initialised from the current policy), then
         PPO from the current policy against it on the prompts this round sampled."""
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
-        rm_method = PPO_REWARDS[train["reward"]]
         rm_dir = round_dir / "reward_model"
+        rm_argv, ppo_argv = self._ppo_argvs(k)
         if not (rm_dir / "reward_config.json").is_file():  # kept when PPO is what got killed
-            self._child(k, "train_reward_model", [
-                "train", rm_method, "--model", self.policy_of(k),
-                "--data", str(round_dir / "labels"), "--output_dir", str(rm_dir), *quiet,
-                *train_flags(train.get("reward_args"))])
+            self._child(k, "train_reward_model", rm_argv)
         # PPO reads its prompts from a pairs file (chat-message prompts included): one row
         # per prompt this round sampled.
         prompts = round_dir / "ppo_prompts.jsonl"
@@ -179,10 +213,7 @@ class Loop:
             seen.setdefault(key, {"id": f"prompt-{len(seen)}", "prompt": row["prompt"],
                                   "original": "-", "revised": "-"})
         write_jsonl(prompts, seen.values())
-        self._child(k, "train", [
-            "train", "ppo", "--model", self.policy_of(k), "--prompts", str(prompts),
-            "--reward_model", str(rm_dir), "--reward", train["reward"],
-            "--output_dir", str(round_dir / "policy"), *quiet, *train_flags(train.get("args"))])
+        self._child(k, "train", ppo_argv)
         reward_eval = rm_dir / "eval_results.json"
         return {"method": f"ppo ({train['reward']}-level reward model)", "prompts": len(seen),
                 "reward_model": str(rm_dir),
@@ -224,6 +255,7 @@ class Loop:
         from editalign.outputs import claim_dir
 
         # Before any work: OUT is new, empty or an earlier loop's, and no other loop runs in it.
+        self.check_train_options()
         claim_dir(self.out, flag="--out", command="loop", legacy=(("loop_config.json",),))
         self._check_config()
         self.ensure_bench()

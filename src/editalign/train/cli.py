@@ -74,6 +74,7 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     model_args, data_args, config = parser.parse_args_and_config(argv)
     check_max_steps(config.max_steps)
     check_train_options(model_args, data_args, config)
+    stop_if_parse_only()
     # Before any model is loaded: the output directory is ours to write, and ours alone.
     claim_output_dir(config.output_dir, inputs={"--model": model_args.model,
                                                 "--data": data_args.data,
@@ -90,6 +91,46 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
 
     set_seed(config.seed)
     return model_args, data_args, config
+
+
+class _ParsedOnly(Exception):
+    """Raised by :func:`stop_if_parse_only` inside :func:`check_train_argv`."""
+
+
+_PARSE_ONLY: list[bool] = []
+
+
+def stop_if_parse_only() -> None:
+    """Every trainer calls this once its options are parsed and checked, before it touches
+    a file or a model: inside :func:`check_train_argv` the run stops there."""
+    if _PARSE_ONLY:
+        raise _ParsedOnly
+
+
+def check_train_argv(method: str, argv: Sequence[str]) -> None:
+    """Parse ``editalign train METHOD ARGV`` with the trainer's own parser and checks, and
+    stop before anything is read, written or loaded: raises ``ValueError`` with the
+    parser's message when the options are wrong (``editalign loop`` validates its train
+    stage this way before any other stage runs)."""
+    import contextlib
+    import io
+
+    from editalign.train.common import run_trainer
+
+    _PARSE_ONLY.append(True)
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages), contextlib.redirect_stdout(io.StringIO()):
+            run_trainer(method, list(argv))
+    except _ParsedOnly:
+        return
+    except SystemExit as err:  # argparse: the message went to stderr
+        lines = [line for line in messages.getvalue().splitlines() if line.strip()]
+        raise ValueError(lines[-1] if lines else f"invalid options (exit {err.code})") from None
+    finally:
+        _PARSE_ONLY.pop()
+    raise ValueError(f"editalign train {method} does not support checking its options "
+                     "before it runs")
 
 
 # Directories an `editalign train` wrote before the output marker existed.

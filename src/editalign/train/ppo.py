@@ -713,9 +713,10 @@ def run(argv: Sequence[str]) -> int:
     check_choice("value_init", script.value_init, ("reward_model", "policy"))
     if not script.prompts or not script.reward_model:
         raise ValueError("--prompts and --reward_model are required")
-    from editalign.train.cli import check_train_options, claim_output_dir
+    from editalign.train.cli import check_train_options, claim_output_dir, stop_if_parse_only
 
     check_train_options(model_args, script, config)
+    stop_if_parse_only()
     claim_output_dir(config.output_dir, inputs={"--model": model_args.model,
                                                 "--reward_model": script.reward_model,
                                                 "--prompts": script.prompts})
