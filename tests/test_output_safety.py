@@ -374,3 +374,34 @@ def test_non_finite_numbers_are_refused_at_parse_time(work, capsys):
     assert code == 2 and "--learning_rate nan: expected a finite number" in \
         capsys.readouterr().err
     assert not (work / "t").exists() and not (work / "o.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def test_loop_checks_train_options_before_any_stage_and_a_fix_of_an_unrun_stage_proceeds(
+        tmp_path):
+    from editalign.loop import ConfigError, Loop, resolve_config
+
+    calls = []
+    user = {"policy": "tiny", "prompts": str(tmp_path / "p.jsonl"), "out": str(tmp_path / "o"),
+            "revise": {"reviser": "api", "api_base": "http://127.0.0.1:9/v1", "model": "m"},
+            "train": {"method": "figa", "args": {"max_stepz": 5}}}
+    loop = Loop(resolve_config(user), runner=lambda argv, log: calls.append(argv) or 0)
+    with pytest.raises(ConfigError, match=r"train\.args: editalign train figa refuses them: "
+                                          r".*max_stepz"):
+        loop.run_all()
+    assert calls == [] and not (tmp_path / "o").exists()  # nothing ran, nothing written
+    # A run that got as far as label (sample, revise paid for) with other train args: the
+    # corrected train stage applies; a change to a stage that ran is refused.
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "loop_config.json").write_text(json.dumps(resolve_config(user)))
+    (out / "round1").mkdir()
+    for stage in ("sample", "revise", "label"):
+        (out / "round1" / f"{stage}.done").write_text("{}")
+    fixed = {**user, "train": {"method": "figa", "args": {"max_steps": 5}}}
+    Loop(resolve_config(fixed))._check_config()
+    changed = {**fixed, "revise": {**user["revise"], "max_edit_ratio": 0.3}}
+    with pytest.raises(ConfigError, match="another 'revise'"):
+        Loop(resolve_config(changed))._check_config()
