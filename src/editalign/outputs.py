@@ -208,10 +208,16 @@ def claim_dir(path: str | os.PathLike[str], *, flag: str, command: str,
     the process exits); returns the directory."""
     target = check_dir(path, flag=flag, command=command, inputs=inputs, legacy=legacy)
     created = not target.exists()
-    make_dir(target)
-    lock = hold_lock(target / LOCK, what=f"{flag} {path}", command=command)
-    lock.created_dir = lock.created_dir or created
-    mark_dir(target, command)
+    try:
+        make_dir(target)
+        lock = hold_lock(target / LOCK, what=f"{flag} {path}", command=command)
+        lock.created_dir = lock.created_dir or created
+        mark_dir(target, command)
+    except OSError as err:
+        if no_space(err):
+            raise OutputError(f"{flag} {path}: no space left on device; free some space and "
+                              "rerun") from None
+        raise
     return target
 
 

@@ -241,8 +241,33 @@ def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
 
 
 def finish(trainer: Any, config: Any, resume: Any) -> int:
-    """Train (resuming when asked), save the model and tokenizer, log the final metrics."""
-    result = trainer.train(resume_from_checkpoint=resume)
+    """Train (resuming when asked), save the model and tokenizer, log the final metrics.
+
+    SIGTERM or Ctrl-C saves a checkpoint at the end of the step and says how to resume
+    (exit 130); a full disk and a checkpoint holding a pickle are one-line errors (see
+    :mod:`editalign.train.stopping`)."""
+    import pickle
+
+    from editalign.train.stopping import StopOnSignal, disk_full, refused_pickle
+
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    try:
+        with stop.installed():
+            result = trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError:
+        raise refused_pickle(resume) from None
+    except Exception as err:  # torch, safetensors and Python each say a full disk their way
+        full = disk_full(err, config.output_dir)
+        if full is None:
+            raise
+        raise full from None
+    if stop.stopped_at is not None:
+        saved = Path(config.output_dir) / f"checkpoint-{stop.stopped_at}"
+        print(f"interrupted: stopped after step {stop.stopped_at} of {trainer.state.max_steps};"
+              f" checkpoint saved to {saved}. Resume with the same command and "
+              "--resume_from_checkpoint last", flush=True)
+        return 130
     trainer.save_model(config.output_dir)
     trainer.save_state()  # trainer_state.json: log_history (loss curves for reports)
     trainer.log_metrics("train", result.metrics)
