@@ -405,3 +405,55 @@ def test_loop_checks_train_options_before_any_stage_and_a_fix_of_an_unrun_stage_
     changed = {**fixed, "revise": {**user["revise"], "max_edit_ratio": 0.3}}
     with pytest.raises(ConfigError, match="another 'revise'"):
         Loop(resolve_config(changed))._check_config()
+
+
+# --------------------------------------------------------------------------- bounded rows
+
+
+def test_label_reads_at_most_a_bounded_number_of_characters_and_keeps_the_same_tokens():
+    from editalign.data.labeling import (
+        LabelingConfig,
+        bound_characters,
+        char_budget,
+        label_pair,
+        label_pairs,
+    )
+    from editalign.data.pairs import EditPair
+    from editalign.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny")
+    huge = "alpha beta gamma delta " * 20_000  # 460k characters
+    pair = EditPair(prompt="Write.", original="one two " + huge, revised="one three " + huge,
+                    id="huge")
+    for truncation in ("keep_start", "keep_end"):
+        config = LabelingConfig(max_length=64, truncation=truncation)
+        budget = char_budget(tokenizer, config)
+        assert budget is not None and budget < len(huge)
+        bounded = bound_characters(pair, budget, truncation)
+        assert len(bounded.original) == budget and bounded.meta["cut_characters"] > 0
+        whole, cut = label_pair(pair, tokenizer, config), label_pair(bounded, tokenizer, config)
+        for side in ("original", "revised"):  # what truncation keeps is unchanged by the cut
+            assert getattr(whole, side).input_ids == getattr(cut, side).input_ids
+            assert getattr(whole, side).labels == getattr(cut, side).labels
+        _, stats = label_pairs([pair], tokenizer, config)
+        assert stats.cut_pairs == 1 and stats.cut_characters == bounded.meta["cut_characters"]
+        assert "characters of 1 pairs cut before tokenizing" in stats.summary()
+    assert bound_characters(pair, None, "keep_start") is pair  # no limit: nothing cut
+
+
+def test_a_pair_whose_every_edit_lies_past_max_length_is_counted_and_warned():
+    from editalign.data.labeling import LabelingConfig, check_labeled, label_pairs
+    from editalign.data.pairs import EditPair
+    from editalign.models import load_tokenizer
+
+    tokenizer = load_tokenizer("tiny")
+    text = " ".join(f"w{i}" for i in range(200))
+    pairs = [EditPair(prompt="p", original=text + " end", revised=text + " fin", id="late"),
+             EditPair(prompt="p", original="a b c", revised="a x c", id="early")]
+    config = LabelingConfig(max_length=32)
+    _, stats = label_pairs(pairs, tokenizer, config)
+    assert stats.edit_truncated_away == 1
+    assert stats.to_dict()["edit_truncated_away"] == 1
+    warning = check_labeled(stats, config, "pairs.jsonl")
+    assert warning is not None and "1 of 2 pairs have every edit past the 32-token limit" in \
+        warning

@@ -267,10 +267,22 @@ class LabelStats:
     label_counts: dict[str, Counter[str]] = field(
         default_factory=lambda: {"original": Counter(), "revised": Counter()})
     edit_ratios: list[float] = field(default_factory=list)
+    # Characters cut from fields longer than any max_length could keep (before tokenizing).
+    cut_pairs: int = 0
+    cut_characters: int = 0
+    # Pairs with an edit whose every edited token lies past max_length: all labels equal.
+    edit_truncated_away: int = 0
 
     def add(self, lp: LabeledPair) -> None:
         self.kept += 1
         self.no_edit += lp.edit_distance == 0
+        cut = int(lp.meta.get("cut_characters", 0))
+        self.cut_pairs += cut > 0
+        self.cut_characters += cut
+        self.edit_truncated_away += bool(lp.meta.get("edit_past_cut")) or (
+            lp.edit_distance > 0 and all(label == Label.EQUAL.value
+                                         for side in (lp.original, lp.revised)
+                                         for label in side.response_labels))
         self.truncated += lp.truncated
         self.truncated_tokens += int(lp.meta.get("truncated_tokens", 0))
         self.tokens["prompt"] += lp.revised.response_start
@@ -302,6 +314,8 @@ class LabelStats:
             "pairs_in": self.pairs_in, "kept": self.kept, "no_edit": self.no_edit,
             "skipped": dict(self.skipped), "truncated_pairs": self.truncated,
             "truncated_tokens": self.truncated_tokens, "tokens": dict(self.tokens),
+            "cut_pairs": self.cut_pairs, "cut_characters": self.cut_characters,
+            "edit_truncated_away": self.edit_truncated_away,
             "label_counts": {k: dict(v) for k, v in self.label_counts.items()},
             "edit_ratio": dist,
         }
@@ -312,7 +326,9 @@ class LabelStats:
         lines = [
             f"labelled {self.kept} of {self.pairs_in} pairs ({self.no_edit} with no edit); "
             f"skipped: {skipped}",
-            f"truncated: {self.truncated} pairs ({self.truncated_tokens} tokens dropped)",
+            f"truncated: {self.truncated} pairs ({self.truncated_tokens} tokens dropped)"
+            + (f"; {self.cut_characters} characters of {self.cut_pairs} pairs cut before "
+               "tokenizing (past anything max_length keeps)" if self.cut_pairs else ""),
             "tokens: " + ", ".join(f"{k} {v}" for k, v in sorted(self.tokens.items())),
         ]
         for name in ("original", "revised"):
@@ -335,7 +351,8 @@ def label_pairs(
     from tqdm.auto import tqdm
 
     config = config or LabelingConfig()
-    pairs = list(pairs)
+    budget = char_budget(tokenizer, config)
+    pairs = [bound_characters(p, budget, config.truncation) for p in pairs]
     stats = LabelStats(pairs_in=len(pairs))
     out: list[LabeledPair] = []
     bar = tqdm(total=len(pairs), desc="labelling", unit="pair", disable=not progress)
@@ -354,6 +371,57 @@ def label_pairs(
         bar.update(len(chunk))
     bar.close()
     return out, stats
+
+
+def char_budget(tokenizer: Any, config: LabelingConfig) -> int | None:
+    """The most characters of one field that labelling reads: twice ``max_length`` times
+    the longest token's length (a byte-level token's symbols, never fewer than the text it
+    stands for), so the cut lies past every token truncation keeps; None without a limit.
+    It keeps one huge row from costing gigabytes to tokenize before truncation."""
+    if config.max_length is None:
+        return None
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return 2 * config.max_length * max(longest, 1)
+
+
+def _cut(text: str, budget: int, keep_end: bool) -> str:
+    if len(text) <= budget:
+        return text
+    return text[-budget:] if keep_end else text[:budget]
+
+
+def _chars(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(len(m["content"]) for m in prompt
+                   if isinstance(m, dict) and isinstance(m.get("content"), str))
+    return 0
+
+
+def bound_characters(pair: EditPair, budget: int | None, truncation: str) -> EditPair:
+    """``pair`` with each field cut to ``budget`` characters (the prompt from its start
+    under ``keep_end``, which drops prompt tokens first); ``meta["cut_characters"]`` counts
+    what was cut."""
+    if budget is None:
+        return pair
+    keep_end = truncation == "keep_end"
+    prompt: Any = pair.prompt
+    if isinstance(prompt, str):
+        prompt = _cut(prompt, budget, keep_end)
+    elif isinstance(prompt, list):
+        prompt = [{**m, "content": _cut(m["content"], budget, keep_end)}
+                  if isinstance(m, dict) and isinstance(m.get("content"), str) else m
+                  for m in prompt]
+    original, revised = pair.original[:budget], pair.revised[:budget]
+    cut = (_chars(pair.prompt) - _chars(prompt) + len(pair.original) - len(original)
+           + len(pair.revised) - len(revised))
+    if not cut:
+        return pair
+    meta = {**pair.meta, "cut_characters": cut}
+    if original == revised and pair.original != pair.revised:
+        meta["edit_past_cut"] = True  # every edit lay past the cut: counted, not hidden
+    return EditPair(prompt=prompt, original=original, revised=revised, id=pair.id, meta=meta)
 
 
 def _encode_chunk(chunk: list[EditPair], tokenizer: Any,
@@ -427,4 +495,8 @@ def check_labeled(stats: LabelStats, config: LabelingConfig, source: str, *,
     if 2 * lost > stats.pairs_in:
         return (f"truncation lost {lost} of {stats.pairs_in} pairs ({lost / stats.pairs_in:.0%}):"
                 f" their prompt fills the {config.max_length}-token limit; {fix}")
+    if stats.edit_truncated_away:
+        return (f"{stats.edit_truncated_away} of {stats.kept} pairs have every edit past the "
+                f"{config.max_length}-token limit: they are labelled all equal (no edit "
+                f"signal); raise {max_length_flag} to keep their edits")
     return None
