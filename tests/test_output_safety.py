@@ -457,3 +457,39 @@ def test_a_pair_whose_every_edit_lies_past_max_length_is_counted_and_warned():
     warning = check_labeled(stats, config, "pairs.jsonl")
     assert warning is not None and "1 of 2 pairs have every edit past the 32-token limit" in \
         warning
+
+
+# --------------------------------------------------------------------------- small ones
+
+
+def test_the_reviser_records_the_model_that_answered_and_warns_on_a_mismatch(caplog):
+    import httpx
+
+    from editalign.data.pairs import EditPair
+    from editalign.llm.client import ChatClient, ClientConfig
+    from editalign.revise.prompts import load_template
+    from editalign.revise.reviser import revise_pairs
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"model": "small-fallback", "choices": [
+            {"message": {"content": "It is Paris."}, "finish_reason": "stop"}]})
+
+    config = ClientConfig("http://mock/v1", "big-model", backoff_base=0.01)
+    result = revise_pairs([EditPair("Capital?", "It is Berlin.", "It is Berlin.", "a")],
+                          lambda: ChatClient(config, None,
+                                             transport=httpx.MockTransport(handle)),
+                          load_template("minimal"))
+    revise = result.kept[0].meta["revise"]
+    assert revise["model"] == "small-fallback" and revise["requested_model"] == "big-model"
+    assert "'small-fallback' answered, not the requested 'big-model'" in caplog.text
+
+
+def test_bench_config_takes_the_options_own_names(work, tmp_path):
+    from editalign.cli import _parse_with_config, build_parser
+
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text("max_steps: 3\nbatch-size: 2\nrun_eval_limit: 5\n")
+    parser, commands = build_parser()
+    args = _parse_with_config(parser, commands, ["bench", "run", "--config", str(cfg),
+                                                 "--out", "o"])
+    assert (args.run_max_steps, args.run_eval_limit, args.batch_size) == (3, 5, 2)

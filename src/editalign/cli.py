@@ -38,13 +38,19 @@ def _parse_with_config(parser: argparse.ArgumentParser,
     if not isinstance(values, dict):
         parser.error(f"{args.config}: expected a mapping of option names to values")
     sub = commands[args.command]
-    known = {action.dest for action in sub._actions}
+    # A key is an option's own name (`max_steps` for --max-steps, as --help shows it) or
+    # its destination (`run_max_steps`), with dashes or underscores.
+    known = {action.dest: action.dest for action in sub._actions}
+    for action in sub._actions:
+        for option in action.option_strings:
+            if option.startswith("--"):
+                known.setdefault(option[2:].replace("-", "_"), action.dest)
     defaults = {}
     for key, value in values.items():
-        dest = key.replace("-", "_")
-        if dest not in known or dest in ("help", "config"):
-            parser.error(f"{args.config}: unknown option {key!r}; allowed: "
-                         f"{', '.join(sorted(known - {'help', 'config'}))}")
+        dest = known.get(str(key).replace("-", "_"))
+        if dest is None or dest in ("help", "config"):
+            names = sorted(set(known) - {"help", "config"})
+            parser.error(f"{args.config}: unknown option {key!r}; allowed: {', '.join(names)}")
         defaults[dest] = value
     sub.set_defaults(**defaults)
     return parser.parse_args(argv)

@@ -139,6 +139,7 @@ class Completion:
     cached: bool
     attempts: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # the model the server says answered (None: not said)
 
 
 @dataclass
@@ -176,7 +177,7 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 
 
 def parse_answer(body: bytes) -> dict[str, Any]:
-    """``{"text", "finish_reason", "usage"}`` from a chat-completions response body.
+    """``{"text", "finish_reason", "usage", "model"}`` from a chat-completions response body.
 
     Raises ``ValueError`` when the body is not JSON of that shape (a truncated or garbled
     response), which the client treats as retryable.
@@ -201,7 +202,10 @@ def parse_answer(body: bytes) -> dict[str, Any]:
              if key in USAGE_KEYS and type(value) is int and value >= 0}
     finish = choice.get("finish_reason") if isinstance(choice, dict) else None
     finish = finish[:64] if isinstance(finish, str) else None
-    return {"text": content or "", "finish_reason": finish, "usage": usage}
+    # The model that answered, as the server names it (it may differ from the one asked for).
+    served = data.get("model") if isinstance(data.get("model"), str) else None
+    return {"text": content or "", "finish_reason": finish, "usage": usage,
+            "model": served[:200] if served else None}
 
 
 class ChatClient:
@@ -246,7 +250,7 @@ class ChatClient:
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cache_hits += 1
             return Completion(hit["text"], hit.get("finish_reason"), cached=True,
-                              usage=hit.get("usage") or {})
+                              usage=hit.get("usage") or {}, model=hit.get("model"))
         payload = {"model": self.config.model, "messages": messages, **self.config.sampling(),
                    "stream": False}
         attempt = 0
@@ -278,7 +282,7 @@ class ChatClient:
         self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
         return Completion(answer["text"], answer["finish_reason"], cached=False,
-                          attempts=attempt, usage=usage)
+                          attempts=attempt, usage=usage, model=answer.get("model"))
 
     def _redact(self, text: str) -> str:
         return redact(text, [self.config.api_key])
@@ -295,8 +299,9 @@ class ChatClient:
                     setattr(err, name, self._redact(value))
             raise
         answer["text"] = self._redact(answer["text"])
-        if answer["finish_reason"] is not None:
-            answer["finish_reason"] = self._redact(answer["finish_reason"])
+        for key in ("finish_reason", "model"):
+            if answer.get(key) is not None:
+                answer[key] = self._redact(answer[key])
         return answer
 
     async def _attempt(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from editalign.revise.filters import (
     reward_filter,
 )
 from editalign.revise.prompts import Template, prompt_text, reference_of
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,7 +131,7 @@ async def _revise_one(client: ChatClient, template: Template, options: ReviseOpt
         text = clean_completion(completion.text)
         outcome.revision = text
         outcome.info = {"template": used.name, "finish_reason": completion.finish_reason,
-                        "cached": completion.cached}
+                        "cached": completion.cached, "served_model": completion.model}
         decision = check_completion(text, completion.finish_reason)
         outcome.decisions.append(decision)
         if not decision.kept:
@@ -153,8 +156,11 @@ def _finish(outcome: RowOutcome, model: str) -> None:
     meta = copy.deepcopy(pair.meta)
     if pair.revised != pair.original:
         meta.setdefault("input_revised", pair.revised)
+    served = outcome.info.get("served_model")
     meta["revise"] = {
-        "model": model,
+        # The model that answered (the server's word), and the one asked for when they differ.
+        "model": served or model,
+        **({"requested_model": model} if served and served != model else {}),
         "template": outcome.info["template"],
         "edit_ratio": round(outcome.info["edit_ratio"], 6),
         "finish_reason": outcome.info["finish_reason"],
@@ -203,6 +209,11 @@ async def revise_pairs_async(pairs: Sequence[EditPair], client: ChatClient, temp
     for outcome in outcomes:
         if outcome.status == "kept":
             _finish(outcome, client.config.model)
+    served = {o.info.get("served_model") for o in outcomes} - {None, client.config.model}
+    if served:
+        logger.warning("the server says %s answered, not the requested %r; the pairs record "
+                       "the model that answered (meta.revise.model, requested_model)",
+                       ", ".join(sorted(map(repr, served))), client.config.model)
     return ReviseResult(outcomes, client.stats.to_dict(), time.perf_counter() - started)
 
 
