@@ -493,3 +493,32 @@ def test_bench_config_takes_the_options_own_names(work, tmp_path):
     args = _parse_with_config(parser, commands, ["bench", "run", "--config", str(cfg),
                                                  "--out", "o"])
     assert (args.run_max_steps, args.run_eval_limit, args.batch_size) == (3, 5, 2)
+
+
+def test_revise_on_sigterm_says_what_is_cached_and_how_to_resume(work, tmp_path):
+    import signal
+    import socket
+
+    silent = socket.socket()  # accepts connections, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "editalign.cli", "revise", "--data", "in.jsonl", "--api-base",
+         f"http://127.0.0.1:{port}/v1", "--model", "m", "--out", "o.jsonl", "--cache",
+         str(tmp_path / "cache.sqlite"), "--timeout", "120", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("revising"):
+                break
+        silent.accept()  # the first request is in flight
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 130, rest
+        assert "interrupted: 0 answers are in" in rest and "rerun the same command" in rest
+    finally:
+        proc.kill()
+        silent.close()
