@@ -177,7 +177,7 @@ def test_rounds_resume_after_a_kill_and_report(bench, tmp_path):
 
     # another configuration into the same directory is refused (more rounds would be fine)
     changed = _toy(bench, out)
-    changed["train"]["method"] = "sft"
+    changed["train"] = {**changed["train"], "method": "sft", "args": {"max_steps": 2}}
     with pytest.raises(ConfigError, match="another 'train'"):
         Loop(changed, runner=Interrupting()).run_all()
 
