@@ -12,21 +12,26 @@ from typing import Any
 
 from editalign.data.jsonl import write_jsonl
 from editalign.loop.config import (
-    PPO_REWARDS,
     ConfigError,
     bench_init_flags,
     command_flags,
     stage_parsers,
     train_flags,
 )
-from editalign.loop.results import read_rows, write_results
+from editalign.loop.results import lost_to_previous, read_rows, write_results
 from editalign.loop.runner import Runner, StageFailed, log_tail
+from editalign.train.rl_stage import DPO_DEFAULT_BETA, RL_TRAINERS
 
 
 class Loop:
     def __init__(self, config: dict[str, Any], *, runner: Callable[[Sequence[str], Path], int]
-                 | None = None, echo: Callable[[str], None] = print) -> None:
+                 | None = None, echo: Callable[[str], None] = print,
+                 keep_going: bool = False) -> None:
         self.cfg = config
+        # Without it the loop stops after a round that loses to the previous one (a 95%
+        # interval of the paired difference below 0): more rounds would start from it.
+        self.keep_going = keep_going
+        self.stopped_at: int | None = None
         self.out = Path(config["out"])
         self.run = runner or Runner()
         self.echo = echo
@@ -148,8 +153,8 @@ class Loop:
         train = self.cfg["train"]
         quiet = ["--seed", str(self.cfg["seed"] + k), "--report_to", "none",
                  "--save_strategy", "no", "--disable_tqdm", "True"]
-        if train["method"] == "ppo":
-            return self._train_ppo(k, quiet)
+        if train["method"] in RL_TRAINERS:
+            return self._train_rl(k, quiet)
         argv = ["train", train["method"], "--model", self.policy_of(k),
                 "--data", str(round_dir / "labels"), "--output_dir", str(round_dir / "policy"),
                 *quiet, *train_flags(train.get("args"))]  # last, so the user's flags win
@@ -158,33 +163,39 @@ class Loop:
         loss = json.loads(metrics.read_text()).get("train_loss") if metrics.is_file() else None
         return {"method": train["method"], "train_loss": loss}
 
-    def _train_ppo(self, k: int, quiet: list[str]) -> dict[str, Any]:
-        """A reward model on this round's pairs (initialised from the current policy), then
-        PPO from the current policy against it on the prompts this round sampled."""
+    def _train_rl(self, k: int, quiet: list[str]) -> dict[str, Any]:
+        """The one RL stage (:func:`editalign.train.rl_stage.run_rl_stage`): a reward on this
+        round's pairs (initialised from the current policy), then PPO or GRPO from the
+        current policy against it on the prompts this round sampled."""
+        from editalign.train.rl_stage import RLMethod, run_rl_stage
+
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
-        rm_method = PPO_REWARDS[train["reward"]]
+        reward_args = train.get("reward_args") or {}
+        method = RLMethod(train["method"], train["reward"],
+                          reward_args=tuple(train_flags(reward_args)),
+                          dpo_beta=float(reward_args.get("beta", DPO_DEFAULT_BETA)
+                                         if isinstance(reward_args, dict) else DPO_DEFAULT_BETA))
         rm_dir = round_dir / "reward_model"
-        if not (rm_dir / "reward_config.json").is_file():  # kept when PPO is what got killed
-            self._child(k, "train_reward_model", [
-                "train", rm_method, "--model", self.policy_of(k),
-                "--data", str(round_dir / "labels"), "--output_dir", str(rm_dir), *quiet,
-                *train_flags(train.get("reward_args"))])
-        # PPO reads its prompts from a pairs file (chat-message prompts included): one row
-        # per prompt this round sampled.
-        prompts = round_dir / "ppo_prompts.jsonl"
+        # The prompts this round sampled, once each, as prompts (text or chat messages).
+        prompts = round_dir / "rl_prompts.jsonl"
         seen: dict[Any, dict[str, Any]] = {}
         for row in read_rows(round_dir / "sample.jsonl"):
             key = json.dumps(row["prompt"], sort_keys=True)
-            seen.setdefault(key, {"id": f"prompt-{len(seen)}", "prompt": row["prompt"],
-                                  "original": "-", "revised": "-"})
+            seen.setdefault(key, {"id": f"prompt-{len(seen)}", "prompt": row["prompt"]})
         write_jsonl(prompts, seen.values())
-        self._child(k, "train", [
-            "train", "ppo", "--model", self.policy_of(k), "--prompts", str(prompts),
-            "--reward_model", str(rm_dir), "--reward", train["reward"],
-            "--output_dir", str(round_dir / "policy"), *quiet, *train_flags(train.get("args"))])
+        steps = {"reward_model": "train_reward_model", "rl": "train"}
+
+        def execute(step: str, trainer: str, argv: list[str]) -> float:
+            return float(self._child(k, steps[step], ["train", trainer, *argv]))
+
+        # The user's flags last, so they win (train.args over the loop's own).
+        run_rl_stage(method, policy=self.policy_of(k), prompts=prompts,
+                     output_dir=round_dir / "policy", reward_dir=rm_dir,
+                     pairs=round_dir / "labels", reward_flags=quiet,
+                     rl_flags=[*quiet, *train_flags(train.get("args"))], execute=execute)
         reward_eval = rm_dir / "eval_results.json"
-        return {"method": f"ppo ({train['reward']}-level reward model)", "prompts": len(seen),
+        return {"method": f"{train['method']} ({train['reward']} reward)", "prompts": len(seen),
                 "reward_model": str(rm_dir),
                 "reward_model_eval": json.loads(reward_eval.read_text())
                 if reward_eval.is_file() else None}
@@ -232,7 +243,16 @@ class Loop:
                                 ("eval", self.evaluate)):
                 entry[stage] = self._stage(k, stage, lambda w=work, k=k: w(k))
             rounds.append(entry)
-            write_results(self.out, self.cfg, rounds)  # after every round: partial results
+            data = write_results(self.out, self.cfg, rounds)  # after every round: partial results
+            last = data["rounds"][-1]
+            if lost_to_previous(last) and k < self.cfg["rounds"] and not self.keep_going:
+                prev = last["vs_previous_round"]
+                self.stopped_at = k
+                self.echo(f"round {k} lost to round {k - 1}: {prev['difference']:+.3f} "
+                          f"[{prev['ci_low']:+.3f}, {prev['ci_high']:+.3f}]; stopping (best "
+                          f"round {data['best_round']}: {data['best_policy']}; --keep-going "
+                          "runs the remaining rounds)")
+                break
         return rounds
 
 
