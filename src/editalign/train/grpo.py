@@ -114,6 +114,7 @@ class DenseGRPOTrainer(GRPOTrainer):
 
     def __init__(self, model: Any, reward_funcs: Any = None, args: DenseGRPOConfig | None = None,
                  *, reward_source: sources.RewardSource | None = None, **kwargs: Any) -> None:
+        check_trl_hooks()  # fail loudly, naming the method, on a TRL this was not built on
         funcs = list(reward_funcs) if isinstance(reward_funcs, list | tuple) else \
             ([] if reward_funcs is None else [reward_funcs])
         self._rollout_prompt_ids: list[list[int]] | None = None
