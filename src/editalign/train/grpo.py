@@ -153,12 +153,12 @@ class DenseGRPOTrainer(GRPOTrainer):
         output["advantages"] = output["advantages"][:, None] * mask + self.token_coef * term
         mode = "train" if self.model.training else "eval"
         picked = self._token_rewards[mask[:, :self._token_rewards.shape[1]].bool()]
-        total = self.accelerator.gather(torch.stack([picked.sum(), picked.new_tensor(
-            float(picked.numel()))])).view(-1, 2).sum(0)
+        # One gather for the logged means: token reward sum and count, |term| sum, tokens.
+        stats = torch.stack([picked.sum(), picked.new_tensor(float(picked.numel())),
+                             term.abs().sum().to(picked.dtype), mask.sum().to(picked.dtype)])
+        total = self.accelerator.gather(stats).view(-1, 4).sum(0)
         self._metrics[mode]["token_reward/mean"].append((total[0] / total[1].clamp(min=1)).item())
-        self._metrics[mode]["token_term/abs_mean"].append(
-            self.accelerator.gather(term.abs().sum()).sum().item()
-            / max(self.accelerator.gather(mask.sum()).sum().item(), 1))
+        self._metrics[mode]["token_term/abs_mean"].append((total[2] / total[3].clamp(min=1)).item())
         return output
 
     def _token_term(self, token_rewards: Tensor, mask: Tensor) -> Tensor:
