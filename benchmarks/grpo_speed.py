@@ -140,7 +140,10 @@ def part(model_name: str, *, steps: int, warmup: int, repeats: int = 2, gpu: boo
     """Both arms on one model, ``repeats`` times in the order stock, dense, stock, dense...:
     each run ``warmup`` untimed steps then ``steps`` timed ones; per arm the repeat with the
     fastest median step is reported (the least disturbed by a noisy neighbour)."""
+    import os
+
     runs: dict[str, list[dict[str, Any]]] = {"stock_trl": [], "dense": []}
+    load_before = os.getloadavg()[0]
     for _ in range(repeats):
         for name, dense in (("stock_trl", False), ("dense", True)):
             trainer, _ = build(model_name, dense, gpu, vllm, steps=warmup + steps)
@@ -149,7 +152,10 @@ def part(model_name: str, *, steps: int, warmup: int, repeats: int = 2, gpu: boo
             runs[name].append(summary(clock.rows[warmup:]))
             del trainer
     result: dict[str, Any] = {"model": model_name, "settings": SETTINGS, "steps": steps,
-                              "warmup": warmup, "repeats": repeats, "vllm": vllm}
+                              "warmup": warmup, "repeats": repeats, "vllm": vllm,
+                              # a shared machine's load while measuring (1-min average)
+                              "load_average": [round(load_before, 2),
+                                               round(os.getloadavg()[0], 2)]}
     for name, summaries in runs.items():
         result[name] = min(summaries, key=lambda r: r["step_seconds_median"])
         result[f"{name}_all_repeats"] = summaries
@@ -179,7 +185,8 @@ def main() -> None:
             results["models"][model] = {"status": "failed", "error": f"{type(err).__name__}: "
                                         f"{err}"[:500]}
         print(model, results["models"][model], flush=True)
-    print(write_result("grpo_speed", results))
+        path = write_result("grpo_speed", results)  # after every model: nothing measured is lost
+    print(path)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,14 @@ class Loop:
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
         reward_args = train.get("reward_args") or {}
-        method = RLMethod(train["method"], train["reward"],
+        # On the generated task the RL rate is the benchmark's tuned one for its task (the
+        # RL arms' table); elsewhere the trainer's own default. train.args still win.
+        rate = None
+        if self.cfg.get("bench"):
+            from editalign.bench.runner import TUNED, bench_task
+
+            rate = TUNED[bench_task(Path(self.cfg["bench"]))].ppo_learning_rate
+        method = RLMethod(train["method"], train["reward"], learning_rate=rate,
                           reward_args=tuple(train_flags(reward_args)),
                           dpo_beta=float(reward_args.get("beta", DPO_DEFAULT_BETA)
                                          if isinstance(reward_args, dict) else DPO_DEFAULT_BETA))
