@@ -43,6 +43,8 @@ class StepClock:
         trainer._generate = self._timed("generation", generate)
         trainer.training_step = self._step(step)
         trainer.reward_funcs = [self._timed("reward", f) for f in trainer.reward_funcs]
+        if hasattr(trainer, "_token_term"):  # dense GRPO's own extra work (gather + term)
+            trainer._token_term = self._timed("token_term", trainer._token_term)
         self.tokens = 0
         self.trainer = trainer
 
@@ -72,6 +74,7 @@ class StepClock:
             total = self._now() - start
             gen, reward = self._current.get("generation", 0.0), self._current.get("reward", 0.0)
             self.rows.append({"step": total, "generation": gen, "reward": reward,
+                              "token_term": self._current.get("token_term", 0.0),
                               "update": total - gen - reward,
                               "rollout_tokens": float(self.tokens - tokens)})
             return out
@@ -129,7 +132,11 @@ def build(model_name: str, dense: bool, gpu: bool, vllm: bool, steps: int) -> tu
 
 def summary(rows: list[dict[str, float]]) -> dict[str, float]:
     out = {f"{k}_seconds_median": round(statistics.median(r[k] for r in rows), 4)
-           for k in ("step", "generation", "reward", "update")}
+           for k in ("step", "generation", "reward", "token_term", "update")}
+    # The least disturbed step: on a shared machine the minimum tracks the work, the
+    # median the neighbours.
+    out["step_seconds_min"] = round(min(r["step"] for r in rows), 4)
+    out["steps_seconds"] = [round(r["step"], 4) for r in rows]
     out["rollout_tokens_per_s"] = round(sum(r["rollout_tokens"] for r in rows)
                                         / max(sum(r["generation"] for r in rows), 1e-9), 1)
     return out
@@ -161,6 +168,13 @@ def part(model_name: str, *, steps: int, warmup: int, repeats: int = 2, gpu: boo
         result[f"{name}_all_repeats"] = summaries
     result["dense_over_stock_step_time"] = round(
         result["dense"]["step_seconds_median"] / result["stock_trl"]["step_seconds_median"], 3)
+    fastest = {name: min(r["step_seconds_min"] for r in summaries)
+               for name, summaries in runs.items()}
+    result["dense_over_stock_fastest_step"] = round(fastest["dense"] / fastest["stock_trl"], 3)
+    # What dense GRPO adds besides the reward model (which both arms run): its token term,
+    # as a share of the dense arm's median step.
+    result["token_term_share_of_step"] = round(
+        result["dense"]["token_term_seconds_median"] / result["dense"]["step_seconds_median"], 4)
     return result
 
 
@@ -172,6 +186,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--name", default="grpo_speed", help="results file name (no suffix)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = {"command": "python benchmarks/grpo_speed.py " + " ".join(
@@ -185,7 +200,7 @@ def main() -> None:
             results["models"][model] = {"status": "failed", "error": f"{type(err).__name__}: "
                                         f"{err}"[:500]}
         print(model, results["models"][model], flush=True)
-        path = write_result("grpo_speed", results)  # after every model: nothing measured is lost
+        path = write_result(args.name, results)  # after every model: nothing measured is lost
     print(path)
 
 
