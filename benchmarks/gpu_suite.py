@@ -23,6 +23,11 @@ hang loses that part only; its failure reason goes into the JSON and the suite m
   the SmolLM2-135M shape: tokens/s, peak memory, MFU.
 - ``ppo``: editalign's PPO on the SmolLM2-135M shape (policy, reference, value and token
   reward model): seconds per iteration, split, and rollout (generation) tokens/s.
+- ``grpo``: dense GRPO (``DenseGRPOTrainer``, token RM) against stock TRL ``GRPOTrainer``
+  on SmolLM2-135M where it resolves (else ``tiny``, recorded): seconds per step split into
+  generation / reward / update, rollout tokens/s, and the dense/stock step-time ratio
+  (``benchmarks/grpo_speed.py``'s measurement); generation by vLLM colocated when vLLM is
+  installed, by transformers otherwise (recorded as ``vllm``).
 
 MFU = model FLOPs of the timed steps / (seconds × the chip's dense bf16 peak). Model FLOPs
 per token = 6·N (N: every weight matrix of the blocks and the LM head; embeddings lookup
@@ -89,8 +94,9 @@ PARTS: dict[str, tuple[int, dict[str, Any]]] = {
                  "warmup": 1, "iterations": 3}),
     "figa_vs_sft_smollm2": (55, {"shape": "smollm2-135m", "pairs": 8, "warmup": 3,
                                  "steps": 8}),
+    "grpo": (90, {"model": "smollm2-135m", "warmup": 1, "steps": 4, "repeats": 1}),
 }
-SMOKE = {"shape": "tiny", "pairs": 2, "warmup": 1, "steps": 1, "rollout": 4, "minibatch": 2,
+SMOKE = {"shape": "tiny", "model": "tiny", "repeats": 1, "pairs": 2, "warmup": 1, "steps": 1, "rollout": 4, "minibatch": 2,
          "new_tokens": 4, "iterations": 1, "prompt": 24, "response": 8}
 PROMPT, RESPONSE = 700, 80  # QA-Feedback lengths (tokens)
 
@@ -482,9 +488,39 @@ def part_ppo(spec: dict, gpu: bool, peak: float | None) -> dict[str, Any]:
                                                           for h in timed), 1)}
 
 
+def part_grpo(spec: dict, gpu: bool, peak: float | None) -> dict[str, Any]:
+    import importlib.util
+
+    import grpo_speed
+    from editalign.models import resolve_model_path
+
+    model = spec["model"]
+    note = None
+    try:
+        resolve_model_path(model)
+    except Exception as err:  # no cached SmolLM2 on this machine: the tiny model, recorded
+        note = f"{model} did not resolve ({type(err).__name__}); measured on tiny"
+        model = "tiny"
+    vllm = gpu and importlib.util.find_spec("vllm") is not None
+    run = {"steps": spec["steps"], "warmup": spec["warmup"], "repeats": spec["repeats"],
+           "gpu": gpu}
+    try:
+        out = grpo_speed.part(model, vllm=vllm, **run)
+    except Exception as err:
+        if not vllm:
+            raise
+        # vLLM is installed but would not run here: measure transformers generation, and
+        # keep why vLLM failed.
+        out = grpo_speed.part(model, vllm=False, **run)
+        out["vllm_error"] = f"{type(err).__name__}: {err}"[:800]
+    if note:
+        out["note"] = note
+    return out
+
+
 RUNNERS = {"figa_vs_sft_1b": part_figa_vs_sft, "figa_vs_sft_smollm2": part_figa_vs_sft,
            "shared_vs_padded": part_shared_vs_padded, "token_rm": part_token_rm,
-           "ppo": part_ppo}
+           "ppo": part_ppo, "grpo": part_grpo}
 
 
 def run_part(name: str, spec: dict, gpu: bool, peak: float | None) -> dict[str, Any]:
@@ -615,7 +651,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
                                                                              v.get("error")))
                                        for k, v in r["arms"].items()}
     for name, keys in (("token_rm", ("tokens_per_s", "peak_memory_gb", "mfu")),
-                       ("ppo", ("seconds_per_iteration_median", "rollout_tokens_per_s"))):
+                       ("ppo", ("seconds_per_iteration_median", "rollout_tokens_per_s")),
+                       ("grpo", ("dense_over_stock_step_time", "dense", "stock_trl", "vllm"))):
         r = results.get(name, {})
         if r.get("status") == "ok":
             summary[name] = {k: r.get(k) for k in keys}

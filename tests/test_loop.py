@@ -34,7 +34,7 @@ def _with(**changes):
     (_with(revise__retry_strict="yes"), "revise.retry_strict: expected true or false"),
     (_with(revise__api_base=None), "revise.api_base: required with reviser: api"),
     (_with(revise__reviser="human"), "revise.reviser: 'human' is not one of api, bench"),
-    (_with(train__method="grpo"), "train.method: 'grpo' is not one of figa, sft, dpo, ppo"),
+    (_with(train__method="a2c"), "train.method: 'a2c' is not one of figa, sft, dpo, ppo, grpo"),
     (_with(train__max_steps=5), "train.max_steps: unknown key"),
     (_with(sample__out="x.jsonl"), "sample.out: unknown option"),  # the loop sets it
     (_with(eval__judge_model=["a", "b"]), "eval.judge_model: expected a single value"),
@@ -229,7 +229,7 @@ def test_ppo_round_trains_a_reward_model_then_ppo_from_the_current_policy(bench,
     assert f"--model {bench / 'policy'}" in rm_log and f"--data {round_dir / 'labels'}" in rm_log
     log = (round_dir / "train.log").read_text()
     assert f"--reward_model {round_dir / 'reward_model'}" in log and "--reward token" in log
-    prompts = [json.loads(x) for x in (round_dir / "ppo_prompts.jsonl").read_text().splitlines()]
+    prompts = [json.loads(x) for x in (round_dir / "rl_prompts.jsonl").read_text().splitlines()]
     sampled = [json.loads(x) for x in (round_dir / "sample.jsonl").read_text().splitlines()]
     assert len(prompts) == len({json.dumps(r["prompt"], sort_keys=True) for r in sampled})
     assert rounds[0]["train"]["prompts"] == len(prompts)
@@ -237,7 +237,101 @@ def test_ppo_round_trains_a_reward_model_then_ppo_from_the_current_policy(bench,
 
 
 def test_reward_keys_only_with_ppo(tmp_path):
-    with pytest.raises(ConfigError, match="only with method: ppo"):
+    with pytest.raises(ConfigError, match="only with method: ppo or grpo"):
         resolve_config({"out": str(tmp_path), "train": {"method": "figa", "reward": "token"}})
     with pytest.raises(ConfigError, match=r"train\.reward: .dense."):
         resolve_config({"out": str(tmp_path), "train": {"method": "ppo", "reward": "dense"}})
+
+
+@pytest.mark.parametrize("reward", ["token", "dpo"])
+def test_grpo_round_trains_a_reward_then_grpo_from_the_current_policy(bench, tmp_path, reward):
+    out = tmp_path / f"loop-grpo-{reward}"
+    reward_args = {"max_steps": 2, "per_device_train_batch_size": 4}
+    if reward == "dpo":
+        reward_args["beta"] = 0.2
+    cfg = resolve_config({
+        "out": str(out), "rounds": 1, "bench": str(bench),
+        "sample": {"num_samples": 1, "max_new_tokens": 12, "batch_size": 8, "limit": 6},
+        "eval": {"limit": 4, "samples_per_prompt": 1, "max_new_tokens": 8, "batch_size": 8},
+        "train": {"method": "grpo", "reward": reward, "reward_args": reward_args,
+                  "args": {"max_steps": 1, "per_device_train_batch_size": 4,
+                           "num_generations": 2, "max_completion_length": 8}}})
+    rounds = Loop(cfg, runner=Interrupting(), echo=[].append).run_all()
+    round_dir = out / "round1"
+    rm_log = (round_dir / "train_reward_model.log").read_text()
+    assert f"--data {round_dir / 'labels'}" in rm_log
+    trainer = "dpo" if reward == "dpo" else "token-rm"
+    assert rm_log.startswith(f"$ editalign train {trainer} --model {bench / 'policy'}")
+    assert (round_dir / "policy" / "model.safetensors").is_file()
+    log = (round_dir / "train.log").read_text()
+    assert f"--reward_model {round_dir / 'reward_model'}" in log and f"--reward {reward}" in log
+    from editalign.bench.runner import TUNED
+
+    assert f"--learning_rate {TUNED['facts'].ppo_learning_rate}" in log  # the tuned RL rate
+    if reward == "dpo":
+        assert "--dpo_beta 0.2" in log and "--beta 0.2" in rm_log
+    prompts = [json.loads(x) for x in (round_dir / "rl_prompts.jsonl").read_text().splitlines()]
+    assert prompts and all(set(p) == {"id", "prompt"} for p in prompts)  # prompts, not pairs
+    assert rounds[0]["train"]["method"] == f"grpo ({reward} reward)"
+    results = json.loads((out / "results.json").read_text())
+    assert results["best_round"] == 1 and results["best_policy"] == str(round_dir / "policy")
+
+
+class Scripted(Loop):
+    """A loop whose stages write a given round's outcomes instead of training (the stop rule
+    and the best round read only the evaluations)."""
+
+    def __init__(self, cfg, outcomes, **kw):
+        super().__init__(cfg, echo=kw.pop("echo", print), **kw)
+        self.outcomes = outcomes
+
+    def sample(self, k):
+        return {"rows": 1}
+
+    def revise(self, k):
+        return {"kept": 1, "with_edit": 1}
+
+    def label(self, k):
+        return {}
+
+    def train(self, k):
+        return {"train_loss": None}
+
+    def evaluate(self, k):
+        rows = [{"id": i, "outcome": o} for i, o in enumerate(self.outcomes[k - 1])]
+        d = self.out / f"round{k}"
+        (d / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rate = sum(self.outcomes[k - 1]) / len(rows)
+        (d / "winrate.json").write_text(json.dumps({
+            "win_rate": rate, "ci_low": rate, "ci_high": rate, "kl": 0.0, "n": len(rows),
+            "length_policy": 1.0, "judge": "gold"}))
+        return {"win_rate": rate}
+
+    def ensure_bench(self):
+        pass
+
+    def check_inputs(self):
+        pass
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_the_loop_stops_after_a_round_that_loses_and_keeps_the_best(tmp_path, keep_going):
+    n = 40
+    outcomes = [[1.0] * 20 + [0.0] * 20,  # 0.5
+                [1.0] * 36 + [0.0] * 4,  # 0.9: best
+                [1.0] * 4 + [0.0] * 36,  # 0.1: loses to round 2, interval below 0
+                [1.0] * n]
+    cfg = {**resolve_config({**USER, "rounds": 4, "out": str(tmp_path / "l")})}
+    lines: list[str] = []
+    loop = Scripted(cfg, outcomes, echo=lines.append, keep_going=keep_going)
+    rounds = loop.run_all()
+    results = json.loads((tmp_path / "l" / "results.json").read_text())
+    assert results["rounds"][2]["vs_previous_round"]["ci_high"] < 0
+    if keep_going:
+        assert len(rounds) == 4 and results["best_round"] == 4
+    else:
+        assert len(rounds) == 3 and loop.stopped_at == 3
+        assert results["best_round"] == 2
+        assert results["best_policy"] == str(tmp_path / "l" / "round2" / "policy")
+        assert any("round 3 lost to round 2" in x and "stopping" in x for x in lines)
+    assert "Best round:" in (tmp_path / "l" / "results.md").read_text()

@@ -48,7 +48,8 @@ def error_breakdown(samples: Path, rows: Sequence[dict[str, Any]], k: int
 
 def reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
     """The PPO arm's reward model's metrics on the held-out edit pairs, if it has them."""
-    rm = {"ppo-seq": "rm", "ppo-token": "token-rm"}.get(method)
+    rm = {"ppo-seq": "rm", "ppo-token": "token-rm", "grpo-seq": "rm",
+          "grpo-token": "token-rm"}.get(method)
     path = run_out / rm / "eval_results.json" if rm else None
     if path is None or not path.is_file():
         return None
@@ -63,7 +64,10 @@ def reward_model_eval(method: str, run_out: Path) -> dict[str, float] | None:
 # The comparisons the benchmark exists for (issue targets): FIGA against both baselines it
 # must beat, and fine-grained against sequence-level PPO.
 COMPARISONS = (("figa", "sft"), ("figa", "dpo"), ("figa", "dpo-sft"), ("ppo-token", "ppo-seq"),
-               ("ppo-token", "ppo-dpo"), ("figa-online", "figa"), ("sft-online", "sft"))
+               ("ppo-token", "ppo-dpo"), ("figa-online", "figa"), ("sft-online", "sft"),
+               ("grpo-token", "grpo-seq"), ("grpo-token", "ppo-token"), ("grpo-token", "grpo-dpo"),
+               ("grpo-seq", "ppo-seq"), ("grpo-token", "sft"), ("grpo-seq", "sft"),
+               ("grpo-dpo", "sft"))
 
 
 def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,
@@ -175,7 +179,7 @@ def results_table(results: Sequence[dict[str, Any]]) -> str:
                   "| PPO arm | seed | pair accuracy (as read) | token AUROC |", "|---|---|---|---|"]
         for r in rm_rows:
             ev = r["reward_model_eval"]
-            acc = ev.get("pairwise_accuracy_last" if r["method"] == "ppo-seq"
+            acc = ev.get("pairwise_accuracy_last" if r["method"] in ("ppo-seq", "grpo-seq")
                          else "pairwise_accuracy_sum", float("nan"))
             lines.append(f"| {r['method']} | {r.get('seed', 0)} | {acc:.3f} | "
                          f"{ev.get('token_auroc', float('nan')):.3f} |")

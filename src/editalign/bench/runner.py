@@ -14,9 +14,14 @@ prompts. Methods:
 - ``ppo-seq``: a sequence-level reward model (``rm``) then PPO with its last-token reward;
 - ``ppo-token``: a token-level reward model (``token-rm``) then PPO with dense rewards;
 - ``ppo-dpo``: PPO with the dense implicit reward β·(log π_DPO − log π_ref) of the run's
-  ``dpo`` policy (RTO): a dense reward that needs no edit labels, only the pairs.
+  ``dpo`` policy (RTO): a dense reward that needs no edit labels, only the pairs;
+- ``grpo-seq``, ``grpo-token``, ``grpo-dpo``: the same three rewards with TRL's GRPO
+  (``editalign train grpo``: group-normalised outcome, plus the token term for the dense
+  rewards), on the same reward models, prompts and budget as the PPO arms.
 
-The PPO arms share every PPO hyper-parameter and differ only in the reward.
+The RL arms are :class:`~editalign.train.rl_stage.RLMethod` objects run by the one RL
+stage (:func:`~editalign.train.rl_stage.run_rl_stage`, the loop's too); the PPO arms share
+every PPO hyper-parameter and differ only in the reward, and so do the GRPO arms.
 Only pairs with an edit are used (a pair whose sample needed no fix carries no edit
 signal), identically for all methods. Results: ``results.json`` and ``results.md``, written
 with :mod:`editalign.bench.results`.
@@ -51,10 +56,16 @@ from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's 
     write_results,
 )
 from editalign.outputs import claim_dir, mark_dir, read_done, write_done
+from editalign.train import rl_stage
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token", "ppo-dpo")
+METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token", "ppo-dpo", "grpo-seq",
+           "grpo-token", "grpo-dpo")
+# The RL arms: trainer × reward source (editalign.train.rl_stage).
+RL_ARMS = {"ppo-seq": ("ppo", "sequence"), "ppo-token": ("ppo", "token"),
+           "ppo-dpo": ("ppo", "dpo"), "grpo-seq": ("grpo", "sequence"),
+           "grpo-token": ("grpo", "token"), "grpo-dpo": ("grpo", "dpo")}
 # What `bench run` trains unless --methods says otherwise (`--methods all`: every method):
 # the first task's reported six, so its quick run (the demo) keeps its time.
 DEFAULT_METHODS = ("sft", "dpo", "dpo-sft", "figa", "ppo-seq", "ppo-token")
@@ -74,6 +85,10 @@ class TunedSettings:
     learning_rates: dict[str, float]  # per supervised method (and online arm)
     args: dict[str, list[str]]  # extra `editalign train` flags per stage
     ppo_learning_rate: float  # shared by every PPO arm
+    dpo_beta: float = 0.3  # the dpo arm's β (its `--beta` in args["dpo"]); ppo-dpo reads it
+    # Every GRPO arm: not tuned yet (no tuning run fitted this session's CPU budget); the
+    # PPO arms' rate, and GRPO's group and KL settings below.
+    grpo_learning_rate: float | None = None  # None: the PPO arms' rate
 
 
 _FACTS = TunedSettings(
@@ -82,6 +97,7 @@ _FACTS = TunedSettings(
                     # rate (3e-3) they drifted to KL 16 and lost by 0.21; 3e-4 was best of
                     # 1e-4..3e-3 on the tuning task (bench_tuning_online.md).
                     "figa-online": 3e-4, "sft-online": 3e-4},
+    dpo_beta=0.3,
     args={
         "dpo": ["--beta", "0.3"],
         # The best FIGA with a push-down term: γ = 1 (every revised token), β = 0.25 on the
@@ -105,7 +121,7 @@ TUNED: dict[str, TunedSettings] = {
                         ppo_learning_rate=1e-4),
 }
 # TRL's DPOConfig β, what `ppo-dpo` reads the DPO policy with when no --beta was given.
-DPO_DEFAULT_BETA = 0.1
+DPO_DEFAULT_BETA = rl_stage.DPO_DEFAULT_BETA
 
 
 @dataclass
@@ -153,6 +169,30 @@ class RunConfig:
     def ppo_lr(self) -> float:
         return self.ppo_learning_rate if self.ppo_learning_rate is not None \
             else self.tuned_settings.ppo_learning_rate
+
+    def dpo_beta(self) -> float:
+        """The β the run's dpo arm trains with: a `--beta` in its extra flags, else the
+        tuned one (``tuned``), else TRL's default."""
+        import argparse
+
+        given = argparse.ArgumentParser(add_help=False)
+        given.add_argument("--beta", type=float)
+        extra, _ = given.parse_known_args(self.extra.get("dpo", []))
+        if extra.beta is not None:
+            return float(extra.beta)
+        return self.tuned_settings.dpo_beta if self.tuned else DPO_DEFAULT_BETA
+
+    def rl_method(self, arm: str) -> rl_stage.RLMethod:
+        """The RL arm as the one RL stage runs it: trainer, reward, rate and flags."""
+        trainer, reward = RL_ARMS[arm]
+        rate = self.ppo_lr()
+        if trainer == "grpo" and self.tuned_settings.grpo_learning_rate is not None \
+                and self.ppo_learning_rate is None:
+            rate = self.tuned_settings.grpo_learning_rate
+        return rl_stage.RLMethod(trainer, reward, learning_rate=rate,
+                                 args=tuple(self.stage_args(arm)),
+                                 reward_args=tuple(self.stage_args(REWARD_STAGES[reward])),
+                                 dpo_beta=self.dpo_beta())
 
 
 def _common(config: RunConfig, lr: float) -> list[str]:
@@ -276,18 +316,6 @@ def _train(method: str, argv: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def _ppo_prompts(bench: Path, out: Path) -> Path:
-    """The training prompts in the pairs layout ``editalign train ppo --prompts`` reads
-    (its plain-rows fallback takes text prompts only; these are chat messages)."""
-    from editalign.bench.task import read_jsonl, write_jsonl
-
-    path = out / "ppo_prompts.jsonl"
-    if not path.is_file():
-        write_jsonl(path, ({"id": r["id"], "prompt": r["prompt"], "original": "-",
-                            "revised": "-"} for r in read_jsonl(bench / "prompts.train.jsonl")))
-    return path
-
-
 def train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig
                  ) -> tuple[Path, float]:
     """Train one method; returns the policy directory and the seconds it took."""
@@ -317,14 +345,47 @@ def eval_settings(config: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(config).items() if k not in ("methods", "seeds")}
 
 
-def _ppo_flags(config: RunConfig) -> list[str]:
-    """The settings every PPO arm shares (the same budget and optimiser for all three)."""
-    return ["--num_iterations", str(config.ppo_iterations),
-            "--rollout_batch_size", str(config.ppo_rollout_batch_size),
-            "--per_device_train_batch_size", str(config.batch_size),
-            "--learning_rate", str(config.ppo_lr()), "--seed", str(config.seed),
+def _rl_flags(config: RunConfig, trainer: str) -> list[str]:
+    """The settings every arm of one RL trainer shares (the same budget for all three; the
+    learning rate comes with the method). GRPO gets PPO's budget: as many optimizer steps as
+    PPO iterations, each on ``ppo_rollout_batch_size`` sampled responses (groups of
+    ``GRPO_GROUP`` per prompt), responses as long as PPO's, and PPO's KL coefficient."""
+    if trainer == "ppo":
+        return ["--num_iterations", str(config.ppo_iterations),
+                "--rollout_batch_size", str(config.ppo_rollout_batch_size),
+                "--per_device_train_batch_size", str(config.batch_size),
+                "--seed", str(config.seed),
+                "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
+                *config.stage_args("ppo")]
+    from dataclasses import fields
+
+    from editalign.train.ppo import PPOConfig
+
+    ppo = {f.name: f.default for f in fields(PPOConfig)}
+    return ["--max_steps", str(config.ppo_iterations),
+            "--per_device_train_batch_size", str(config.ppo_rollout_batch_size),
+            "--num_generations", str(GRPO_GROUP),
+            "--max_completion_length", str(ppo["max_new_tokens"]),
+            "--beta", str(ppo["kl_coef"]), "--seed", str(config.seed),
+            "--logging_steps", str(max(1, min(10, config.ppo_iterations // 5))),
             "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True",
-            *config.stage_args("ppo")]
+            *config.stage_args("grpo")]
+
+
+GRPO_GROUP = 4  # completions per prompt in the GRPO arms
+# The stage whose tuned/extra flags each reward's trainer takes.
+REWARD_STAGES = {"token": "token-rm", "sequence": "rm", "dpo": "dpo"}
+
+
+def _train_stage(step: str, trainer: str, argv: list[str], config: RunConfig) -> float:
+    """One step of the RL stage; the reward model it trains gets a done marker keyed by the
+    run's settings (trained once per run, kept when RL is what got killed)."""
+    seconds = _train(trainer, argv)
+    if step == "reward_model":
+        reward_dir = Path(argv[argv.index("--output_dir") + 1])
+        write_done(reward_dir / TRAIN_DONE, train_settings(config),
+                   {"method": trainer, "seconds": seconds})
+    return seconds
 
 
 def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunConfig,
@@ -354,38 +415,26 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
                                    *_common(config, config.method_learning_rate(method)),
                                    *flags, *extra])
         return target, seconds
-    if method in ("ppo-seq", "ppo-token"):
-        rm_method, reward = ("rm", "sequence") if method == "ppo-seq" else ("token-rm", "token")
-        rm_dir = out / rm_method
-        seconds = 0.0
-        # Trained once per run (kept when PPO is what got killed), keyed like every stage.
-        if read_done(rm_dir / TRAIN_DONE, train_settings(config)) is None:
-            held_out = pairs.parent / HELD_OUT_PAIRS
-            seconds += _train(rm_method, [
-                "--model", policy, "--data", str(pairs), "--output_dir", str(rm_dir),
-                *_common(config, config.rm_learning_rate),
-                *(["--eval_data", str(held_out)] if held_out.is_file() else []),
-                *config.stage_args(rm_method)])
-            write_done(rm_dir / TRAIN_DONE, train_settings(config),
-                       {"method": rm_method, "seconds": seconds})
-        seconds += _train("ppo", [
-            "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
-            "--reward_model", str(rm_dir), "--reward", reward, "--output_dir", str(target),
-            *_ppo_flags(config), *extra])
-        return target, seconds
-    if method == "ppo-dpo":
-        # The DPO policy of this run (trained here unless `dpo` already ran; its time is
-        # reported with the dpo arm) and the β it was trained with.
-        dpo_dir, _ = train_method("dpo", bench, pairs, out, config)
-        dpo_args = [*_common(config, config.method_learning_rate("dpo")),
-                    *SUPERVISED["dpo"][1], *config.stage_args("dpo")]
-        beta = dpo_args[len(dpo_args) - 1 - dpo_args[::-1].index("--beta") + 1] \
-            if "--beta" in dpo_args else str(DPO_DEFAULT_BETA)
-        seconds = _train("ppo", [
-            "--model", policy, "--prompts", str(_ppo_prompts(bench, out)),
-            "--reward_model", str(dpo_dir), "--reward", "dpo", "--dpo_beta", beta,
-            "--output_dir", str(target),
-            *_ppo_flags(config), *extra])
+    if method in RL_ARMS:
+        rl = config.rl_method(method)
+        if rl.reward == "dpo":
+            # The DPO policy of this run (trained here unless `dpo` already ran; its time is
+            # reported with the dpo arm), read with the β it was trained with.
+            reward_dir, _ = train_method("dpo", bench, pairs, out, config)
+            reward_pairs = None  # given: the dpo arm's policy
+        else:
+            reward_dir = out / rl.reward_trainer  # the PPO and GRPO arms of a run share it
+            reward_pairs = pairs
+        held_out = pairs.parent / HELD_OUT_PAIRS
+        reward_flags = [*_common(config, config.rm_learning_rate),
+                        *(["--eval_data", str(held_out)] if held_out.is_file() else [])]
+        seconds = rl_stage.run_rl_stage(
+            rl, policy=policy, prompts=bench / "prompts.train.jsonl", output_dir=target,
+            reward_dir=reward_dir, pairs=reward_pairs, reward_flags=reward_flags,
+            rl_flags=_rl_flags(config, rl.trainer),
+            reward_trained=lambda directory: read_done(directory / TRAIN_DONE,
+                                                       train_settings(config)) is not None,
+            execute=lambda step, trainer, argv: _train_stage(step, trainer, argv, config))
         return target, seconds
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 

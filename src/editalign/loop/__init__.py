@@ -65,12 +65,15 @@ def add_loop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (overrides the config's out; default "
                    "loop-output)")
     p.add_argument("--rounds", type=int, help="number of rounds (overrides the config)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="run every round even after one loses to the round before it (by "
+                   "default the loop stops there, keeping the best round's policy)")
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
     config = load_config(args.loop_config, out=args.out, rounds=args.rounds)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    loop = Loop(config)
+    loop = Loop(config, keep_going=getattr(args, "keep_going", False))
     print(f"editalign loop: {config['rounds']} rounds into {loop.out} (initial policy "
           f"{config['policy']}, train {config['train']['method']}, judge "
           f"{config['eval']['judge']})", flush=True)
@@ -87,6 +90,10 @@ def cmd_loop(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     print((loop.out / "results.md").read_text())
     print(f"report: {loop.out / 'report.md'} (plot: {loop.out / 'winrate.png'})")
+    import json
+
+    best = json.loads((loop.out / "results.json").read_text())
+    print(f"best round: {best['best_round']}; its policy: {best['best_policy']}")
     return 0
 
 

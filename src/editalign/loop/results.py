@@ -53,13 +53,29 @@ def write_results(out: Path, cfg: Mapping[str, Any], rounds: Sequence[dict[str, 
                 out / f"round{r['round']}" / "eval_samples.jsonl",
                 out / f"round{r['round'] - 1}" / "eval_samples.jsonl")
         table.append(row)
-    data = {"config": dict(cfg), "rounds": table, "stages": list(rounds)}
+    best = best_round(table)
+    data = {"config": dict(cfg), "rounds": table, "stages": list(rounds),
+            "best_round": best, "best_policy": str(out / f"round{best}" / "policy")
+            if best is not None else None}
     (out / "results.json").write_text(json.dumps(data, indent=2) + "\n")
     markdown = results_markdown(table)
     (out / "results.md").write_text(markdown + "\n")
     plot_win_rates(table, out / "winrate.png")
     (out / "report.md").write_text(report_markdown(cfg, table, markdown))
     return data
+
+
+def best_round(table: Sequence[dict[str, Any]]) -> int | None:
+    """The round whose policy won most against the initial one (the earliest on a tie)."""
+    if not table:
+        return None
+    return int(max(table, key=lambda r: (r["win_rate"], -r["round"]))["round"])
+
+
+def lost_to_previous(row: Mapping[str, Any]) -> bool:
+    """The round is worse than the one before it with a 95% interval that excludes 0."""
+    prev = row.get("vs_previous_round")
+    return bool(prev) and prev["ci_high"] < 0
 
 
 def results_markdown(table: Sequence[dict[str, Any]]) -> str:
@@ -80,6 +96,10 @@ def results_markdown(table: Sequence[dict[str, Any]]) -> str:
             f"{r['pairs_kept']} / {r['pairs_with_edit']} |"
             + (f" {r.get('sample_gold_score', float('nan')):.3f} |" if gold else "")
             + f" {loss} | {r['seconds']:.0f} |")
+    best = best_round(table)
+    if best is not None:
+        lines += ["", f"Best round: {best} (the highest win rate against the initial policy); "
+                      f"its policy is round{best}/policy."]
     return "\n".join(lines)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from editalign.data.jsonl import write_jsonl
 from editalign.loop.config import (
-    PPO_REWARDS,
     STAGES,
     ConfigError,
     bench_init_flags,
@@ -20,14 +19,20 @@ from editalign.loop.config import (
     stage_parsers,
     train_flags,
 )
-from editalign.loop.results import read_rows, write_results
+from editalign.loop.results import lost_to_previous, read_rows, write_results
 from editalign.loop.runner import Runner, StageFailed, log_tail
+from editalign.train.rl_stage import DPO_DEFAULT_BETA, RL_TRAINERS, RLMethod, run_rl_stage
 
 
 class Loop:
     def __init__(self, config: dict[str, Any], *, runner: Callable[[Sequence[str], Path], int]
-                 | None = None, echo: Callable[[str], None] = print) -> None:
+                 | None = None, echo: Callable[[str], None] = print,
+                 keep_going: bool = False) -> None:
         self.cfg = config
+        # Without it the loop stops after a round that loses to the previous one (a 95%
+        # interval of the paired difference below 0): more rounds would start from it.
+        self.keep_going = keep_going
+        self.stopped_at: int | None = None
         self.out = Path(config["out"])
         self.run = runner or Runner()
         self.echo = echo
@@ -157,28 +162,45 @@ class Loop:
                 "--data", str(round_dir / "labels"), "--output_dir", str(round_dir / "policy"),
                 *self._quiet(k), *train_flags(train.get("args"))]  # last: the user's flags win
 
-    def _ppo_argvs(self, k: int) -> tuple[list[str], list[str]]:
-        """The reward model's and PPO's ``editalign train`` argv in round ``k``."""
-        round_dir = self.out / f"round{k}"
+    def _rl_method(self) -> RLMethod:
+        """This loop's RL method (train.method ppo or grpo) with its reward source."""
         train = self.cfg["train"]
+        reward_args = train.get("reward_args") or {}
+        # On the generated task the RL rate is the benchmark's tuned one for its task (the
+        # RL arms' table); elsewhere the trainer's own default. train.args still win.
+        rate = None
+        if self.cfg.get("bench"):
+            from editalign.bench.runner import TUNED, bench_task
+
+            rate = TUNED[bench_task(Path(self.cfg["bench"]))].ppo_learning_rate
+        return RLMethod(train["method"], train["reward"], learning_rate=rate,
+                        reward_args=tuple(train_flags(reward_args)),
+                        dpo_beta=float(reward_args.get("beta", DPO_DEFAULT_BETA)
+                                       if isinstance(reward_args, dict) else DPO_DEFAULT_BETA))
+
+    def _rl_argvs(self, k: int) -> tuple[list[str], list[str]]:
+        """The reward's and the RL trainer's ``editalign train`` argv in round ``k``."""
+        round_dir = self.out / f"round{k}"
+        method = self._rl_method()
         rm_dir = round_dir / "reward_model"
-        return (["train", PPO_REWARDS[train["reward"]], "--model", self.policy_of(k),
-                 "--data", str(round_dir / "labels"), "--output_dir", str(rm_dir),
-                 *self._quiet(k), *train_flags(train.get("reward_args"))],
-                ["train", "ppo", "--model", self.policy_of(k), "--prompts",
-                 str(round_dir / "ppo_prompts.jsonl"), "--reward_model", str(rm_dir),
-                 "--reward", train["reward"], "--output_dir", str(round_dir / "policy"),
-                 *self._quiet(k), *train_flags(train.get("args"))])
+        quiet = self._quiet(k)
+        return (["train", method.reward_trainer, *method.reward_argv(
+                    policy=self.policy_of(k), pairs=round_dir / "labels", output_dir=rm_dir,
+                    flags=quiet)],
+                ["train", method.trainer, *method.rl_argv(
+                    policy=self.policy_of(k), prompts=round_dir / "rl_prompts.jsonl",
+                    reward_model=rm_dir, output_dir=round_dir / "policy",
+                    flags=[*quiet, *train_flags(self.cfg["train"].get("args"))])])
 
     def check_train_options(self) -> None:
         """``train.args`` (and ``reward_args``) through the trainer's own parser and checks,
         before any stage runs: a typo must not surface after the paid-for revise stage."""
         from editalign.train.cli import check_train_argv
 
-        argvs = self._ppo_argvs(1) if self.cfg["train"]["method"] == "ppo" else \
-            [self._train_argv(1)]
-        for argv in argvs:
-            key = "train.reward_args" if argv[1] in PPO_REWARDS.values() else "train.args"
+        rl = self.cfg["train"]["method"] in RL_TRAINERS
+        argvs = self._rl_argvs(1) if rl else [self._train_argv(1)]
+        for i, argv in enumerate(argvs):
+            key = "train.reward_args" if rl and i == 0 else "train.args"
             try:
                 check_train_argv(argv[1], argv[2:])
             except ValueError as err:
@@ -188,34 +210,41 @@ class Loop:
     def train(self, k: int) -> dict[str, Any]:
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
-        if train["method"] == "ppo":
-            return self._train_ppo(k)
+        if train["method"] in RL_TRAINERS:
+            return self._train_rl(k)
         self._child(k, "train", self._train_argv(k))
         metrics = round_dir / "policy" / "train_results.json"
         loss = json.loads(metrics.read_text()).get("train_loss") if metrics.is_file() else None
         return {"method": train["method"], "train_loss": loss}
 
-    def _train_ppo(self, k: int) -> dict[str, Any]:
-        """A reward model on this round's pairs (initialised from the current policy), then
-        PPO from the current policy against it on the prompts this round sampled."""
+    def _train_rl(self, k: int) -> dict[str, Any]:
+        """The one RL stage (:func:`editalign.train.rl_stage.run_rl_stage`): a reward on this
+        round's pairs (initialised from the current policy), then PPO or GRPO from the
+        current policy against it on the prompts this round sampled."""
         round_dir = self.out / f"round{k}"
         train = self.cfg["train"]
+        method = self._rl_method()
         rm_dir = round_dir / "reward_model"
-        rm_argv, ppo_argv = self._ppo_argvs(k)
-        if not (rm_dir / "reward_config.json").is_file():  # kept when PPO is what got killed
-            self._child(k, "train_reward_model", rm_argv)
-        # PPO reads its prompts from a pairs file (chat-message prompts included): one row
-        # per prompt this round sampled.
-        prompts = round_dir / "ppo_prompts.jsonl"
+        # The prompts this round sampled, once each, as prompts (text or chat messages).
+        prompts = round_dir / "rl_prompts.jsonl"
         seen: dict[Any, dict[str, Any]] = {}
         for row in read_rows(round_dir / "sample.jsonl"):
             key = json.dumps(row["prompt"], sort_keys=True)
-            seen.setdefault(key, {"id": f"prompt-{len(seen)}", "prompt": row["prompt"],
-                                  "original": "-", "revised": "-"})
+            seen.setdefault(key, {"id": f"prompt-{len(seen)}", "prompt": row["prompt"]})
         write_jsonl(prompts, seen.values())
-        self._child(k, "train", ppo_argv)
+        steps = {"reward_model": "train_reward_model", "rl": "train"}
+
+        def execute(step: str, trainer: str, argv: list[str]) -> float:
+            return float(self._child(k, steps[step], ["train", trainer, *argv]))
+
+        quiet = self._quiet(k)
+        # The user's flags last, so they win (train.args over the loop's own).
+        run_rl_stage(method, policy=self.policy_of(k), prompts=prompts,
+                     output_dir=round_dir / "policy", reward_dir=rm_dir,
+                     pairs=round_dir / "labels", reward_flags=quiet,
+                     rl_flags=[*quiet, *train_flags(train.get("args"))], execute=execute)
         reward_eval = rm_dir / "eval_results.json"
-        return {"method": f"ppo ({train['reward']}-level reward model)", "prompts": len(seen),
+        return {"method": f"{train['method']} ({train['reward']} reward)", "prompts": len(seen),
                 "reward_model": str(rm_dir),
                 "reward_model_eval": json.loads(reward_eval.read_text())
                 if reward_eval.is_file() else None}
@@ -268,7 +297,16 @@ class Loop:
                                 ("eval", self.evaluate)):
                 entry[stage] = self._stage(k, stage, lambda w=work, k=k: w(k))
             rounds.append(entry)
-            write_results(self.out, self.cfg, rounds)  # after every round: partial results
+            data = write_results(self.out, self.cfg, rounds)  # after every round: partial results
+            last = data["rounds"][-1]
+            if lost_to_previous(last) and k < self.cfg["rounds"] and not self.keep_going:
+                prev = last["vs_previous_round"]
+                self.stopped_at = k
+                self.echo(f"round {k} lost to round {k - 1}: {prev['difference']:+.3f} "
+                          f"[{prev['ci_low']:+.3f}, {prev['ci_high']:+.3f}]; stopping (best "
+                          f"round {data['best_round']}: {data['best_policy']}; --keep-going "
+                          "runs the remaining rounds)")
+                break
         return rounds
 
 
