@@ -254,3 +254,22 @@ def test_bad_input_is_exit_2(tmp_path, capsys):
     assert main(["train", "grpo", "--prompts", str(tmp_path / "p.jsonl"), "--reward", "token",
                  "--output_dir", str(tmp_path / "o")]) == 2
     assert "--reward token needs --reward_model" in capsys.readouterr().err
+
+
+def test_cli_reads_a_config_yaml(tmp_path, reward_module):
+    """`--config x.yaml` (TrlParser): the file's values are the run's settings."""
+    from editalign.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    config = tmp_path / "grpo.yaml"
+    config.write_text(f"model: tiny\nprompts: {prompts}\nreward: none\n"
+                      f"reward_funcs: [{reward_module}]\nmax_steps: 1\n"
+                      "per_device_train_batch_size: 2\nnum_generations: 2\n"
+                      "max_completion_length: 3\nreport_to: none\nsave_strategy: 'no'\n"
+                      "disable_tqdm: true\nbf16: false\nloss_type: grpo\n")
+    out = tmp_path / "out"
+    assert main(["train", "grpo", "--config", str(config), "--output_dir", str(out)]) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 1
+    assert state["log_history"][0]["completions/max_length"] <= 3
