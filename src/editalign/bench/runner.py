@@ -440,7 +440,7 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
 
 
 # `bench run` directories written before the output marker.
-RUN_LEGACY = (("results.json",), ("pairs.edited.jsonl",))
+RUN_LEGACY = (("results.json",), ("pairs.edited.jsonl",), ("bench",))
 
 
 def claim_run_dir(out: Path, bench: Path | None) -> Path:

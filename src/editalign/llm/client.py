@@ -205,7 +205,7 @@ def parse_answer(body: bytes) -> dict[str, Any]:
     # The model that answered, as the server names it (it may differ from the one asked for).
     served = data.get("model") if isinstance(data.get("model"), str) else None
     return {"text": content or "", "finish_reason": finish, "usage": usage,
-            "model": served[:200] if served else None}
+            **({"model": served[:200]} if served else {})}
 
 
 class ChatClient:
