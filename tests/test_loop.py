@@ -183,17 +183,17 @@ def test_rounds_resume_after_a_kill_and_report(bench, tmp_path):
 
 
 @pytest.mark.slow  # a child process start-up: ~20-60 s on a busy 2-core machine
-def test_a_failing_stage_stops_the_loop_with_its_log(bench, tmp_path, capsys):
+def test_a_bad_train_flag_stops_the_loop_before_any_stage(bench, tmp_path, capsys):
     out = tmp_path / "loop"
     cfg = _toy(bench, out, rounds=1)
     cfg["train"]["args"]["no_such_flag"] = 1
     path = tmp_path / "loop.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in cfg.items()}))
-    # `train` runs as a child process: its failure is contained and reported with its log
-    assert main(["loop", "--config", str(path)]) == 1
+    # the train stage's own parser refuses it before sample/revise/label run
+    assert main(["loop", "--config", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "round 1 train failed" in err and "no_such_flag" in err
-    assert (out / "round1" / "label.done").is_file() and not (out / "round1" / "train.done").exists()
+    assert "train.args" in err and "no_such_flag" in err
+    assert not (out / "round1" / "sample.done").exists()
 
 
 def test_the_documented_loop_yaml_files_are_valid():

@@ -308,7 +308,14 @@ def run(argv: Sequence[str]) -> int:
 
     from editalign.data.pairs import load_prompts
     from editalign.models import load_model, load_tokenizer, resolve_model_path
-    from editalign.train.cli import _has_accelerator, resume_arg
+    from editalign.train.cli import (
+        _has_accelerator,
+        check_train_options,
+        claim_output_dir,
+        finish,
+        resume_arg,
+        stop_if_parse_only,
+    )
     from editalign.train.common import ModelArguments
 
     argv = list(argv)
@@ -324,6 +331,12 @@ def run(argv: Sequence[str]) -> int:
     funcs = load_reward_funcs(script.reward_funcs)
     if script.reward == "none" and not funcs:
         raise ValueError("--reward none needs --reward_funcs")
+    check_train_options(model_args, script, config)
+    stop_if_parse_only()
+    # Before any model is loaded: the output directory is ours to write, and ours alone.
+    claim_output_dir(config.output_dir, inputs={"--model": model_args.model,
+                                                "--reward_model": script.reward_model,
+                                                "--prompts": script.prompts})
     config.resume_from_checkpoint = resume_arg(config)
     from transformers import set_seed
 
@@ -340,9 +353,9 @@ def run(argv: Sequence[str]) -> int:
     trainer = DenseGRPOTrainer(policy, funcs, config, reward_source=source,
                                train_dataset=dataset, processing_class=tokenizer,
                                peft_config=model_args.peft_config())
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
-    trainer.save_state()
+    code = finish(trainer, config, config.resume_from_checkpoint)
+    if code:
+        return code
     rewards = [e["reward"] for e in trainer.state.log_history if "reward" in e]
     last = f"{rewards[-1]:.4f}" if rewards else "n/a"
     print(f"GRPO ({script.reward} rewards, λ={config.token_coef}): "
