@@ -21,6 +21,7 @@ LAYERS: list[list[str]] = [
     ["editalign.models", "editalign.losses", "editalign.llm"],  # backbones, tokenizers, pure
     # losses, the OpenAI-compatible HTTP client
     ["editalign.reward_model"],  # the reward-model head on a backbone
+    ["editalign.reward_sources"],  # every RL reward source behind one score() interface
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments
     ["editalign.batching"],  # pair layouts, collators, the shared-prefix forward
     ["editalign.eval"],  # metrics, judges, win rate

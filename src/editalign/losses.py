@@ -451,11 +451,28 @@ def dense_group_advantages(sequence_rewards: Tensor, token_rewards: Tensor | Non
     advantages = outcome[:, None] * valid
     if token_rewards is None or token_coef == 0:
         return advantages
+    return advantages + token_coef * group_token_term(
+        token_rewards.to(sequence_rewards.dtype), mask, group_ids, token_term=token_term, scale=scale, eps=eps)
+
+
+def group_token_term(token_rewards: Tensor, mask: Tensor, group_ids: Tensor, *,
+                     token_term: str = "reward_to_go", scale: str = "group",
+                     eps: float = 1e-4) -> Tensor:
+    """The token term of :func:`dense_group_advantages`, (u − mean_g u) / (std_g u + eps).
+
+    u is ``token_rewards`` (``"reward"``) or its reward-to-go (``"reward_to_go"``); mean and
+    std over every response token (``mask``) of row i's group; ``scale`` as there. A trainer
+    that already has the outcome term (TRL's GRPO advantage) adds λ times this. (N, T), 0
+    where ``mask`` is 0.
+    """
+    check_choice("scale", scale, GROUP_SCALES)
+    check_choice("token term", token_term, TOKEN_TERMS)
     if token_rewards.shape != mask.shape:
         raise ValueError(f"token rewards {tuple(token_rewards.shape)} and mask "
                          f"{tuple(mask.shape)} differ in shape")
+    members = _group_members(group_ids)
+    valid = mask.to(token_rewards.dtype)
     term = reward_to_go(token_rewards, mask) if token_term == "reward_to_go" else token_rewards
-    term = term.to(sequence_rewards.dtype)
     token_mean, token_std = _group_stats(term, members, mask.bool())
     centred = term - token_mean[:, None]
     if scale == "group":
@@ -463,4 +480,4 @@ def dense_group_advantages(sequence_rewards: Tensor, token_rewards: Tensor | Non
     elif scale == "batch":
         picked = term[mask.bool()]
         centred = centred / ((picked.std() if picked.numel() > 1 else 0.0) + eps)
-    return advantages + token_coef * centred * valid
+    return centred * valid

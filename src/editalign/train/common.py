@@ -42,6 +42,9 @@ TRAINERS: dict[str, TrainerSpec] = {
                        "baseline: TRL DPOTrainer with revised preferred over original"),
     "figa": TrainerSpec("editalign.train.figa:run", "FIGA: token-weighted SFT on revised + "
                         "gated push-down on deleted tokens"),
+    "grpo": TrainerSpec("editalign.train.grpo:run",
+                        "GRPO (TRL GRPOTrainer) with per-token advantages from a token RM or "
+                        "a DPO policy's implicit reward"),
     "ppo": TrainerSpec("editalign.train.ppo:run",
                        "PPO with token-level (dense) or sequence-level (sparse) rewards"),
     "rm": TrainerSpec("editalign.train.reward:run_rm",

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
+import editalign.reward_sources as sources
 from editalign.data.jsonl import write_jsonl
 from editalign.data.labeling import render_prompt
 from editalign.losses import (
@@ -104,8 +105,17 @@ class PPOConfig(TrainingArguments):
                              "--num_iterations instead")
 
 
-# A reward source maps a right-padded batch to a (batch, response length) reward tensor.
+# A reward source maps a right-padded batch to a (batch, response length) reward tensor:
+# the sources of :mod:`editalign.reward_sources`, read in the layout PPO shapes
+# (``ResponseScores.per_token``: a sequence score sits on the last response token).
 RewardSource = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _per_token(source: sources.RewardSource) -> RewardSource:
+    def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
+        return source.score(input_ids, attention_mask, response_start).per_token()
+
+    return score
 
 
 def reward_model_source(reward_model: Any, kind: str = "token") -> RewardSource:
@@ -115,63 +125,20 @@ def reward_model_source(reward_model: Any, kind: str = "token") -> RewardSource:
     reads only the last response token (ordinary PPO with a sequence-level reward model).
     """
     check_choice("reward", kind, ("token", "sequence"))
-    read_at = "token" if kind == "token" else "last"
-
-    def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
-        saved = reward_model.reward_config.read_at
-        reward_model.reward_config.read_at = read_at
-        try:
-            return reward_model.response_rewards(input_ids, attention_mask, response_start)
-        finally:
-            reward_model.reward_config.read_at = saved
-
-    return score
+    return _per_token(sources.make_source(kind, reward_model=reward_model))
 
 
 def dpo_reward_source(dpo_model: torch.nn.Module, ref_model: torch.nn.Module,
                       beta: float) -> RewardSource:
-    """The dense implicit reward of a DPO policy (RTO, Zhong et al., arXiv 2404.18922):
-    ``r_t = β·(log π_DPO(y_t | x, y_<t) − log π_ref(y_t | x, y_<t))`` on every response token.
-
-    Summed over a response it is DPO's implicit sequence reward β·log π_DPO(y|x)/π_ref(y|x),
-    so PPO gets a token-level signal from preference pairs alone, with no edit labels.
-    ``ref_model`` must be the reference the DPO policy was trained against, ``beta`` its β.
-    Log-probabilities are at temperature 1 (what DPO's objective defines), whatever PPO
-    samples at.
-    """
-
-    @torch.no_grad()
-    def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
-        start = torch.as_tensor(response_start, device=input_ids.device)
-        lengths = attention_mask.sum(-1) - start
-        cols = torch.arange(int(lengths.max()), device=input_ids.device)
-        mask = cols[None, :] < lengths[:, None]
-        batch = Rollout(input_ids, attention_mask, start, mask, ~mask.all(-1))
-        logp, _ = policy_logprobs(dpo_model, batch, 1.0)
-        ref, _ = policy_logprobs(ref_model, batch, 1.0)
-        return torch.where(mask, beta * (logp - ref), torch.zeros_like(logp))
-
-    return score
+    """The dense implicit reward of a DPO policy (RTO): ``β·(log π_DPO − log π_ref)`` on every
+    response token (:class:`editalign.reward_sources.DPOSource`)."""
+    return _per_token(sources.dpo_source(dpo_model, ref_model, beta))
 
 
 def text_reward_source(fn: Callable[[list[str], list[str]], Sequence[float]],
                        tokenizer: PreTrainedTokenizerBase) -> RewardSource:
     """A Python judge ``fn(prompts, responses) -> scores`` as a sparse (last-token) source."""
-
-    def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
-        lengths = attention_mask.sum(-1) - response_start
-        prompts, responses = [], []
-        for row, start, length in zip(input_ids, response_start.tolist(), lengths.tolist(),
-                                      strict=True):
-            prompts.append(tokenizer.decode(row[:start], skip_special_tokens=True))
-            responses.append(tokenizer.decode(row[start:start + length],
-                                              skip_special_tokens=True))
-        values = torch.tensor([float(v) for v in fn(prompts, responses)])
-        out = torch.zeros(len(prompts), int(lengths.max()))
-        out[torch.arange(len(prompts)), (lengths - 1).cpu()] = values
-        return out
-
-    return score
+    return _per_token(sources.text_source(fn, tokenizer))
 
 
 @dataclass
