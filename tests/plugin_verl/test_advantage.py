@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from editalign.losses import dense_group_advantages
+from editalign_verl.advantage import ESTIMATOR_NAME, compute_editalign_dense_group_advantage
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage, get_adv_estimator_fn
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
-from editalign_verl.advantage import ESTIMATOR_NAME, compute_editalign_dense_group_advantage
+from editalign.losses import dense_group_advantages
 
 EPS = 1e-4
 
@@ -95,7 +95,7 @@ def test_outcome_term_is_verls_grpo_with_its_epsilon():
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="unknown keys.*'lambda'"):
+    with pytest.raises(ValueError, match=r"unknown keys.*'lambda'"):
         compute_editalign_dense_group_advantage(REWARDS, MASK, INDEX, algorithm(**{"lambda": 1}))
     with pytest.raises(ValueError, match="unknown scale 'std'"):
         compute_editalign_dense_group_advantage(REWARDS, MASK, INDEX, algorithm(scale="std"))

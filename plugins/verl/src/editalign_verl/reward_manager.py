@@ -1,4 +1,4 @@
-"""``reward.reward_manager.name=editalign_token``: per-token rewards from an editalign reward model.
+"""``reward.reward_manager.name=editalign``: per-token rewards from an editalign reward source.
 
 Where per-token scores can arrive in verl 0.9.1 (read from its code):
 
@@ -27,18 +27,25 @@ its own reward-model inference server for ``reward.reward_model.model_path`` (th
 does not query it; docs/verl.md sizes it small). The constructor checks these settings,
 because on the streaming path the token rewards would be cut to nothing.
 
-Settings (``+reward.reward_kwargs.KEY=...``, verl's place for a reward manager's options):
-``model_path`` (a directory written by ``editalign train token-rm`` or ``editalign train rm``:
-a token RM fills every response position, a sequence RM its last one), ``device``
-(``auto``: CUDA when the worker sees a GPU, else CPU), ``dtype`` (``float32``/``bfloat16``/
-``float16``) and ``batch_size`` (rows per forward pass, default 16).
+Scores come from ``editalign.reward_sources`` (the interface ``editalign train grpo`` and
+PPO use), so a source means the same on TRL and on verl. Settings
+(``+reward.reward_kwargs.KEY=...``, verl's place for a reward manager's options):
+
+- ``source``: ``token`` (default; every response token's reward from a token RM, read
+  through ``TokenRewardModel.response_rewards``), ``sequence`` (the RM's last-token reward
+  only, on the last token) or ``dpo`` (RTO's implicit reward β·(log π_DPO − log π_ref) on
+  every token);
+- ``model_path``: the reward model directory (``editalign train token-rm`` / ``rm``), or
+  for ``dpo`` the DPO policy (``editalign train dpo``);
+- ``dpo_reference`` (default: ``actor_rollout_ref.model.path``, the policy's start) and
+  ``dpo_beta`` (0.1): the DPO policy's reference and β;
+- ``device`` (``auto``: CUDA when the worker sees a GPU, else CPU), ``dtype``
+  (``float32``/``bfloat16``/``float16``), ``batch_size`` (rows per forward pass, 16).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,17 +55,17 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-logger = logging.getLogger(__name__)
-logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
-
-MANAGER_NAME = "editalign_token"
+MANAGER_NAME = "editalign"
 ROUTE_PATH = "pkg://editalign_verl.reward_manager"
 ROUTE_NAME = "compute_score"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# One loaded reward model per (path, device, dtype) and process: verl builds a manager per
-# reward-loop worker, and a worker must not hold the same weights twice.
-_MODELS: dict[tuple[str, str, str], Any] = {}
+SETTINGS = ("source", "model_path", "dpo_reference", "dpo_beta", "device", "dtype",
+            "batch_size")
+
+# One loaded source per setting and process: verl builds a manager per reward-loop worker,
+# and a worker must not hold the same weights twice.
+_SOURCES: dict[tuple[Any, ...], Any] = {}
 
 
 def compute_score(**_: Any) -> float:
@@ -66,7 +73,7 @@ def compute_score(**_: Any) -> float:
 
     verl's reward-loop worker calls a reward manager's ``run_single`` on the colocated
     reward-model path only when a custom reward function is configured; this is that
-    function. ``editalign_token`` never calls it: its rewards come from the reward model.
+    function. The ``editalign`` manager never calls it: its rewards come from its source.
     """
     raise RuntimeError(
         "editalign_verl.reward_manager.compute_score only routes verl's reward loop to the "
@@ -93,16 +100,19 @@ def check_route(config: Any) -> None:
 
 
 def reward_settings(config: Any) -> dict[str, Any]:
-    """``reward.reward_kwargs`` checked: model_path, device, dtype, batch_size."""
+    """``reward.reward_kwargs`` checked, with the defaults filled in."""
     kwargs = dict((config.reward.get("reward_kwargs") or {}).items())
-    unknown = set(kwargs) - {"model_path", "device", "dtype", "batch_size"}
+    unknown = set(kwargs) - set(SETTINGS)
     if unknown:
         raise ValueError(f"reward.reward_kwargs: unknown keys {sorted(unknown)} for the "
-                         f"{MANAGER_NAME!r} manager; allowed: model_path, device, dtype, "
-                         "batch_size")
+                         f"{MANAGER_NAME!r} manager; allowed: {', '.join(SETTINGS)}")
+    source = str(kwargs.get("source", "token"))
+    if source not in ("token", "sequence", "dpo"):
+        raise ValueError(f"reward.reward_kwargs.source: {source!r}; allowed: token, sequence, dpo")
     if not kwargs.get("model_path"):
+        what = "the DPO policy" if source == "dpo" else "an editalign reward model"
         raise ValueError(f"the {MANAGER_NAME!r} reward manager needs "
-                         "+reward.reward_kwargs.model_path=DIR (an editalign reward model)")
+                         f"+reward.reward_kwargs.model_path=DIR ({what})")
     dtype = str(kwargs.get("dtype", "float32"))
     if dtype not in DTYPES:
         raise ValueError(f"reward.reward_kwargs.dtype: {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -112,19 +122,44 @@ def reward_settings(config: Any) -> dict[str, Any]:
     batch_size = int(kwargs.get("batch_size", 16))
     if batch_size < 1:
         raise ValueError(f"reward.reward_kwargs.batch_size must be ≥ 1, got {batch_size}")
-    return {"model_path": str(kwargs["model_path"]), "device": device, "dtype": dtype,
-            "batch_size": batch_size}
+    reference = kwargs.get("dpo_reference") or config.actor_rollout_ref.model.path
+    return {"source": source, "model_path": str(kwargs["model_path"]),
+            "dpo_reference": str(reference) if source == "dpo" else None,
+            "dpo_beta": float(kwargs.get("dpo_beta", 0.1)) if source == "dpo" else None,
+            "device": device, "dtype": dtype, "batch_size": batch_size}
 
 
-def load_reward_model(model_path: str, device: str, dtype: str) -> Any:
-    """The editalign reward model at ``model_path``, loaded once per process."""
-    key = (model_path, device, dtype)
-    if key not in _MODELS:
-        from editalign.reward_model import TokenRewardModel  # the transformers stack, on use
+def load_source(settings: dict[str, Any], tokenizer: Any) -> Any:
+    """The ``editalign.reward_sources`` source ``settings`` name, its models on their
+    device, loaded once per process; ``tokenizer`` (the policy's) must be the models' own,
+    since token ids reach them as they are."""
+    # editalign's model code (transformers) is imported here, when a manager needs a model.
+    from editalign import reward_sources
+    from editalign.models import load_model, load_tokenizer, tokenizer_fingerprint
+    from editalign.reward_model import TokenizerMismatchError, TokenRewardModel
 
-        model = TokenRewardModel.from_pretrained(model_path, dtype=DTYPES[dtype])
-        _MODELS[key] = model.to(device).eval()
-    return _MODELS[key]
+    key = (*(settings[name] for name in SETTINGS if name != "batch_size"),
+           tokenizer_fingerprint(tokenizer))  # a cached source is checked against it too
+    if key in _SOURCES:
+        return _SOURCES[key]
+
+    dtype, device = DTYPES[settings["dtype"]], settings["device"]
+    if settings["source"] == "dpo":
+        for path in (settings["model_path"], settings["dpo_reference"]):
+            if tokenizer_fingerprint(load_tokenizer(path)) != tokenizer_fingerprint(tokenizer):
+                raise TokenizerMismatchError(
+                    f"tokenizer mismatch: {path} has another tokenizer than the policy; its "
+                    "token ids would mean different tokens")
+        models = [load_model(path, dtype=dtype).requires_grad_(False).eval().to(device)
+                  for path in (settings["model_path"], settings["dpo_reference"])]
+        source = reward_sources.dpo_source(models[0], models[1], settings["dpo_beta"])
+    else:
+        model = TokenRewardModel.from_pretrained(settings["model_path"], tokenizer=tokenizer,
+                                                 dtype=dtype)
+        source = reward_sources.make_source(settings["source"],
+                                            reward_model=model.requires_grad_(False).to(device))
+    _SOURCES[key] = source
+    return source
 
 
 def row_tokens(data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +178,8 @@ def row_tokens(data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register(MANAGER_NAME)
-class EditalignTokenRewardManager(RewardManagerBase):
-    """Scores each rollout with an editalign reward model, one reward per response token."""
+class EditalignRewardManager(RewardManagerBase):
+    """Scores each rollout with an editalign reward source, one reward per response token."""
 
     def __init__(self, config: Any, tokenizer: Any, compute_score: Any,
                  reward_router_address: str | None = None, reward_model_tokenizer: Any = None,
@@ -152,10 +187,7 @@ class EditalignTokenRewardManager(RewardManagerBase):
         super().__init__(config, tokenizer, compute_score)
         check_route(config)
         self.settings = reward_settings(config)
-        self.model = load_reward_model(self.settings["model_path"], self.settings["device"],
-                                       self.settings["dtype"])
-        # Token ids go to the reward model as they are: it must share the policy's tokenizer.
-        self.model.check_tokenizer(tokenizer)
+        self.source = load_source(self.settings, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._pending: list[tuple[torch.Tensor, int, asyncio.Future]] = []
 
@@ -199,20 +231,18 @@ class EditalignTokenRewardManager(RewardManagerBase):
 
     def score_rows(self, rows: Sequence[torch.Tensor], response_start: Sequence[int]
                    ) -> list[list[float]]:
-        """Token rewards of whole sequences (prompt + response ids): one list per row, its
-        length the row's response length. Rows are right-padded into one batch."""
-        width = max(int(ids.numel()) for ids in rows)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(rows):
-            input_ids[i, :ids.numel()] = ids
-            attention_mask[i, :ids.numel()] = 1
-        device = self.settings["device"]
-        rewards = self.model.response_rewards(input_ids.to(device), attention_mask.to(device),
-                                              torch.tensor(list(response_start), device=device))
-        rewards = rewards.float().cpu()
-        return [rewards[i, :int(ids.numel()) - start].tolist()
-                for i, (ids, start) in enumerate(zip(rows, response_start, strict=True))]
+        """Token rewards of whole sequences (prompt + response ids): one list per row, as
+        long as the row's response. The rows go right-padded into one batch, the layout
+        every editalign reward source reads."""
+        from editalign.reward_sources import right_padded
+
+        prompts = [ids[:start].tolist() for ids, start in zip(rows, response_start, strict=True)]
+        responses = [ids[start:].tolist() for ids, start in zip(rows, response_start, strict=True)]
+        input_ids, attention_mask, start = right_padded(prompts, responses, self.pad_id,
+                                                        device=self.settings["device"])
+        scores = self.source.score(input_ids, attention_mask, start)
+        rewards = scores.per_token().float().cpu()
+        return [rewards[i, :len(response)].tolist() for i, response in enumerate(responses)]
 
     @classmethod
     def assemble_rm_scores(cls, data: DataProto, scores: list[Any]) -> torch.Tensor:
