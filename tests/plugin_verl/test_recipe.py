@@ -73,3 +73,18 @@ def test_print_lists_the_overrides_and_extra_ones_follow(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "algorithm.adv_estimator=editalign_dense_group" in lines
     assert lines[-1] == "trainer.total_training_steps=3"
+
+
+def test_summary_reads_verls_file_logger_lines(tmp_path, capsys):
+    log = tmp_path / "dense_group.jsonl"
+    lines = [{"step": 0, "data": {"val-core/x": 1.0}}]  # a validation line: not a step
+    lines += [{"step": i + 1, "data": {"critic/score/mean": 0.1 * i, "timing_s/step": 2.0}}
+              for i in range(8)]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "summary.json"
+    assert main(["summary", "--data", str(log), "--out", str(out)]) == 0
+    score = json.loads(out.read_text())["dense_group"]["metrics"]["critic/score/mean"]
+    assert score["first"] == 0.0 and score["last"] == pytest.approx(0.7)
+    assert score["mean_first_quarter"] == pytest.approx(0.05)  # steps 0, 1 of 8
+    assert score["mean_last_quarter"] == pytest.approx(0.65)
+    assert "dense_group: 8 steps" in capsys.readouterr().out

@@ -121,6 +121,21 @@ def test_token_rewards_per_token_zero_on_padding(rm_dir, prompt_side):
         assert info["editalign_reward_sum"] == pytest.approx(float(expected.sum()), abs=1e-4)
 
 
+def test_rows_scored_together_in_batches_of_batch_size(rm_dir):
+    config = verl_config(rm_dir)  # batch_size=2
+    worker = RewardLoopWorker(config)
+    source = worker.reward_manager.source
+    batches = []
+    score = source.score
+    source.score = lambda ids, mask, start: batches.append(len(ids)) or score(ids, mask, start)
+    try:
+        data = rollout_batch(TokenRewardModel.load_tokenizer(rm_dir).pad_token_id)
+        asyncio.run(worker.compute_score_batch(data))
+    finally:
+        del source.score  # the instance attribute: back to the class's method
+    assert batches == [2, 1]  # 3 rows, not one forward pass each
+
+
 def test_sequence_source_puts_the_score_on_the_last_token(tmp_path):
     rm_dir = str(save_tiny_rm(tmp_path / "seq_rm", read_at="last"))
     config = verl_config(rm_dir, "+reward.reward_kwargs.source=sequence")

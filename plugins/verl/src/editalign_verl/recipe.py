@@ -4,6 +4,7 @@ editalign's rewards, one arm at a time.
     python -m editalign_verl.recipe prompts --data PAIRS [--preset P] --out DIR
     python -m editalign_verl.recipe ppo|dense_group --policy DIR --reward_model DIR \\
         --data DIR [--steps N] [--print] [HYDRA_OVERRIDE ...]
+    python -m editalign_verl.recipe summary --data LOG.jsonl [LOG.jsonl ...] --out FILE
 
 ``prompts`` writes ``DIR/train.parquet`` and ``DIR/val.parquet`` in verl's RL data layout
 (``prompt`` as chat messages, ``data_source``, ``reward_model.ground_truth`` = the revised
@@ -17,6 +18,10 @@ more Hydra override, so anything here can be changed from the command line:
 - ``dense_group``: ``algorithm.adv_estimator=editalign_dense_group`` with 4 samples per
   prompt and no critic (editalign's dense group advantage, ``advantage.py``).
 
+``summary`` reads verl's file-logger lines (``VERL_FILE_LOGGER_PATH``) of each arm and
+writes, per arm, the reward's course (``critic/score/mean``: the mean over the batch of each
+response's summed token rewards, before any KL) and the step time.
+
 Both arms score with the ``editalign`` reward manager on verl's colocated reward-model
 path (``reward_manager.py`` explains why that path). Sized for one GPU and a 135M policy.
 """
@@ -28,6 +33,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 ARMS = ("ppo", "dense_group")
 
@@ -120,14 +126,45 @@ def write_prompts(data: str, preset: str | None, out: str, val_size: int, limit:
     return len(rows) - val_size, val_size
 
 
+SUMMARY_METRICS = ("critic/score/mean", "critic/rewards/mean", "response_length/mean",
+                   "actor/pg_loss", "timing_s/step")
+
+
+def summarize(paths: Sequence[str]) -> dict[str, Any]:
+    """Per log file (one arm): steps logged, and per metric its first and last value and
+    the means of the first and last quarter of the steps (at least one step each)."""
+    import json
+    import statistics
+
+    arms: dict[str, Any] = {}
+    for path in paths:
+        with open(path) as handle:
+            steps = [json.loads(line) for line in handle if line.strip()]
+        steps = [s for s in steps if "critic/score/mean" in s["data"]]  # training steps only
+        if not steps:
+            raise ValueError(f"{path}: no training step logged (critic/score/mean)")
+        quarter = max(1, len(steps) // 4)
+        metrics = {}
+        for name in SUMMARY_METRICS:
+            values = [s["data"][name] for s in steps if name in s["data"]]
+            if values:
+                metrics[name] = {"first": values[0], "last": values[-1],
+                                 "mean_first_quarter": statistics.fmean(values[:quarter]),
+                                 "mean_last_quarter": statistics.fmean(values[-quarter:])}
+        arms[os.path.splitext(os.path.basename(path))[0]] = {"steps": len(steps),
+                                                              "metrics": metrics}
+    return arms
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m editalign_verl.recipe",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("prompts", *ARMS))
-    parser.add_argument("--data", required=True, help="prompts: pairs (any editalign format); "
-                        "an arm: the folder `prompts` wrote")
+    parser.add_argument("what", choices=("prompts", *ARMS, "summary"))
+    parser.add_argument("--data", required=True, nargs="+", help="prompts: pairs (any "
+                        "editalign format); an arm: the folder `prompts` wrote; summary: "
+                        "verl's file-logger .jsonl files, one per arm")
     parser.add_argument("--preset", help="prompts: editalign's --preset (e.g. mlqe-pe)")
-    parser.add_argument("--out", help="prompts: output folder")
+    parser.add_argument("--out", help="prompts: output folder; summary: the JSON file")
     parser.add_argument("--val_size", type=int, default=64)
     parser.add_argument("--limit", type=int, help="prompts: read at most this many rows")
     parser.add_argument("--policy", help="an arm: the policy (a local HF model folder)")
@@ -136,16 +173,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token_coef", type=float, default=1.0, help="dense_group: λ")
     parser.add_argument("--print", action="store_true", help="print the overrides, run nothing")
     args, extra = parser.parse_known_args(argv)
+    if args.what != "summary" and len(args.data) != 1:
+        parser.error(f"{args.what} takes one --data")
+    if args.what in ("prompts", "summary") and not args.out:
+        parser.error(f"{args.what} needs --out")
+    if args.what == "summary":
+        import json
+
+        result = summarize(args.data)
+        with open(args.out, "w") as handle:
+            json.dump(result, handle, indent=2)
+        for arm, info in result.items():
+            score = info["metrics"]["critic/score/mean"]
+            print(f"{arm}: {info['steps']} steps, critic/score/mean {score['first']:.4f} -> "
+                  f"{score['last']:.4f} (first quarter {score['mean_first_quarter']:.4f}, last "
+                  f"quarter {score['mean_last_quarter']:.4f})")
+        return 0
     if args.what == "prompts":
-        if not args.out:
-            parser.error("prompts needs --out")
-        train, val = write_prompts(args.data, args.preset, args.out, args.val_size, args.limit)
+        train, val = write_prompts(args.data[0], args.preset, args.out, args.val_size,
+                                   args.limit)
         print(f"prompts: {train} train, {val} val rows in {args.out}")
         return 0
     if not args.policy or not args.reward_model:
         parser.error(f"{args.what} needs --policy and --reward_model")
     cmd = overrides(args.what, policy=args.policy, reward_model=args.reward_model,
-                    data=args.data, steps=args.steps, token_coef=args.token_coef) + extra
+                    data=args.data[0], steps=args.steps, token_coef=args.token_coef) + extra
     if args.print:
         print("\n".join(cmd))
         return 0

@@ -189,7 +189,7 @@ class EditalignRewardManager(RewardManagerBase):
         self.settings = reward_settings(config)
         self.source = load_source(self.settings, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._pending: list[tuple[torch.Tensor, int, asyncio.Future]] = []
+        self._pending: list[tuple[list[int], list[int], asyncio.Future]] = []
 
     async def run_single(self, data: DataProto) -> dict:
         """{"reward_score": the row's token rewards (a list, one per response token), ...}.
@@ -205,7 +205,7 @@ class EditalignRewardManager(RewardManagerBase):
         else:
             loop = asyncio.get_running_loop()
             future = loop.create_future()
-            self._pending.append((torch.cat([prompt, response]), prompt.numel(), future))
+            self._pending.append((prompt.tolist(), response.tolist(), future))
             if len(self._pending) == 1:
                 loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
             rewards = await future
@@ -221,7 +221,7 @@ class EditalignRewardManager(RewardManagerBase):
             chunk = pending[start:start + size]
             try:
                 scores = await asyncio.get_running_loop().run_in_executor(
-                    None, self.score_rows, [ids for ids, _, _ in chunk], [s for _, s, _ in chunk])
+                    None, self.score_rows, [p for p, _, _ in chunk], [r for _, r, _ in chunk])
             except Exception as err:  # every waiting row sees the reward model's error
                 for _, _, future in chunk:
                     future.set_exception(err)
@@ -229,19 +229,16 @@ class EditalignRewardManager(RewardManagerBase):
             for (_, _, future), row in zip(chunk, scores, strict=True):
                 future.set_result(row)
 
-    def score_rows(self, rows: Sequence[torch.Tensor], response_start: Sequence[int]
+    def score_rows(self, prompts: Sequence[list[int]], responses: Sequence[list[int]]
                    ) -> list[list[float]]:
-        """Token rewards of whole sequences (prompt + response ids): one list per row, as
-        long as the row's response. The rows go right-padded into one batch, the layout
-        every editalign reward source reads."""
+        """Token rewards of each (prompt ids, response ids) row: one list per row, as long as
+        its response. The rows go right-padded into one batch, the layout every editalign
+        reward source reads."""
         from editalign.reward_sources import right_padded
 
-        prompts = [ids[:start].tolist() for ids, start in zip(rows, response_start, strict=True)]
-        responses = [ids[start:].tolist() for ids, start in zip(rows, response_start, strict=True)]
         input_ids, attention_mask, start = right_padded(prompts, responses, self.pad_id,
                                                         device=self.settings["device"])
-        scores = self.source.score(input_ids, attention_mask, start)
-        rewards = scores.per_token().float().cpu()
+        rewards = self.source.score(input_ids, attention_mask, start).per_token().float().cpu()
         return [rewards[i, :len(response)].tolist() for i, response in enumerate(responses)]
 
     @classmethod
