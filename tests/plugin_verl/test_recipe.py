@@ -88,3 +88,15 @@ def test_summary_reads_verls_file_logger_lines(tmp_path, capsys):
     assert score["mean_first_quarter"] == pytest.approx(0.05)  # steps 0, 1 of 8
     assert score["mean_last_quarter"] == pytest.approx(0.65)
     assert "dense_group: 8 steps" in capsys.readouterr().out
+
+
+def test_the_ppo_command_in_docs_is_the_recipes():
+    import shlex
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "verl.md").read_text()
+    start = doc.index("VERL_USE_EXTERNAL_MODULES=editalign_verl python -m verl.trainer.main_ppo")
+    block = doc[start:doc.index("```", start)].replace("\\\n", " ")
+    shown = shlex.split(block)[4:]  # after the variable, python, -m, the module
+    assert sorted(shown) == sorted(overrides("ppo", policy="$POLICY", reward_model="$RM",
+                                             data="$DATA", steps=15))
