@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench install clean
+.PHONY: demo test test-all test-verl lint bench install clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,22 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
+
+# The verl plugin (plugins/verl, docs/verl.md) in its own venv: verl 0.9.1 pins transformers
+# <5.11, older than the main lock's. CPU tests only (tests/plugin_verl); `make test` skips them.
+VERL_VENV ?= .venv-verl
+VERL_STAMP := $(VERL_VENV)/.installed
+
+$(VERL_STAMP): requirements-verl.lock pyproject.toml plugins/verl/pyproject.toml
+	$(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VERL_VENV)/bin/python -m pip install -q -r requirements-verl.lock -e . -e plugins/verl
+	touch $(VERL_STAMP)
+
+# Beside the plugin's tests, editalign's own tests of what the plugin builds on, under verl's pins.
+test-verl: $(VERL_STAMP)
+	OMP_NUM_THREADS=1 $(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/plugin_verl \
+	  tests/test_reward_model.py tests/test_reward_sources.py tests/test_losses_grpo.py
 
 bench: $(STAMP)
 	for script in benchmarks/[a-z]*.py; do $(PY) $$script || exit 1; done
