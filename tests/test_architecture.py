@@ -18,8 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # in) and any unit of a lower layer; units of one layer are peers and do not import each
 # other.
 LAYERS: list[list[str]] = [
-    ["editalign.models", "editalign.losses", "editalign.llm"],  # backbones, tokenizers, pure
-    # losses, the OpenAI-compatible HTTP client
+    ["editalign.models", "editalign.losses", "editalign.llm", "editalign.masks"],  # backbones,
+    # tokenizers, pure losses, the OpenAI-compatible HTTP client, attention masks
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments
     ["editalign.batching"],  # pair layouts, collators, the shared-prefix forward

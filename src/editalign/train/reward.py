@@ -40,7 +40,12 @@ from editalign.data.labeling import LabeledPair
 from editalign.eval.pair_scoring import score_pairs
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
 from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
-from editalign.reward_model import RewardModelConfig, TokenRewardModel, TokenRewardOutput
+from editalign.reward_model import (
+    CONTEXT_CHOICES,
+    RewardModelConfig,
+    TokenRewardModel,
+    TokenRewardOutput,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +70,12 @@ class RewardConfig(TrainingArguments):
     read_at: str = field(default="auto", metadata={
         "help": "token (token-level RM) or last (sequence RM read at the last token); auto: "
                 "last for seq_bt_last alone, else token"})
+    context: str = field(default="auto", metadata={
+        "help": "what each token's reward reads: causal (the prompt and the response up to "
+                "the token), echo (the whole response: written twice, read at the second "
+                "copy), bidirectional (the whole response through a bidirectional block in "
+                "the attention mask), full (the measured best whole-response mode), auto "
+                "(causal on a decoder, bidirectional on an encoder); saved with the model"})
     max_length: int | None = field(default=1024, metadata={
         "help": "longest prompt+response+EOS per side, in tokens (labelling and batching)"})
     pair_layout: str = field(default="padded", metadata={
@@ -82,6 +93,7 @@ class RewardConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         check_choice("pair_layout", self.pair_layout, PAIR_LAYOUTS)
+        check_choice("context", self.context, CONTEXT_CHOICES)
         super().__post_init__()
 
     def objectives(self) -> dict[str, float]:
@@ -95,7 +107,8 @@ class RewardConfig(TrainingArguments):
         read_at = self.read_at
         if read_at == "auto":
             read_at = "last" if set(objectives) == {"seq_bt_last"} else "token"
-        return RewardModelConfig(transform=transform, read_at=read_at, objectives=objectives)
+        return RewardModelConfig(transform=transform, read_at=read_at, objectives=objectives,
+                                 context=self.context)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -119,8 +132,9 @@ class RewardTrainer(Trainer):
                                                 choices=PAIR_LAYOUTS)
         # Evaluation (score_pairs) uses this collator too: the shared layout's gathered
         # outputs have the padded layout's shape, so the metrics code reads either.
-        kwargs.setdefault("data_collator", RewardPairCollator(pad_token_id=pad,
-                                                              layout=self.pair_layout))
+        # The shared layout's rows depend on what the model reads (its saved context).
+        kwargs.setdefault("data_collator", RewardPairCollator(
+            pad_token_id=pad, layout=self.pair_layout, context=model.context))
         super().__init__(
             model=model, args=args,
             train_dataset=PairDataset(train_dataset, args.max_length)
