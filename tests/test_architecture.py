@@ -20,6 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[list[str]] = [
     ["editalign.models", "editalign.losses", "editalign.llm", "editalign.masks"],  # backbones,
     # tokenizers, pure losses, the OpenAI-compatible HTTP client, attention masks
+    ["editalign.gemma3"],  # the gemma3-270m builder (its GGUF package; registered in models)
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments
     ["editalign.batching"],  # pair layouts, collators, the shared-prefix forward

@@ -319,3 +319,74 @@ def test_encoder_backbone_reads_everything_and_trains_padded(tmp_path, tokenizer
     loaded = TokenRewardModel.from_pretrained(tmp_path / "saved")
     assert loaded.context == "bidirectional" and not loaded.causal_backbone
     assert torch.allclose(loaded(ids).rewards, model.eval()(ids).rewards, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- frozen layers
+
+
+@pytest.mark.parametrize("context", ["causal", *FULL])
+def test_cached_frozen_training_equals_recomputing_them(tmp_path, tokenizer, monkeypatch,
+                                                        context):
+    """--freeze_layers with the cache gives the losses and weights of the same frozen run
+    that recomputes the lower layers every step (float32 cache: exact up to float error)."""
+    from editalign.train import frozen
+    from editalign.train.reward import RewardConfig, RewardTrainer
+
+    monkeypatch.setattr(frozen, "CACHE_DTYPE", torch.float32)
+    runs = {}
+    for cache in (True, False):
+        model = tiny_rm(context, transform="sigmoid").train()
+        config = RewardConfig(output_dir=str(tmp_path / str(cache)), use_cpu=True,
+                              save_strategy="no", report_to="none", max_steps=3, seed=0,
+                              per_device_train_batch_size=2, pair_layout="shared",
+                              freeze_layers=1, cache_frozen=cache, logging_steps=1,
+                              disable_tqdm=True, equal_weight=0.5)
+        trainer = RewardTrainer(model, config, train_dataset=_labeled(tokenizer, 6),
+                                processing_class=tokenizer)
+        assert isinstance(trainer.train_dataset, frozen.CachedPairs) == cache
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        runs[cache] = (losses, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    stack = frozen.decoder_stack(model.backbone)
+    assert len(stack.layers) == 2  # restored after training (the slice lasts one step)
+    for name, value in runs[True][1].items():
+        assert torch.allclose(value, runs[False][1][name], atol=1e-5), name
+    # the lowest layer and the embeddings never moved; the top layer and the head did
+    fresh = tiny_rm(context, transform="sigmoid").state_dict()
+    trained = runs[True][1]
+    assert torch.equal(trained["backbone.layers.0.self_attn.q_proj.weight"],
+                       fresh["backbone.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(trained["backbone.embed_tokens.weight"], fresh["backbone.embed_tokens.weight"])
+    top = f"backbone.layers.{len(stack.layers) - 1}.mlp.up_proj.weight"
+    assert not torch.equal(trained[top], fresh[top])
+
+
+def test_keep_and_freeze_layers_from_the_cli(tmp_path, tokenizer):
+    from editalign.train.reward import run_token_rm
+
+    data = tmp_path / "pairs.jsonl"
+    with data.open("w") as f:
+        for pair in _pairs(6):
+            f.write(json.dumps({"prompt": pair.prompt, "original": pair.original,
+                                "revised": pair.revised}) + "\n")
+    out = tmp_path / "rm"
+    n_layers = AutoModel.from_pretrained(resolve_model_path("tiny")).config.num_hidden_layers
+    assert n_layers == 2  # the tiny model: keep both, freeze the lower one
+    code = run_token_rm(["--model", "tiny", "--data", str(data), "--output_dir", str(out),
+                         "--keep_layers", "2", "--freeze_layers", "1",
+                         "--context", "echo", "--pair_layout", "shared", "--max_steps", "2",
+                         "--per_device_train_batch_size", "2", "--use_cpu", "--report_to",
+                         "none", "--save_strategy", "no"])
+    assert code == 0
+    saved = TokenRewardModel.from_pretrained(out)
+    assert saved.context == "echo"
+    # --keep_layers cuts the model for good, the config too (what the saved model reloads)
+    from editalign.train.frozen import truncate_layers
+
+    truncate_layers(saved.backbone, 1)
+    assert saved.backbone.config.num_hidden_layers == len(saved.backbone.layers) == 1
+    saved.save_pretrained(tmp_path / "cut", tokenizer=tokenizer)
+    assert len(TokenRewardModel.from_pretrained(tmp_path / "cut").backbone.layers) == 1
+    with pytest.raises(ValueError, match="keep_layers"):
+        truncate_layers(saved.backbone, 5)

@@ -206,7 +206,7 @@ class TokenRewardModel(nn.Module):
     def context(self) -> str:
         return self.reward_config.context
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
                 response_start: Tensor | Sequence[int] | None = None,
                 **kwargs: Any) -> TokenRewardOutput:
         """Head logits and rewards ``(batch, length)`` of right-padded rows.
@@ -216,8 +216,8 @@ class TokenRewardModel(nn.Module):
         out by the caller (``position_ids`` with a 4-D mask: the shared-prefix layout, whose
         collator builds the context's rows) go to the backbone unchanged.
         """
-        laid_out = "position_ids" in kwargs or (attention_mask is not None
-                                                and attention_mask.dim() != 2)
+        laid_out = "position_ids" in kwargs or "inputs_embeds" in kwargs or (
+            attention_mask is not None and attention_mask.dim() != 2)
         if self.context == "causal" or not self.causal_backbone or laid_out:
             hidden = self._hidden(input_ids, attention_mask, **kwargs)
         else:
@@ -236,7 +236,7 @@ class TokenRewardModel(nn.Module):
         return TokenRewardOutput(logits=logits,
                                  rewards=token_rewards(logits, self.reward_config.transform))
 
-    def _hidden(self, input_ids: Tensor, attention_mask: Tensor | None, **kwargs: Any
+    def _hidden(self, input_ids: Tensor | None, attention_mask: Tensor | None, **kwargs: Any
                 ) -> Tensor:
         if self.causal_backbone:
             kwargs.setdefault("use_cache", False)

@@ -267,8 +267,10 @@ def forward_shared(module: Any, inputs: dict[str, Any], attention_of: Any = None
     bidirectional = bool(inputs.get("bidirectional", False))
     mask = layout_attention_mask(owner, inputs.get("attention_mask"), inputs.get("segments"),
                                  bidirectional)
-    return module(input_ids=inputs["input_ids"], attention_mask=mask,
-                  position_ids=inputs["position_ids"], **kwargs)
+    # inputs_embeds: states computed elsewhere (the cached frozen layers of a reward model)
+    tokens = ({"inputs_embeds": inputs["inputs_embeds"]} if "inputs_embeds" in inputs
+              else {"input_ids": inputs["input_ids"]})
+    return module(**tokens, attention_mask=mask, position_ids=inputs["position_ids"], **kwargs)
 
 
 def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, torch.Tensor]:
