@@ -133,7 +133,11 @@ class RewardTrainer(Trainer):
     def __init__(self, model: TokenRewardModel, args: RewardConfig,
                  train_dataset: Sequence[LabeledPair] | None = None,
                  eval_dataset: Sequence[LabeledPair] | None = None,
-                 processing_class: Any = None, **kwargs: Any) -> None:
+                 processing_class: Any = None, frozen_cache: Sequence[torch.Tensor] | None = None,
+                 **kwargs: Any) -> None:
+        """``frozen_cache``: with ``--freeze_layers``, the frozen part's output for
+        ``train_dataset`` computed earlier (``editalign.train.frozen.cache_frozen`` with this
+        trainer's collator; a benchmark trains several runs on one cache)."""
         if processing_class is not None:
             model.check_tokenizer(processing_class)
         pad = processing_class.pad_token_id if processing_class is not None else 0
@@ -159,12 +163,15 @@ class RewardTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._cached_collator = None
         if args.freeze_layers:
-            self._freeze_and_cache(model, args)
+            self._freeze_and_cache(model, args, frozen_cache)
+        elif frozen_cache is not None:
+            raise ValueError("frozen_cache given without --freeze_layers")
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
                                                             "eval": defaultdict(list)}
         self.train_tokens = 0
 
-    def _freeze_and_cache(self, model: TokenRewardModel, args: RewardConfig) -> None:
+    def _freeze_and_cache(self, model: TokenRewardModel, args: RewardConfig,
+                          given: Sequence[torch.Tensor] | None = None) -> None:
         """--freeze_layers: freeze the lower layers and, where the layout allows, replace
         the training pairs by their frozen part's output (editalign.train.frozen)."""
         from editalign.train.frozen import (
@@ -185,9 +192,13 @@ class RewardTrainer(Trainer):
                     args.freeze_layers, trainable,
                     "their outputs cached" if reason is None and self.train_dataset is not None
                     else f"not cached ({reason})")
+        if given is not None and (reason is not None or self.train_dataset is None
+                                  or len(given) != len(self.train_dataset)):
+            raise ValueError("frozen_cache does not fit: " + (reason or "one tensor per "
+                                                              "training pair is needed"))
         if reason is None and self.train_dataset is not None:
-            hidden = cache_frozen(model, self.train_dataset, self.data_collator,
-                                  args.freeze_layers)
+            hidden = list(given) if given is not None else cache_frozen(
+                model, self.train_dataset, self.data_collator, args.freeze_layers)
             self.train_dataset = CachedPairs(self.train_dataset, hidden)
             self._cached_collator = CachedCollator(self.data_collator,
                                                    next(model.parameters()).dtype)
