@@ -390,3 +390,58 @@ def test_keep_and_freeze_layers_from_the_cli(tmp_path, tokenizer):
     assert len(TokenRewardModel.from_pretrained(tmp_path / "cut").backbone.layers) == 1
     with pytest.raises(ValueError, match="keep_layers"):
         truncate_layers(saved.backbone, 5)
+
+
+# ----------------------------------------------------------------------------- other decoders
+
+
+def tiny_gemma3(vocab: int, context: str) -> TokenRewardModel:
+    """A random 4-layer Gemma 3 text model (sliding and full attention layers, the
+    architecture of gemma3-270m), built here: no download."""
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
+                              head_dim=16, sliding_window=4, max_position_embeddings=128,
+                              layer_types=["sliding_attention", "full_attention"] * 2,
+                              attn_implementation="sdpa")
+    return TokenRewardModel(Gemma3TextModel(config), RewardModelConfig(context=context)).eval()
+
+
+@pytest.mark.parametrize("context", ["causal", *FULL])
+def test_gemma3_decoder_contexts_layouts_and_frozen_cache(tmp_path, tokenizer, monkeypatch,
+                                                          context):
+    from editalign.train import frozen
+    from editalign.train.reward import RewardConfig, RewardTrainer
+
+    model = tiny_gemma3(len(tokenizer), context)
+    assert model.causal_backbone and model.context == context
+    labeled = _labeled(tokenizer)
+    dataset = PairDataset(labeled)
+    feats = [dataset[i] for i in range(len(dataset))]
+    pad = tokenizer.pad_token_id
+    padded = RewardPairCollator(pad_token_id=pad)(feats)
+    shared = RewardPairCollator(pad_token_id=pad, layout=PairLayout(layout="shared"),
+                                context=context)(feats)
+    a, b = token_outputs(model, padded), token_outputs(model, shared)
+    valid = padded["attention_mask"].bool()
+    assert torch.allclose(a.logits[valid], b.logits[valid], atol=1e-5)
+    # the cached frozen part + the top slice (layer kinds sliced with it) = the whole model
+    monkeypatch.setattr(frozen, "CACHE_DTYPE", torch.float32)
+    collator = RewardPairCollator(pad_token_id=pad, layout=PairLayout(layout="shared"),
+                                  context=context)
+    hidden = frozen.cache_frozen(model, dataset, collator, n_frozen=3)
+    batch = frozen.CachedCollator(collator, torch.float32)(
+        [frozen.CachedPairs(dataset, hidden)[i] for i in range(len(dataset))])
+    with frozen.layer_slice(model.backbone, 3):
+        top = token_outputs(model, batch)
+    assert model.backbone.config.layer_types == ["sliding_attention", "full_attention"] * 2
+    assert torch.allclose(top.logits[valid], a.logits[valid], atol=1e-5)
+    config = RewardConfig(output_dir=str(tmp_path / "g"), use_cpu=True, save_strategy="no",
+                          report_to="none", max_steps=2, per_device_train_batch_size=2,
+                          pair_layout="shared", freeze_layers=2, disable_tqdm=True)
+    trainer = RewardTrainer(model.train(), config, train_dataset=labeled,
+                            processing_class=tokenizer)
+    assert isinstance(trainer.train_dataset, frozen.CachedPairs)
+    trainer.train()

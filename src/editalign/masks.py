@@ -85,11 +85,35 @@ def uses_flex_attention(model: Any) -> bool:
     return attention_implementation(model) == FLEX_ATTENTION
 
 
+def sliding_window(model: Any) -> int | None:
+    """The window of ``model``'s sliding-window layers (Gemma 3: 5 of every 6), or None."""
+    config = getattr(model, "config", None)
+    if config is None or "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        return None
+    return getattr(config, "sliding_window", None)
+
+
+def window_mask(mask: torch.Tensor, position_ids: torch.Tensor, window: int) -> torch.Tensor:
+    """``mask`` limited to keys less than ``window`` positions away from the query (by
+    position id, so a suffix after a shared prefix counts from the prefix): what a
+    sliding-window layer sees (transformers' rule, ``kv > q - window``, both ways)."""
+    distance = position_ids[:, :, None] - position_ids[:, None, :]
+    near = (distance < window) & (-distance < window)
+    eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    return mask & (near[:, None] | eye)  # padding keeps seeing itself
+
+
 def layout_attention_mask(model: Any, dense_mask: torch.Tensor | None,
-                          segments: torch.Tensor | None, bidirectional: bool = False) -> Any:
+                          segments: torch.Tensor | None, bidirectional: bool = False,
+                          position_ids: torch.Tensor | None = None) -> Any:
     """The mask in the form ``model``'s attention implementation takes: a ``BlockMask`` for
     flex_attention (from ``segments``), the boolean 4-D mask for sdpa, the additive one for
-    eager (from ``dense_mask``, or built from ``segments``)."""
+    eager (from ``dense_mask``, or built from ``segments``).
+
+    A model with sliding-window layers (Gemma 3) gets ``{"full_attention": mask,
+    "sliding_attention": windowed mask}`` (its forward takes a mask per layer kind) when
+    ``position_ids`` are given; a single custom mask would let those layers see too far.
+    """
     if uses_flex_attention(model):
         if segments is None:
             raise ValueError("flex_attention needs the layout's segments to build its BlockMask")
@@ -98,6 +122,11 @@ def layout_attention_mask(model: Any, dense_mask: torch.Tensor | None,
         if segments is None:
             raise ValueError("the shared-prefix layout needs its mask or its segments")
         dense_mask = segment_mask(segments, bidirectional)
+    window = sliding_window(model)
+    masks = {"full_attention": dense_mask}
+    if window is not None and position_ids is not None:
+        masks["sliding_attention"] = window_mask(dense_mask, position_ids.to(dense_mask.device),
+                                                 window)
     if attention_implementation(model) == "eager":
-        return additive_mask(dense_mask, model.dtype)
-    return dense_mask
+        masks = {k: additive_mask(m, model.dtype) for k, m in masks.items()}
+    return masks if len(masks) > 1 else masks["full_attention"]

@@ -217,7 +217,8 @@ class TokenRewardModel(nn.Module):
         collator builds the context's rows) go to the backbone unchanged.
         """
         laid_out = "position_ids" in kwargs or "inputs_embeds" in kwargs or (
-            attention_mask is not None and attention_mask.dim() != 2)
+            attention_mask is not None and (not isinstance(attention_mask, Tensor)
+                                            or attention_mask.dim() != 2))
         if self.context == "causal" or not self.causal_backbone or laid_out:
             hidden = self._hidden(input_ids, attention_mask, **kwargs)
         else:
@@ -263,10 +264,11 @@ class TokenRewardModel(nn.Module):
                               ) -> Tensor:
         """Hidden states with the response as one bidirectional block (prompt causal)."""
         segments = response_segments(attention_mask, start)
-        mask = layout_attention_mask(self.backbone, segment_mask(segments, True), segments,
-                                     bidirectional=True)
         positions = torch.arange(input_ids.size(1), device=input_ids.device)[None]
-        return self._hidden(input_ids, mask, position_ids=positions.expand_as(input_ids))
+        positions = positions.expand_as(input_ids)
+        mask = layout_attention_mask(self.backbone, segment_mask(segments, True), segments,
+                                     bidirectional=True, position_ids=positions)
+        return self._hidden(input_ids, mask, position_ids=positions)
 
     @torch.no_grad()
     def response_rewards(self, input_ids: Tensor, attention_mask: Tensor,

@@ -266,7 +266,7 @@ def forward_shared(module: Any, inputs: dict[str, Any], attention_of: Any = None
     # A full-context reward model's rows read their own suffix both ways (bidirectional).
     bidirectional = bool(inputs.get("bidirectional", False))
     mask = layout_attention_mask(owner, inputs.get("attention_mask"), inputs.get("segments"),
-                                 bidirectional)
+                                 bidirectional, inputs.get("position_ids"))
     # inputs_embeds: states computed elsewhere (the cached frozen layers of a reward model)
     tokens = ({"inputs_embeds": inputs["inputs_embeds"]} if "inputs_embeds" in inputs
               else {"input_ids": inputs["input_ids"]})
