@@ -204,7 +204,9 @@ class TokenRewardModel(nn.Module):
 
     @property
     def context(self) -> str:
-        return self.reward_config.context
+        """The mode that runs (a config set after building, as PPO's value model's, may
+        still say auto or full)."""
+        return resolve_context(self.reward_config.context, self.causal_backbone)
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
                 response_start: Tensor | Sequence[int] | None = None,
