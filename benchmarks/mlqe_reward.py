@@ -12,25 +12,29 @@ the source and the MT when tagging.
 
 Two ways to train:
 
-- ``--mode cached`` (the CPU default): SmolLM2-135M's lower layers are frozen and run once
-  over every pair in the **shared-prefix layout** (one row per pair: [prompt + unedited
-  prefix | MT suffix | post-edit suffix], a 4-D mask; see batching/shared_prefix.py); their
-  output is cached, and only the top ``--top-layers`` layers, the final norm and the head
-  train on the cache (each epoch costs a few top layers instead of the whole model). Dev
-  and test MTs are cached the same way (prompt + MT).
-- ``--mode trainer``: ``RewardTrainer`` (the code of ``editalign train token-rm``) with
-  ``--pair_layout shared``, full fine-tuning or LoRA (``--lora-r``); for a GPU
-  (``--device cuda``), where the full grid (7,000 pairs, every objective) takes minutes.
+- ``--mode cached`` (the CPU default): ``editalign train token-rm --freeze_layers`` (the same
+  code: ``RewardTrainer`` and ``editalign.train.frozen``). The model is cut to its first
+  ``--layers`` layers, the lower ``--layers - --top-layers`` are frozen and run once over
+  every pair in the **shared-prefix layout** (one row per pair: [prompt + unedited prefix |
+  MT suffix | post-edit suffix], a 4-D mask; see batching/shared_prefix.py); their output is
+  cached once per language pair (shared by every run of the grid), and only the top
+  layers, the final norm and the head train on it. Dev MTs (epoch choice) and test MTs run
+  through the whole model, as ``editalign eval qe`` runs it.
+- ``--mode trainer``: ``RewardTrainer`` with ``--pair_layout shared``, full fine-tuning or
+  LoRA (``--lora-r``); for a GPU (``--device cuda``), where the full grid (7,000 pairs,
+  every objective) takes minutes.
+
+``--context causal|echo|bidirectional`` is ``train token-rm --context`` (what each token's
+reward reads); ``--save-dir`` keeps every run's model for ``editalign eval qe``.
 
     python benchmarks/mlqe_reward.py [--pairs ro-en,en-de] [--objectives token_cls,edit_bt,...]
         [--sizes 500,2000,7000] [--epochs 3] [--mode cached|trainer] [--device cpu|cuda]
-        [--n-dev N] [--n-test N] [--quick]
+        [--n-dev N] [--n-test N] [--context causal|echo|bidirectional] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import random
 import time
@@ -38,31 +42,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 from _common import RESULTS, write_result
-from editalign.batching.shared_prefix import (
-    common_prefix_length,
-    shared_prefix_mask,
-    side_token_rows,
-)
-from editalign.data.align import IGNORE
+from editalign.batching.layout import PairLayout
+from editalign.batching.tokens import PairDataset, RewardPairCollator
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.mlqe import read_segments
 from editalign.data.pairs import load_pairs
 from editalign.eval import qe
-from editalign.losses import reward_model_loss, token_rewards
-from editalign.models import load_tokenizer
-from editalign.reward_model import TokenRewardModel
+from editalign.models import load_tokenizer, resolve_model_path
+from editalign.reward_model import CONTEXT_CHOICES, TokenRewardModel
+from editalign.train.frozen import cache_frozen, truncate_layers
 from editalign.train.reward import RewardConfig
 
 DATA = "../shared/data/mlqe-pe/{pair}-{split}.tar.gz"
 # test20 lives in PAIR-test.tar.gz (folder PAIR-test20/)
 ARCHIVE_SPLIT = {"train": "train", "dev": "dev", "test": "test"}
-
-
-def objective_config(objective: str, equal_weight: float) -> RewardConfig:
-    return RewardConfig(output_dir="unused", objective=objective.replace("+", ","),
-                        equal_weight=equal_weight)
 
 
 def load_train(pair: str, tokenizer, max_length: int, limit: int | None) -> list:
@@ -87,200 +83,73 @@ def load_eval(pair: str, split: str, tokenizer, max_length: int, n: int | None) 
 # ----------------------------------------------------------------------------- cached mode
 
 
-def _run_layers(rotary, layers, h, position_ids, mask):
-    pe = rotary(h, position_ids)
-    for layer in layers:
-        h = layer(h, attention_mask=mask, position_embeddings=pe, position_ids=position_ids)
-        h = h[0] if isinstance(h, tuple) else h
-    return h
-
-
-def pair_row(original: list[int], revised: list[int]) -> tuple[list[int], list[int], list[int]]:
-    """ids, positions and segments (0 prefix, 1 MT suffix, 2 PE suffix) of one shared row."""
-    p = common_prefix_length(original, revised)
-    ids = original + revised[p:]
-    pos = list(range(len(original))) + list(range(p, len(revised)))
-    seg = [0] * p + [1] * (len(original) - p) + [2] * (len(revised) - p)
-    return ids, pos, seg
-
-
-def _pad(rows, fill, dtype=torch.long):
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), fill, dtype=dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
-    return out
-
-
-@torch.no_grad()
-def cache_pairs(backbone, labeled, n_frozen: int, batch: int, device: str) -> list[dict]:
-    """Layer-``n_frozen`` output of every pair's shared-prefix row (bf16, on the CPU)."""
-    rows = [pair_row(lp.original.input_ids, lp.revised.input_ids) for lp in labeled]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-    out: list[dict] = [{}] * len(rows)
-    start, step = time.perf_counter(), max(len(order) // 4, 1)
-    for k in range(0, len(order), batch):
-        if k and k // step != (k - batch) // step:
-            print(f"    cached {k}/{len(order)} pairs ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
-        idx = order[k:k + batch]
-        ids = _pad([rows[i][0] for i in idx], 0).to(device)
-        pos = _pad([rows[i][1] for i in idx], 0).to(device)
-        seg = _pad([rows[i][2] for i in idx], -1).to(device)
-        h = _run_layers(backbone.rotary_emb, backbone.layers[:n_frozen],
-                        backbone.embed_tokens(ids), pos, shared_prefix_mask(seg))
-        for row, i in enumerate(idx):
-            n = len(rows[i][0])
-            o_rows, r_rows = side_token_rows(labeled[i].original.input_ids,
-                                             labeled[i].revised.input_ids)
-            out[i] = {"h": h[row, :n].to("cpu", torch.bfloat16), "pos": rows[i][1],
-                      "seg": rows[i][2], "o_rows": o_rows, "r_rows": r_rows}
-    return out
-
-
-@torch.no_grad()
-def cache_mts(backbone, labeled, n_frozen: int, batch: int, device: str) -> list[torch.Tensor]:
-    """Layer-``n_frozen`` output of each prompt + MT (causal, one row each)."""
-    seqs = [lp.original.input_ids for lp in labeled]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out: list[torch.Tensor] = [torch.zeros(0)] * len(seqs)
-    for k in range(0, len(order), batch):
-        idx = order[k:k + batch]
-        ids = _pad([seqs[i] for i in idx], 0).to(device)
-        pos = torch.arange(ids.size(1), device=device)[None].expand(len(idx), -1)
-        h = _run_layers(backbone.rotary_emb, backbone.layers[:n_frozen],
-                        backbone.embed_tokens(ids), pos, None)
-        for row, i in enumerate(idx):
-            out[i] = h[row, : len(seqs[i])].to("cpu", torch.bfloat16)
-    return out
-
-
-class TopReward(torch.nn.Module):
-    """The trained top of a TokenRewardModel: the last layers, the final norm, the head."""
-
-    def __init__(self, backbone, n_frozen: int, n_top: int, head) -> None:
-        super().__init__()
-        self.layers = torch.nn.ModuleList(
-            copy.deepcopy(list(backbone.layers[n_frozen:n_frozen + n_top])))
-        self.norm = copy.deepcopy(backbone.norm)
-        self.head = head
-        self._rotary = [backbone.rotary_emb]  # not a submodule: no parameters of its own
-
-    def forward(self, h, position_ids, mask=None):
-        h = _run_layers(self._rotary[0], self.layers, h, position_ids, mask)
-        return self.head(self.norm(h)).squeeze(-1)
-
-
-def _train_batch(cache, labeled, idx, device):
-    """Padded shared rows, their mask and positions, and the (2B, T) gather/label tensors
-    in the reward trainer's order (revised sides first, then original sides)."""
-    items = [cache[i] for i in idx]
-    width = max(len(it["pos"]) for it in items)
-    h = torch.zeros((len(items), width, items[0]["h"].size(-1)))
-    for r, it in enumerate(items):
-        h[r, : len(it["pos"])] = it["h"].float()
-    pos = _pad([it["pos"] for it in items], 0)
-    mask = shared_prefix_mask(_pad([it["seg"] for it in items], -1))
-    rows = [it["r_rows"] for it in items] + [it["o_rows"] for it in items]
-    labels = [labeled[i].revised.labels for i in idx] + [labeled[i].original.labels for i in idx]
-    return (h.to(device), pos.to(device), mask.to(device), _pad(rows, 0).to(device),
-            _pad(labels, IGNORE).to(device))
-
-
-@torch.no_grad()
-def _eval_rewards(top, feats, labeled, transform, device, batch=32) -> list[np.ndarray]:
-    top.eval()
-    out: list[np.ndarray] = [np.zeros(0)] * len(feats)
-    order = sorted(range(len(feats)), key=lambda i: len(feats[i]))
-    for k in range(0, len(order), batch):
-        idx = order[k:k + batch]
-        width = max(len(feats[i]) for i in idx)
-        h = torch.zeros((len(idx), width, feats[idx[0]].size(-1)))
-        for r, i in enumerate(idx):
-            h[r, : len(feats[i])] = feats[i].float()
-        pos = torch.arange(width)[None].expand(len(idx), -1)
-        rewards = token_rewards(top(h.to(device), pos.to(device)), transform).float().cpu()
-        for r, i in enumerate(idx):
-            side = labeled[i].original
-            out[i] = rewards[r, side.response_start: len(side.input_ids)].numpy()
-    top.train()
-    return out
-
-
 def _dev_mcc(sentences) -> float:
     scores, bad = qe._flat(sentences)
     t = qe.choose_threshold(scores, bad)
     return qe.tag_metrics(bad, scores <= t)["mcc"]
 
 
-def run_cached(objective, size, args, base, n_frozen, train, cache, dev, dev_feats, test,
-               test_feats) -> dict:
-    config = objective_config(objective, args.equal_weight)
-    objectives, transform = config.objectives(), config.model_config().transform
+def build_model(args, config: RewardConfig, tokenizer, n_layers: int) -> TokenRewardModel:
+    """A fresh reward model (seeded head) on the backbone, cut to ``n_layers`` layers."""
+    from editalign.train.common import ModelArguments
+
     torch.manual_seed(0)
-    rm = TokenRewardModel(base.backbone, config.model_config())  # fresh seeded head
-    top = TopReward(base.backbone, n_frozen, args.top_layers, rm.head).to(args.device)
-    opt = torch.optim.AdamW(top.parameters(), lr=args.lr)
-    order = list(range(size))
-    rng = random.Random(0)
-    best = (-2.0, None, 0)
-    history = []
-    start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        rng.shuffle(order)
-        losses = []
-        for k in range(0, size, args.batch_size):
-            h, pos, mask, rows, labels = _train_batch(cache, train, order[k:k + args.batch_size],
-                                                      args.device)
-            logits = top(h, pos, mask)
-            logits = torch.cat([logits, logits]).gather(1, rows)
-            loss, _ = reward_model_loss(logits, labels, objectives, transform=transform,
-                                        equal_weight=args.equal_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        dev_sent = qe.sentences_from_rewards(dev, _eval_rewards(top, dev_feats, dev, transform,
-                                                                args.device))
-        mcc = _dev_mcc(dev_sent)
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "dev_mcc": mcc,
-                        "seconds": time.perf_counter() - start})
-        print(f"    epoch {epoch}: loss {np.mean(losses):.4f}, dev MCC {mcc:.4f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
-        if mcc > best[0]:
-            best = (mcc, copy.deepcopy(top.state_dict()), epoch)
-    top.load_state_dict(best[1])
-    dev_sent = qe.sentences_from_rewards(dev, _eval_rewards(top, dev_feats, dev, transform,
-                                                            args.device))
-    test_sent = qe.sentences_from_rewards(test, _eval_rewards(top, test_feats, test, transform,
-                                                              args.device))
-    result = qe.evaluate_qe(dev_sent, test_sent, n_resamples=args.bootstrap)
-    return {"model": result["model"], "epoch_selected": best[2], "history": history,
-            "train_seconds": time.perf_counter() - start, "train_pairs": size,
-            "_full": result}
+    model_args = ModelArguments(model=args.model, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
+    model = TokenRewardModel.from_backbone(
+        args.model, config.model_config(),
+        peft_config=model_args.peft_config("FEATURE_EXTRACTION"), tokenizer=tokenizer)
+    if n_layers:
+        truncate_layers(model.backbone, n_layers)
+    return model
+
+
+def frozen_cache_for(args, tokenizer, train, n_layers: int, n_frozen: int, key: str) -> list:
+    """The frozen layers' output for every train pair, computed once per language pair (the
+    code of `train token-rm --freeze_layers`), kept in --cache-dir when given."""
+    stored = Path(args.cache_dir) / key if args.cache_dir else None
+    if stored is not None and stored.exists():
+        print(f"  read the cache from {stored}", flush=True)
+        return torch.load(stored, weights_only=False)
+    config = make_config(args, "token_cls", n_frozen)
+    model = build_model(args, config, tokenizer, n_layers).to(args.device)
+    collator = RewardPairCollator(pad_token_id=tokenizer.pad_token_id,
+                                  layout=PairLayout(layout="shared"), context=model.context)
+    hidden = cache_frozen(model, PairDataset(train, args.max_length), collator, n_frozen)
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(hidden, stored)
+    return hidden
 
 
 # ----------------------------------------------------------------------------- trainer mode
 
 
-def run_trainer(objective, size, args, tokenizer, train, dev, test) -> dict:
-    from transformers import TrainerCallback
-
-    from editalign.train.common import ModelArguments
-    from editalign.train.reward import RewardTrainer
-
-    config = RewardConfig(
+def make_config(args, objective: str, n_frozen: int = 0) -> RewardConfig:
+    cached = args.mode == "cached"
+    return RewardConfig(
         output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ea-rm-mlqe"),
         objective=objective.replace("+", ","), equal_weight=args.equal_weight,
         num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
+        # cached mode keeps the first version's optimiser: torch AdamW's weight decay 0.01,
+        # no gradient clipping
+        weight_decay=0.01 if cached else 0.0, max_grad_norm=0.0 if cached else 1.0,
         use_cpu=args.device == "cpu", bf16=args.device == "cuda", save_strategy="no",
         eval_strategy="no", logging_steps=50, seed=0, disable_tqdm=True, report_to="none",
-        pair_layout="shared", max_length=args.max_length)
-    model_args = ModelArguments(model=args.model, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
-    model = TokenRewardModel.from_backbone(
-        args.model, config.model_config(),
-        peft_config=model_args.peft_config("FEATURE_EXTRACTION"), tokenizer=tokenizer)
+        pair_layout="shared", max_length=args.max_length, context=args.context,
+        freeze_layers=n_frozen)
+
+
+def run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers: int = 0,
+                n_frozen: int = 0, frozen: list | None = None) -> dict:
+    """One run through RewardTrainer (the code of `editalign train token-rm`): full or
+    LoRA fine-tuning, or (cached mode) --freeze_layers with the frozen part's output given."""
+    from transformers import TrainerCallback
+
+    from editalign.train.reward import RewardTrainer
+
+    config = make_config(args, objective, n_frozen)
+    model = build_model(args, config, tokenizer, n_layers)
     pad = tokenizer.pad_token_id
     state = {"best": (-2.0, None, 0), "history": []}
     start = time.perf_counter()
@@ -303,9 +172,17 @@ def run_trainer(objective, size, args, tokenizer, train, dev, test) -> dict:
             model.train()
 
     trainer = RewardTrainer(model, config, train_dataset=train[:size],
-                            processing_class=tokenizer, callbacks=[SelectOnDev()])
+                            processing_class=tokenizer, callbacks=[SelectOnDev()],
+                            frozen_cache=None if frozen is None else frozen[:size])
     trainer.train()
     model.load_state_dict(state["best"][1], strict=False)
+    if args.save_dir:
+        out = Path(args.save_dir) / f"{objective}@{size}"
+        model.save_pretrained(out, tokenizer=tokenizer)
+    if args.dev_only:  # choosing a configuration: test20 stays unseen
+        return {"dev_mcc_selected": state["best"][0], "epoch_selected": state["best"][2],
+                "history": state["history"], "train_seconds": time.perf_counter() - start,
+                "train_pairs": size}
     result = qe.evaluate_qe(dev_sentences(model),
                             qe.sentences_from_rewards(test, qe.mt_rewards(model, test, pad, 64)),
                             n_resamples=args.bootstrap)
@@ -349,6 +226,13 @@ def main() -> None:
                     help="smoke size: 200 train pairs, 100 dev / 100 test sentences, 1 epoch, "
                     "token_cls, the first pair only")
     ap.add_argument("--name", default="mlqe_reward")
+    ap.add_argument("--context", default="causal", choices=CONTEXT_CHOICES,
+                    help="what each token's reward reads (train token-rm --context)")
+    ap.add_argument("--dev-only", action="store_true",
+                    help="select on dev only: train, keep the best dev epoch, report its dev "
+                    "MCC and never score test20 (score the chosen model afterwards, e.g. with "
+                    "editalign eval qe on the --save-dir model)")
+    ap.add_argument("--save-dir", help="save each run's reward model here (OBJECTIVE@SIZE/)")
     ap.add_argument("--cache-dir", help="cached mode: keep the frozen layers' outputs here and "
                     "reuse them when the same pair, model, layers and sizes come again")
     args = ap.parse_args()
@@ -380,30 +264,19 @@ def main() -> None:
         print(f"{pair}: {len(train)} train pairs, {len(dev)} dev, {len(test)} test20 sentences "
               f"(test BAD share {test_bad.mean():.3f}) ({time.perf_counter() - t0:.0f} s)",
               flush=True)
+        n_layers = n_frozen = 0
+        frozen = None
         if args.mode == "cached":
-            base = TokenRewardModel.from_backbone(args.model, tokenizer=tokenizer).eval()
-            base.to(args.device)
-            for p in base.parameters():
-                p.requires_grad_(False)
-            n_layers = args.layers or len(base.backbone.layers)
+            n_layers = args.layers or AutoConfig.from_pretrained(
+                resolve_model_path(args.model)).num_hidden_layers
             n_frozen = n_layers - args.top_layers
             t1 = time.perf_counter()
             # The cache depends only on these; --cache-dir keeps it for later runs.
-            key = (f"{pair}-{args.model}-L{n_frozen}-n{len(train)}-d{len(dev)}-t{len(test)}"
+            key = (f"{pair}-{args.model}-L{n_frozen}-{args.context}-n{len(train)}"
                    f"-m{args.max_length}.pt")
-            stored = Path(args.cache_dir) / key if args.cache_dir else None
-            if stored is not None and stored.exists():
-                cache, dev_feats, test_feats = torch.load(stored, weights_only=False)
-                print(f"  read the cache from {stored}", flush=True)
-            else:
-                cache = cache_pairs(base.backbone, train, n_frozen, 16, args.device)
-                dev_feats = cache_mts(base.backbone, dev, n_frozen, 32, args.device)
-                test_feats = cache_mts(base.backbone, test, n_frozen, 32, args.device)
-                if stored is not None:
-                    stored.parent.mkdir(parents=True, exist_ok=True)
-                    torch.save((cache, dev_feats, test_feats), stored)
+            frozen = frozen_cache_for(args, tokenizer, train, n_layers, n_frozen, key)
             entry["cache_seconds"] = time.perf_counter() - t1
-            entry["cache_tokens_shared_layout"] = sum(len(c["pos"]) for c in cache)
+            entry["cache_tokens_shared_layout"] = sum(len(h) for h in frozen)
             entry["cache_tokens_padded_layout"] = sum(
                 len(lp.original.input_ids) + len(lp.revised.input_ids) for lp in train)
             print(f"  cached layer-{n_frozen} outputs in {entry['cache_seconds']:.0f} s "
@@ -416,11 +289,14 @@ def main() -> None:
                 continue
             key = f"{objective} @ {size}"
             print(f"  == {key} ==", flush=True)
-            if args.mode == "cached":
-                run = run_cached(objective, size, args, base, n_frozen, train, cache, dev,
-                                 dev_feats, test, test_feats)
-            else:
-                run = run_trainer(objective, size, args, tokenizer, train, dev, test)
+            run = run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers,
+                              n_frozen, frozen)
+            if args.dev_only:
+                entry["runs"][key] = run
+                print(f"  {key}: dev MCC {run['dev_mcc_selected']:.4f} (epoch "
+                      f"{run['epoch_selected']})", flush=True)
+                write_result(args.name, result)
+                continue
             full = run.pop("_full")
             entry.setdefault("references", full["references"])
             entry.setdefault("test", full["test"])
@@ -450,6 +326,11 @@ def markdown_table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair, entry in result["pairs"].items():
         for key, run in entry["runs"].items():
+            if "model" not in run:  # --dev-only: the dev MCC that chooses, no test20
+                lines.append(f"| {pair} | {key.split(' @ ')[0]} (context {s['context']}) | "
+                             f"{run['train_pairs']} | dev {run['dev_mcc_selected']:.3f} | | | | "
+                             f"| | | {run['train_seconds']:.0f} |")
+                continue
             m, sent = run["model"], run["model"].get("sentence", {})
             lines.append(
                 f"| {pair} | {key.split(' @ ')[0]} | {run['train_pairs']} | {m['mcc']:.3f} | "

@@ -40,9 +40,10 @@ from editalign.losses import reward_model_loss, token_rewards
 from editalign.models import load_tokenizer
 from editalign.reward_model import TokenRewardModel
 from editalign.train.common import ModelArguments
+from editalign.train.frozen import truncate_layers
 from editalign.train.reward import RewardConfig, RewardTrainer
 
-DATA = "/work/shared/data/qa-feedback/feedback.json"
+DATA = "../shared/data/qa-feedback/feedback.json"  # relative to the repository root
 _BAD = (3, 2)  # deleted, substituted
 
 
@@ -232,6 +233,14 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--n-eval", type=int, default=50)
     ap.add_argument("--name", default="reward_qa_feedback")
+    ap.add_argument("--context", default="causal",
+                    help="trainer mode: what each token's reward reads (train token-rm --context: "
+                    "causal, echo, bidirectional)")
+    ap.add_argument("--freeze-layers", type=int, default=0,
+                    help="trainer mode: train token-rm --freeze_layers (the lowest N layers "
+                    "frozen, their outputs cached; shared-prefix layout)")
+    ap.add_argument("--keep-layers", type=int, default=0,
+                    help="trainer mode: train token-rm --keep_layers (0: all layers)")
     ap.add_argument("--keep-models", help="directory to save each trained reward model in")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -255,10 +264,15 @@ def main() -> None:
             num_train_epochs=epochs, per_device_train_batch_size=args.batch_size,
             per_device_eval_batch_size=8, learning_rate=args.lr, lr_scheduler_type="constant",
             warmup_steps=0, use_cpu=True, save_strategy="no", eval_strategy="no",
-            logging_steps=10, seed=0, disable_tqdm=True, max_steps=-1 if epochs > 0 else 0)
+            logging_steps=10, seed=0, disable_tqdm=True, max_steps=-1 if epochs > 0 else 0,
+            context=args.context, freeze_layers=args.freeze_layers if epochs > 0 else 0,
+            pair_layout="shared" if args.freeze_layers else "padded")
+        torch.manual_seed(0)  # the head
         model = TokenRewardModel.from_backbone(
             args.model, config.model_config(),
             peft_config=model_args.peft_config("FEATURE_EXTRACTION"), tokenizer=tokenizer)
+        if args.keep_layers:
+            truncate_layers(model.backbone, args.keep_layers)
         trainer = RewardTrainer(model, config, train_dataset=train, eval_dataset=evaluation,
                                 processing_class=tokenizer)
         start = time.perf_counter()

@@ -18,8 +18,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # in) and any unit of a lower layer; units of one layer are peers and do not import each
 # other.
 LAYERS: list[list[str]] = [
-    ["editalign.models", "editalign.losses", "editalign.llm", "editalign.outputs"],
-    # backbones, tokenizers, pure losses, the OpenAI-compatible HTTP client, output targets
+    ["editalign.models", "editalign.losses", "editalign.llm", "editalign.outputs",
+     "editalign.masks"],
+    # backbones, tokenizers, pure losses, the OpenAI-compatible HTTP client, output targets,
+    # attention masks
+    ["editalign.gemma3"],  # the gemma3-270m builder (its GGUF package; registered in models)
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.reward_sources"],  # every RL reward source behind one score() interface
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments

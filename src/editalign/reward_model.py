@@ -1,16 +1,28 @@
-"""Token-level reward model: any causal-LM backbone plus a scalar head on every position.
+"""Token-level reward model: any backbone plus a scalar head on every position.
 
 ``TokenRewardModel(input_ids, attention_mask).rewards`` has shape (batch, length): the
-reward of token t given the prompt and the response up to t, r(x, y_≤t). A
-sequence-level reward model is the same class read at the last response token
+reward of token t. What it reads is the model's ``context`` (saved in its config, honoured
+here so every consumer gets it):
+
+- ``causal``: the prompt and the response up to t, r(x, y_≤t), as a decoder reads;
+- ``echo`` (decoders): the whole response: the response is written twice, ``[prompt |
+  response | response]``, and token t's reward is read at its second copy, which has seen
+  the first copy entirely (arXiv 2402.15449);
+- ``bidirectional``: the whole response through the attention mask: the response tokens
+  see each other both ways (a bidirectional block; the prompt stays causal and does not see
+  the response). The only mode of an encoder backbone (BERT, XLM-R, DeBERTa), which reads
+  everything anyway.
+
+Whole-response modes need to know where the response starts: ``forward(...,
+response_start=...)`` (``response_rewards`` passes it). A sequence-level reward model is the same class read at the last response token
 (``read_at="last"``), so the PPO reward source below serves both (DESIGN: a reward source
 returns a (batch, response_length) tensor; a sequence RM fills the last position, a token
 RM fills all).
 
 A saved reward model is one directory: the backbone as an ordinary ``save_pretrained``
 folder (LoRA merged in; ``config.json`` + ``model.safetensors``), ``reward_head.safetensors``,
-``reward_config.json`` (objectives, reward transform, read position, the tokenizer's
-fingerprint) and the tokenizer, so ``from_pretrained(dir)`` needs nothing else.
+``reward_config.json`` (objectives, reward transform, read position, context, the
+tokenizer's fingerprint) and the tokenizer, so ``from_pretrained(dir)`` needs nothing else.
 """
 
 from __future__ import annotations
@@ -30,11 +42,18 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from editalign.losses import REWARD_TRANSFORMS, check_choice, token_rewards
+from editalign.masks import is_causal_backbone, layout_attention_mask, segment_mask
 from editalign.models import SAFE_LOAD
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"
 READ_AT = ("token", "last")
+# What token t's reward reads (module docstring). auto: causal on a decoder, bidirectional
+# on an encoder; "full" names the whole-response mode chosen by measurement
+# (docs/mlqe-pe.md); both are resolved when the model is built, never saved.
+CONTEXTS = ("causal", "echo", "bidirectional")
+CONTEXT_CHOICES = (*CONTEXTS, "full", "auto")
+FULL_CONTEXT = "bidirectional"  # best on ro-en dev (docs/mlqe-pe.md)
 
 
 class TokenizerMismatchError(ValueError):
@@ -82,10 +101,43 @@ class RewardModelConfig:
     objectives: dict[str, float] = field(default_factory=dict)
     base_model: str | None = None
     tokenizer_fingerprint: str | None = None
+    context: str = "auto"  # causal | echo | bidirectional (auto, full: resolved when built)
 
     def __post_init__(self) -> None:
         check_choice("reward transform", self.transform, REWARD_TRANSFORMS)
         check_choice("read_at", self.read_at, READ_AT)
+        check_choice("context", self.context, CONTEXT_CHOICES)
+
+
+def resolve_context(context: str, causal_backbone: bool) -> str:
+    """The mode a model runs for a requested ``context`` (CONTEXT_CHOICES)."""
+    check_choice("context", context, CONTEXT_CHOICES)
+    if not causal_backbone:
+        if context not in ("auto", "full", "bidirectional"):
+            raise ValueError(f"context {context!r} on an encoder backbone: an encoder reads "
+                             "the whole sequence (use --context bidirectional, full or auto)")
+        return "bidirectional"
+    if context == "auto":
+        return "causal"
+    return FULL_CONTEXT if context == "full" else context
+
+
+def echo_sequence(ids: Sequence[int], response_start: int) -> tuple[list[int], list[int]]:
+    """``ids`` with its response written twice, and where to read each token of ``ids``:
+    prompt token t at t, response token t at its second copy (``len(ids) + t - start``)."""
+    ids = list(ids)
+    n = len(ids)
+    return ids + ids[response_start:], [t if t < response_start else n + t - response_start
+                                        for t in range(n)]
+
+
+def response_segments(attention_mask: Tensor, response_start: Tensor) -> Tensor:
+    """Per position of right-padded rows: 0 prompt, 1 response, -1 padding (the segments
+    of :mod:`editalign.masks`, one response block per row)."""
+    cols = torch.arange(attention_mask.size(1), device=attention_mask.device)[None]
+    start = response_start.to(attention_mask.device)[:, None]
+    segments = torch.where(cols < start, 0, 1)
+    return segments.masked_fill(attention_mask == 0, -1)
 
 
 @dataclass
@@ -95,12 +147,20 @@ class TokenRewardOutput(ModelOutput):
 
 
 class TokenRewardModel(nn.Module):
-    """Backbone (``AutoModel``: hidden states, no LM head) + ``Linear(hidden, 1)`` per position."""
+    """Backbone (``AutoModel``: hidden states, no LM head) + ``Linear(hidden, 1)`` per position.
+
+    The backbone is a decoder (any ``AutoModelForCausalLM`` checkpoint, loaded without its
+    LM head) or an encoder (``AutoModel`` / ``AutoModelForTokenClassification`` checkpoints
+    of BERT, XLM-R, DeBERTa, ...); ``causal_backbone`` says which.
+    """
 
     def __init__(self, backbone: nn.Module, config: RewardModelConfig | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.reward_config = config or RewardModelConfig()
+        self.reward_config = copy.copy(config) if config else RewardModelConfig()
+        self.causal_backbone = is_causal_backbone(backbone)
+        self.reward_config.context = resolve_context(self.reward_config.context,
+                                                     self.causal_backbone)
         text_config = backbone.config.get_text_config()
         self.head = nn.Linear(text_config.hidden_size, 1)
         std = getattr(text_config, "initializer_range", 0.02)
@@ -142,13 +202,75 @@ class TokenRewardModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+    @property
+    def context(self) -> str:
+        """The mode that runs (a config set after building, as PPO's value model's, may
+        still say auto or full)."""
+        return resolve_context(self.reward_config.context, self.causal_backbone)
+
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, *,
+                response_start: Tensor | Sequence[int] | None = None,
                 **kwargs: Any) -> TokenRewardOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               use_cache=False, **kwargs).last_hidden_state
+        """Head logits and rewards ``(batch, length)`` of right-padded rows.
+
+        A whole-response model (``echo``/``bidirectional`` on a decoder) needs
+        ``response_start`` (per row) to know which tokens form the response. Inputs laid
+        out by the caller (``position_ids`` with a 4-D mask: the shared-prefix layout, whose
+        collator builds the context's rows) go to the backbone unchanged.
+        """
+        laid_out = "position_ids" in kwargs or "inputs_embeds" in kwargs or (
+            attention_mask is not None and (not isinstance(attention_mask, Tensor)
+                                            or attention_mask.dim() != 2))
+        if self.context == "causal" or not self.causal_backbone or laid_out:
+            hidden = self._hidden(input_ids, attention_mask, **kwargs)
+        else:
+            if response_start is None:
+                raise ValueError(f"this reward model reads the whole response (context "
+                                 f"{self.context!r}): pass response_start, where each row's "
+                                 "response begins")
+            start = torch.as_tensor(response_start, device=input_ids.device).long()
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            if self.context == "echo":
+                hidden = self._echo_hidden(input_ids, attention_mask, start)
+            else:
+                hidden = self._bidirectional_hidden(input_ids, attention_mask, start)
         logits = self.head(hidden).squeeze(-1)
         return TokenRewardOutput(logits=logits,
                                  rewards=token_rewards(logits, self.reward_config.transform))
+
+    def _hidden(self, input_ids: Tensor | None, attention_mask: Tensor | None, **kwargs: Any
+                ) -> Tensor:
+        if self.causal_backbone:
+            kwargs.setdefault("use_cache", False)
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                             **kwargs).last_hidden_state
+
+    def _echo_hidden(self, input_ids: Tensor, attention_mask: Tensor, start: Tensor) -> Tensor:
+        """Hidden states of ``[prompt | response | response]`` read at the second copy."""
+        lengths = attention_mask.sum(-1).tolist()
+        rows = [echo_sequence(input_ids[b, :n].tolist(), int(start[b]))
+                for b, n in enumerate(lengths)]
+        width = max(len(ids) for ids, _ in rows)
+        ids = input_ids.new_zeros((len(rows), width))
+        mask = attention_mask.new_zeros((len(rows), width))
+        read = input_ids.new_zeros(input_ids.shape)  # padding reads position 0 (never used)
+        for b, (row, where) in enumerate(rows):
+            ids[b, :len(row)] = torch.as_tensor(row)
+            mask[b, :len(row)] = 1
+            read[b, :len(where)] = torch.as_tensor(where)
+        hidden = self._hidden(ids, mask)
+        return hidden.gather(1, read[..., None].expand(-1, -1, hidden.size(-1)))
+
+    def _bidirectional_hidden(self, input_ids: Tensor, attention_mask: Tensor, start: Tensor
+                              ) -> Tensor:
+        """Hidden states with the response as one bidirectional block (prompt causal)."""
+        segments = response_segments(attention_mask, start)
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)[None]
+        positions = positions.expand_as(input_ids)
+        mask = layout_attention_mask(self.backbone, segment_mask(segments, True), segments,
+                                     bidirectional=True, position_ids=positions)
+        return self._hidden(input_ids, mask, position_ids=positions)
 
     @torch.no_grad()
     def response_rewards(self, input_ids: Tensor, attention_mask: Tensor,
@@ -159,10 +281,12 @@ class TokenRewardModel(nn.Module):
         Row b's response is ``input_ids[b, response_start[b]:]`` up to its last non-pad
         token. A token RM (``read_at="token"``) fills every response position; a sequence
         RM (``read_at="last"``) puts its reward at the last response token and 0 elsewhere.
-        Padding positions are 0. A NaN or inf reward on a response token raises
+        Padding positions are 0. A whole-response model (``context`` echo or bidirectional)
+        reads the whole response at every position. A NaN or inf reward on a response token raises
         :class:`NonFiniteRewardError` naming the row (``rows[b]``, default ``row b``).
         """
-        rewards = self(input_ids=input_ids, attention_mask=attention_mask).rewards.float()
+        rewards = self(input_ids=input_ids, attention_mask=attention_mask,
+                       response_start=response_start).rewards.float()
         start = torch.as_tensor(response_start, device=rewards.device)
         lengths = attention_mask.sum(-1) - start
         width = int(lengths.max())

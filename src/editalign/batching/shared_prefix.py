@@ -35,11 +35,24 @@ from typing import Any
 
 import torch
 
+# The mask rule and its forms live in editalign.masks (the reward model uses them too);
+# these names stay importable from here.
+from editalign.masks import (  # noqa: F401
+    FLEX_ATTENTION,
+    additive_mask,
+    attention_implementation,
+    is_causal_backbone,
+    layout_attention_mask,
+    segment_block_mask,
+    segment_mask,
+    segment_mask_mod,
+    uses_flex_attention,
+)
+
 # The order of the two suffixes in a layout row: the original's first. This is a row order,
 # not the order of a pair's sides in a batch of rows (`editalign.data.labeling.SIDES`:
 # revised, then original), which the collators use.
 SUFFIX_ORDER = ("original", "revised")
-FLEX_ATTENTION = "flex_attention"
 # Attention implementations known to apply the layout's mask exactly (dense 4-D or BlockMask).
 MASK_ATTENTION = ("sdpa", "eager", FLEX_ATTENTION)
 # pair_layout auto (FIGA and reward models): shared-prefix batches where they are at most this
@@ -83,7 +96,8 @@ class SharedPrefixBatch:
 
 def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                               pad_token_id: int = 0, dense_mask: bool = True,
-                              ) -> SharedPrefixBatch:
+                              max_prefix: Sequence[int] | None = None,
+                              bidirectional: bool = False) -> SharedPrefixBatch:
     """Shared-prefix layout of ``(original_ids, revised_ids)`` pairs, right-padded.
 
     Identical sides give an empty suffix on both; a side that is a prefix of the other
@@ -91,17 +105,23 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
     row without any allowed key would give NaN in SDPA) and are never gathered.
     ``dense_mask=False`` skips the ``(B, 1, L, L)`` mask (FlexAttention needs only the
     segments, and the dense mask grows with the square of the length).
+
+    ``max_prefix[i]`` caps pair i's shared prefix (a whole-response reward model shares
+    only the prompt: each side's response is its own suffix block), and ``bidirectional``
+    makes each suffix a bidirectional block (:mod:`editalign.masks`).
     """
     if not pairs:
         raise ValueError("no pairs")
     rows, positions, segments, prefixes = [], [], [], []
     sources: dict[str, list[list[int]]] = {s: [] for s in SUFFIX_ORDER}
     targets: dict[str, list[list[int]]] = {s: [] for s in SUFFIX_ORDER}
-    for original, revised in pairs:
+    for i, (original, revised) in enumerate(pairs):
         original, revised = list(original), list(revised)
         if len(original) < 2 or len(revised) < 2:
             raise ValueError("every side needs at least two tokens (one predicted token)")
         p = common_prefix_length(original, revised)
+        if max_prefix is not None:
+            p = min(p, max_prefix[i])
         ids = original[:p]
         pos = list(range(p))
         seg = [0] * p  # 0 = prefix, 1 = original suffix, 2 = revised suffix
@@ -127,7 +147,7 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
         input_ids[i, :len(ids)] = torch.tensor(ids)
         position_ids[i, :len(pos)] = torch.tensor(pos)
         seg_t[i, :len(seg)] = torch.tensor(seg)
-    mask = shared_prefix_mask(seg_t) if dense_mask else None
+    mask = shared_prefix_mask(seg_t, bidirectional) if dense_mask else None
     out_source, out_target, out_valid = {}, {}, {}
     for name in SUFFIX_ORDER:
         t_max = max(map(len, sources[name]))
@@ -148,7 +168,7 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
 
 
 def side_token_rows(original: Sequence[int], revised: Sequence[int],
-                    ) -> tuple[list[int], list[int]]:
+                    max_prefix: int | None = None) -> tuple[list[int], list[int]]:
     """Row position of every token of each side in the pair's row of
     :func:`build_shared_prefix_batch`, ``(original_rows, revised_rows)``.
 
@@ -156,42 +176,34 @@ def side_token_rows(original: Sequence[int], revised: Sequence[int],
     model) this is the position of the token itself, where a per-position head (a token
     reward model) reads that token's output. The original suffix follows the prefix, so its
     tokens keep their own index; the revised suffix starts after the original one.
+    ``max_prefix`` caps the shared prefix as in :func:`build_shared_prefix_batch`.
     """
     p = common_prefix_length(original, revised)
+    if max_prefix is not None:
+        p = min(p, max_prefix)
     offset = len(original)  # row position of revised token p: prefix + original suffix
     return (list(range(len(original))),
             [t if t < p else offset + t - p for t in range(len(revised))])
 
 
-def shared_prefix_mask(segments: torch.Tensor) -> torch.Tensor:
+def shared_prefix_mask(segments: torch.Tensor, bidirectional: bool = False) -> torch.Tensor:
     """Boolean ``(B, 1, L, L)`` mask from per-position segments ``(B, L)``.
 
     Segment 0 is the shared prefix, 1 and 2 the two suffixes, -1 padding. Query i may see
-    key j ≤ i when j is in the prefix or in i's own segment; padding sees only itself.
+    key j ≤ i when j is in the prefix or in i's own segment; padding sees only itself. With
+    ``bidirectional`` each suffix also sees its own later tokens (``editalign.masks``).
     """
-    length = segments.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    q, k = segments[:, :, None], segments[:, None, :]
-    allowed = causal & ((k == 0) | (q == k)) & (q != -1) & (k != -1)
-    allowed |= torch.eye(length, dtype=torch.bool) & (q == -1)
-    return allowed[:, None]
+    return segment_mask(segments, bidirectional)
 
 
-def shared_prefix_mask_mod(segments: torch.Tensor) -> Any:
+def shared_prefix_mask_mod(segments: torch.Tensor, bidirectional: bool = False) -> Any:
     """The rule of :func:`shared_prefix_mask` as a FlexAttention ``mask_mod`` over
     ``segments`` ``(B, L)``: ``mask_mod(b, h, q, kv)`` is True where query q may see key kv."""
-
-    def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor,
-                 ) -> torch.Tensor:
-        q_seg, kv_seg = segments[b, q], segments[b, kv]
-        sees = ((kv <= q) & ((kv_seg == 0) | (q_seg == kv_seg))
-                & (q_seg != -1) & (kv_seg != -1))
-        return sees | ((q == kv) & (q_seg == -1))  # padding sees itself
-
-    return mask_mod
+    return segment_mask_mod(segments, bidirectional)
 
 
-def shared_prefix_block_mask(segments: torch.Tensor, block_size: int = 128) -> Any:
+def shared_prefix_block_mask(segments: torch.Tensor, block_size: int = 128,
+                             bidirectional: bool = False) -> Any:
     """The layout's mask as a FlexAttention ``BlockMask`` on ``segments``' device.
 
     Document-style: each suffix sees the shared prefix and itself causally, padding sees
@@ -199,55 +211,19 @@ def shared_prefix_block_mask(segments: torch.Tensor, block_size: int = 128) -> A
     tile that is fully masked, e.g. the revised suffix's queries against the original
     suffix's keys.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    batch, length = segments.shape
-    return create_block_mask(shared_prefix_mask_mod(segments), B=batch, H=None,
-                             Q_LEN=length, KV_LEN=length, device=segments.device,
-                             BLOCK_SIZE=block_size)
-
-
-def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where ``mask`` is True, the dtype's minimum elsewhere (for eager attention)."""
-    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-    return out.masked_fill(~mask, torch.finfo(dtype).min)
-
-
-def attention_implementation(model: Any) -> str | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None)
+    return segment_block_mask(segments, block_size, bidirectional)
 
 
 def layout_unsupported_reason(model: Any) -> str | None:
     """Why ``model`` cannot run the shared-prefix layout, or None when it can."""
     impl = attention_implementation(model)
+    if hasattr(model, "modules") and not is_causal_backbone(model):
+        return ("an encoder backbone (bidirectional attention): its prompt reads the response, "
+                "so the two sides cannot share a prefix")
     if impl in MASK_ATTENTION:
         return None
     return (f"attention implementation {impl!r} does not take the layout's mask "
             f"(supported: {', '.join(MASK_ATTENTION)})")
-
-
-def uses_flex_attention(model: Any) -> bool:
-    """True when ``model`` attends with FlexAttention (the layout then needs no dense mask)."""
-    return attention_implementation(model) == FLEX_ATTENTION
-
-
-def layout_attention_mask(model: Any, dense_mask: torch.Tensor | None,
-                          segments: torch.Tensor | None) -> Any:
-    """The layout's mask in the form ``model``'s attention implementation takes: a
-    ``BlockMask`` for flex_attention (from ``segments``), the boolean 4-D mask for sdpa,
-    the additive one for eager (from ``dense_mask``, or built from ``segments``)."""
-    if uses_flex_attention(model):
-        if segments is None:
-            raise ValueError("flex_attention needs the layout's segments to build its BlockMask")
-        return shared_prefix_block_mask(segments)
-    if dense_mask is None:
-        if segments is None:
-            raise ValueError("the shared-prefix layout needs its mask or its segments")
-        dense_mask = shared_prefix_mask(segments)
-    if attention_implementation(model) == "eager":
-        return additive_mask(dense_mask, model.dtype)
-    return dense_mask
 
 
 def model_mask(model: Any, batch: SharedPrefixBatch) -> Any:
@@ -287,9 +263,14 @@ def forward_shared(module: Any, inputs: dict[str, Any], attention_of: Any = None
     sdpa, the additive one for eager. Extra ``kwargs`` go to the module (``use_cache=False``).
     """
     owner = module if attention_of is None else attention_of
-    mask = layout_attention_mask(owner, inputs.get("attention_mask"), inputs.get("segments"))
-    return module(input_ids=inputs["input_ids"], attention_mask=mask,
-                  position_ids=inputs["position_ids"], **kwargs)
+    # A full-context reward model's rows read their own suffix both ways (bidirectional).
+    bidirectional = bool(inputs.get("bidirectional", False))
+    mask = layout_attention_mask(owner, inputs.get("attention_mask"), inputs.get("segments"),
+                                 bidirectional, inputs.get("position_ids"))
+    # inputs_embeds: states computed elsewhere (the cached frozen layers of a reward model)
+    tokens = ({"inputs_embeds": inputs["inputs_embeds"]} if "inputs_embeds" in inputs
+              else {"input_ids": inputs["input_ids"]})
+    return module(**tokens, attention_mask=mask, position_ids=inputs["position_ids"], **kwargs)
 
 
 def shared_prefix_forward(model: Any, batch: SharedPrefixBatch) -> dict[str, torch.Tensor]:

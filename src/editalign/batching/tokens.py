@@ -24,12 +24,13 @@ from editalign.batching.shared_prefix import (
 )
 from editalign.data.align import IGNORE
 from editalign.data.labeling import SIDES, LabeledPair
-from editalign.reward_model import TokenRewardModel, TokenRewardOutput
+from editalign.reward_model import CONTEXTS, TokenRewardModel, TokenRewardOutput, echo_sequence
 
 
 class PairDataset(Dataset):
-    """Labelled pairs as feature dicts: ``{side}_input_ids`` and ``{side}_labels`` per side,
-    and ``index``, the pair's position (the scorer maps rewards back to pairs with it)."""
+    """Labelled pairs as feature dicts: ``{side}_input_ids``, ``{side}_labels`` and
+    ``{side}_response_start`` per side, and ``index``, the pair's position (the scorer maps
+    rewards back to pairs with it)."""
 
     def __init__(self, pairs: Sequence[LabeledPair], max_length: int | None = None) -> None:
         self.pairs = list(pairs)
@@ -47,6 +48,7 @@ class PairDataset(Dataset):
             if self.max_length is not None:
                 ids, labels = ids[: self.max_length], labels[: self.max_length]
             row[f"{name}_input_ids"], row[f"{name}_labels"] = ids, labels
+            row[f"{name}_response_start"] = min(side.response_start, len(ids))
         return row
 
 
@@ -61,18 +63,26 @@ class RewardPairCollator:
     ``(2B, T)`` gives the layout column of every token of the 2B padded rows (0 on
     padding); ``edit_labels`` is unchanged and ``token_mask`` is the padded layout's
     attention mask.
+
+    ``response_start`` ``(2B,)`` is where each row's response begins. ``context`` is the
+    reward model's (:mod:`editalign.reward_model`): padded rows are the same for every
+    context (the model applies it), but the shared layout's rows are built for it: ``echo``
+    lays out each side with its response written twice, ``bidirectional`` shares only the
+    prompt and makes each side's response one bidirectional suffix block.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
     layout: PairLayout = field(default_factory=PairLayout)
+    context: str = "causal"
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self._padded(features)
         if self.layout.use_shared(features):
             batch["token_mask"] = batch.pop("attention_mask")
             batch.update(_shared_prefix_inputs(features, batch["input_ids"].shape[1],
-                                               self.pad_token_id, self.layout.dense_mask))
+                                               self.pad_token_id, self.layout.dense_mask,
+                                               self.context))
         return batch
 
     def _padded(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -89,27 +99,52 @@ class RewardPairCollator:
             edit_labels[row, : len(labels)] = torch.as_tensor(labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "edit_labels": edit_labels}
+        if f"{SIDES[0]}_response_start" in features[0]:
+            batch["response_start"] = torch.as_tensor(
+                [f[f"{name}_response_start"] for name in SIDES for f in features])
         if "index" in features[0]:
             batch["index"] = torch.as_tensor([f["index"] for f in features])
         return batch
 
 
 def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_token_id: int,
-                          dense_mask: bool = True) -> dict[str, torch.Tensor]:
-    """The shared-prefix model inputs of ``features`` and ``token_rows`` ``(2B, width)``:
-    row i (revised) and row B + i (original) index layout row i."""
-    pairs = [(f["original_input_ids"], f["revised_input_ids"]) for f in features]
-    layout = build_shared_prefix_batch(pairs, pad_token_id, dense_mask=dense_mask)
+                          dense_mask: bool = True, context: str = "causal",
+                          ) -> dict[str, torch.Tensor]:
+    """The shared-prefix model inputs of ``features`` for a reward model of ``context``, and
+    ``token_rows`` ``(2B, width)``: row i (revised) and row B + i (original) index layout
+    row i, each token at the position where its reward is read."""
+    if context not in CONTEXTS:
+        raise ValueError(f"context {context!r}: expected one of {', '.join(CONTEXTS)}")
+    pairs, reads, prefix_caps = [], [], []
+    for f in features:
+        o, r = list(f["original_input_ids"]), list(f["revised_input_ids"])
+        starts = (f.get("original_response_start"), f.get("revised_response_start"))
+        if context != "causal" and None in starts:
+            raise ValueError(f"context {context!r} needs each side's response_start")
+        o_read, r_read = list(range(len(o))), list(range(len(r)))
+        if context == "echo":  # each side as [prompt | response | response], read at copy 2
+            (o, o_read), (r, r_read) = echo_sequence(o, starts[0]), echo_sequence(r, starts[1])
+        pairs.append((o, r))
+        reads.append((o_read, r_read))
+        # bidirectional: share only the prompt; each response is its own block
+        prefix_caps.append(min(starts) if context == "bidirectional" else len(o) + len(r))
+    bidirectional = context == "bidirectional"
+    layout = build_shared_prefix_batch(pairs, pad_token_id, dense_mask=dense_mask,
+                                       max_prefix=prefix_caps, bidirectional=bidirectional)
     rows: dict[str, list[list[int]]] = {name: [] for name in SIDES}
-    for original, revised in pairs:
-        original_rows, revised_rows = side_token_rows(original, revised)
-        rows["original"].append(original_rows)
-        rows["revised"].append(revised_rows)
+    for (original, revised), (o_read, r_read), cap in zip(pairs, reads, prefix_caps,
+                                                           strict=True):
+        original_rows, revised_rows = side_token_rows(original, revised, cap)
+        rows["original"].append([original_rows[t] for t in o_read])
+        rows["revised"].append([revised_rows[t] for t in r_read])
     token_rows = torch.zeros((2 * len(pairs), width), dtype=torch.long)
     for row, side_rows in enumerate([row for name in SIDES for row in rows[name]]):
         token_rows[row, : len(side_rows)] = torch.as_tensor(side_rows)
     out = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
-           "segments": layout.segments, "token_rows": token_rows}
+           "segments": layout.segments, "token_rows": token_rows,
+           "context_code": torch.tensor(CONTEXTS.index(context))}
+    if bidirectional:
+        out["bidirectional"] = torch.tensor(True)
     if layout.attention_mask is not None:
         out["attention_mask"] = layout.attention_mask
     return out
@@ -125,9 +160,15 @@ def token_outputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor],
     the shared layout the head is per position, so reading each token's output at its own
     layout position after the head is exact.
     """
-    if not is_shared_batch(inputs):
-        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
     bare = model if unwrapped is None else unwrapped
+    if not is_shared_batch(inputs):
+        return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                     response_start=inputs.get("response_start"))
+    built_for = CONTEXTS[int(inputs.get("context_code", 0))]
+    if built_for != bare.context:
+        raise ValueError(f"a shared-prefix batch built for context {built_for!r} given to a "
+                         f"reward model of context {bare.context!r}; build the collator with "
+                         "context=model.context")
     out = forward_shared(model, inputs, attention_of=bare.backbone)
     rows = inputs["token_rows"]
 

@@ -353,8 +353,10 @@ def mt_rewards(model: TokenRewardModel, labeled: Sequence[LabeledPair], pad_toke
         for row, seq in enumerate(seqs):
             ids[row, : len(seq)] = torch.as_tensor(seq)
             mask[row, : len(seq)] = 1
-        with torch.no_grad():
-            rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device)).rewards
+        starts = torch.as_tensor([labeled[i].original.response_start for i in idx])
+        with torch.no_grad():  # response_start: a whole-response model reads the whole MT
+            rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            response_start=starts.to(device)).rewards
         rewards = rewards.float().cpu().numpy()
         for row, i in enumerate(idx):
             side = labeled[i].original

@@ -40,7 +40,12 @@ from editalign.data.labeling import LabeledPair
 from editalign.eval.pair_scoring import score_pairs
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
 from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
-from editalign.reward_model import RewardModelConfig, TokenRewardModel, TokenRewardOutput
+from editalign.reward_model import (
+    CONTEXT_CHOICES,
+    RewardModelConfig,
+    TokenRewardModel,
+    TokenRewardOutput,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +70,25 @@ class RewardConfig(TrainingArguments):
     read_at: str = field(default="auto", metadata={
         "help": "token (token-level RM) or last (sequence RM read at the last token); auto: "
                 "last for seq_bt_last alone, else token"})
+    context: str = field(default="auto", metadata={
+        "help": "what each token's reward reads: causal (the prompt and the response up to "
+                "the token), echo (the whole response: written twice, read at the second "
+                "copy), bidirectional (the whole response through a bidirectional block in "
+                "the attention mask), full (the measured best whole-response mode), auto "
+                "(causal on a decoder, bidirectional on an encoder); saved with the model"})
     max_length: int | None = field(default=1024, metadata={
         "help": "longest prompt+response+EOS per side, in tokens (labelling and batching)"})
+    freeze_layers: int = field(default=0, metadata={
+        "help": "freeze the embeddings and the lowest N transformer layers (decoders); the "
+                "layers above, the final norm and the head train. With --pair_layout shared "
+                "the frozen part's output is computed once for the fixed training pairs and "
+                "each step runs only the top layers (the CPU recipe of docs/mlqe-pe.md)"})
+    keep_layers: int = field(default=0, metadata={
+        "help": "use only the lowest M transformer layers of the backbone (0: all); the saved "
+                "model has M layers"})
+    cache_frozen: bool = field(default=True, metadata={
+        "help": "with --freeze_layers: cache the frozen layers' outputs (needs --pair_layout "
+                "shared; otherwise they are frozen and recomputed every step)"})
     pair_layout: str = field(default="padded", metadata={
         "help": f"how a batch holds both sides of a pair: {', '.join(PAIR_LAYOUTS)} (padded: "
                 "2B padded rows; shared: one row per pair, [shared prefix | original suffix | "
@@ -82,6 +104,9 @@ class RewardConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         check_choice("pair_layout", self.pair_layout, PAIR_LAYOUTS)
+        check_choice("context", self.context, CONTEXT_CHOICES)
+        if self.freeze_layers < 0 or self.keep_layers < 0:
+            raise ValueError("--freeze_layers and --keep_layers take a number of layers >= 0")
         super().__post_init__()
 
     def objectives(self) -> dict[str, float]:
@@ -95,7 +120,8 @@ class RewardConfig(TrainingArguments):
         read_at = self.read_at
         if read_at == "auto":
             read_at = "last" if set(objectives) == {"seq_bt_last"} else "token"
-        return RewardModelConfig(transform=transform, read_at=read_at, objectives=objectives)
+        return RewardModelConfig(transform=transform, read_at=read_at, objectives=objectives,
+                                 context=self.context)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -107,7 +133,11 @@ class RewardTrainer(Trainer):
     def __init__(self, model: TokenRewardModel, args: RewardConfig,
                  train_dataset: Sequence[LabeledPair] | None = None,
                  eval_dataset: Sequence[LabeledPair] | None = None,
-                 processing_class: Any = None, **kwargs: Any) -> None:
+                 processing_class: Any = None, frozen_cache: Sequence[torch.Tensor] | None = None,
+                 **kwargs: Any) -> None:
+        """``frozen_cache``: with ``--freeze_layers``, the frozen part's output for
+        ``train_dataset`` computed earlier (``editalign.train.frozen.cache_frozen`` with this
+        trainer's collator; a benchmark trains several runs on one cache)."""
         if processing_class is not None:
             model.check_tokenizer(processing_class)
         pad = processing_class.pad_token_id if processing_class is not None else 0
@@ -119,8 +149,9 @@ class RewardTrainer(Trainer):
                                                 choices=PAIR_LAYOUTS)
         # Evaluation (score_pairs) uses this collator too: the shared layout's gathered
         # outputs have the padded layout's shape, so the metrics code reads either.
-        kwargs.setdefault("data_collator", RewardPairCollator(pad_token_id=pad,
-                                                              layout=self.pair_layout))
+        # The shared layout's rows depend on what the model reads (its saved context).
+        kwargs.setdefault("data_collator", RewardPairCollator(
+            pad_token_id=pad, layout=self.pair_layout, context=model.context))
         super().__init__(
             model=model, args=args,
             train_dataset=PairDataset(train_dataset, args.max_length)
@@ -130,9 +161,56 @@ class RewardTrainer(Trainer):
             processing_class=processing_class, **kwargs)
         # compute_loss returns the batch mean; the Trainer must scale it for accumulation.
         self.model_accepts_loss_kwargs = False
+        self._cached_collator = None
+        if args.freeze_layers:
+            self._freeze_and_cache(model, args, frozen_cache)
+        elif frozen_cache is not None:
+            raise ValueError("frozen_cache given without --freeze_layers")
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list),
                                                             "eval": defaultdict(list)}
         self.train_tokens = 0
+
+    def _freeze_and_cache(self, model: TokenRewardModel, args: RewardConfig,
+                          given: Sequence[torch.Tensor] | None = None) -> None:
+        """--freeze_layers: freeze the lower layers and, where the layout allows, replace
+        the training pairs by their frozen part's output (editalign.train.frozen)."""
+        from editalign.train.frozen import (
+            CachedCollator,
+            CachedPairs,
+            cache_frozen,
+            cacheable_layout,
+            freeze_lower,
+        )
+
+        if hasattr(model.backbone, "merge_and_unload"):
+            raise ValueError("--freeze_layers with LoRA: choose one (LoRA already freezes the "
+                             "base weights)")
+        trainable = freeze_lower(model.backbone, args.freeze_layers)
+        reason = cacheable_layout(model, self.pair_layout) if args.cache_frozen else \
+            "--cache_frozen false"
+        logger.info("frozen: embeddings and layers 1-%d; %d backbone parameters train; %s",
+                    args.freeze_layers, trainable,
+                    "their outputs cached" if reason is None and self.train_dataset is not None
+                    else f"not cached ({reason})")
+        if given is not None and (reason is not None or self.train_dataset is None
+                                  or len(given) != len(self.train_dataset)):
+            raise ValueError("frozen_cache does not fit: " + (reason or "one tensor per "
+                                                              "training pair is needed"))
+        if reason is None and self.train_dataset is not None:
+            hidden = list(given) if given is not None else cache_frozen(
+                model, self.train_dataset, self.data_collator, args.freeze_layers)
+            self.train_dataset = CachedPairs(self.train_dataset, hidden)
+            self._cached_collator = CachedCollator(self.data_collator,
+                                                   next(model.parameters()).dtype)
+
+    def get_train_dataloader(self) -> Any:
+        if self._cached_collator is None:
+            return super().get_train_dataloader()
+        collator, self.data_collator = self.data_collator, self._cached_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
 
     def _objective_loss(self, out: TokenRewardOutput, inputs: dict[str, torch.Tensor],
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -144,7 +222,14 @@ class RewardTrainer(Trainer):
 
     def _loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], TokenRewardOutput]:
-        out = token_outputs(model, inputs, self.accelerator.unwrap_model(model))
+        bare = self.accelerator.unwrap_model(model)
+        if "inputs_embeds" in inputs:  # cached frozen layers: run only the top ones
+            from editalign.train.frozen import layer_slice
+
+            with layer_slice(bare.backbone, self.args.freeze_layers):
+                out = token_outputs(model, inputs, bare)
+        else:
+            out = token_outputs(model, inputs, bare)
         return *self._objective_loss(out, inputs), out
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor],
@@ -245,6 +330,10 @@ def _run(argv: Sequence[str], config_cls: type[RewardConfig]) -> int:
         peft_config=model_args.peft_config("FEATURE_EXTRACTION"),
         dtype=model_args.torch_dtype(), tokenizer=tokenizer,
         attn_implementation=model_args.attn_implementation)
+    if config.keep_layers:
+        from editalign.train.frozen import truncate_layers
+
+        truncate_layers(model.backbone, config.keep_layers)
     trainer = RewardTrainer(model, config, train_dataset=train, eval_dataset=evaluation or None,
                             processing_class=tokenizer)
     return finish(trainer, config, resume_arg(config))
