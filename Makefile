@@ -39,11 +39,13 @@ VERL_STAMP := $(VERL_VENV)/.installed
 $(VERL_STAMP): requirements-verl.lock pyproject.toml plugins/verl/pyproject.toml
 	$(PYTHON) -m venv $(VERL_VENV)
 	$(VERL_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VERL_VENV)/bin/python -m pip install -q -r requirements-verl.lock -e . -e plugins/verl
+	$(VERL_VENV)/bin/python -m pip install -q -r requirements-verl.lock
 	touch $(VERL_STAMP)
 
 # Beside the plugin's tests, editalign's own tests of what the plugin builds on, under verl's pins.
+# editalign and the plugin from this checkout, every time (cheap: no dependencies).
 test-verl: $(VERL_STAMP)
+	$(VERL_VENV)/bin/python -m pip install -q --no-deps -e . -e plugins/verl
 	OMP_NUM_THREADS=1 $(VERL_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/plugin_verl \
 	  tests/test_reward_model.py tests/test_reward_sources.py tests/test_losses_grpo.py
 
