@@ -178,6 +178,25 @@ GROUNDED: dict[str, tuple[str, list[str]]] = {
        for lr in ("3e-5", "1e-4", "3e-4")},
 }
 
+# The GRPO arms (issue #23), on the first task's tuning task: one learning-rate range for the
+# three arms together (the PPO arms' tuned 5e-5 sits inside it), at the PPO arms' other tuned
+# settings (token RM with kept tokens trained to 0; DPO β 0.3 at its tuned rate); then, for
+# the dense arm at the middle rate, the token coefficient λ, the per-token term and the group size.
+GRPO_ARMS = "grpo-seq,grpo-token,grpo-dpo"
+GRPO_BASE = [*EQ1, "--method-args", "dpo=--beta 0.3 --learning_rate 1e-4"]
+GRPO_LRS = ("3e-5", "1e-4", "3e-4", "1e-3")
+GRPO: dict[str, tuple[str, list[str]]] = {
+    **{f"grpo lr{lr}": (GRPO_ARMS, ["--ppo-learning-rate", lr, *GRPO_BASE]) for lr in GRPO_LRS},
+    **{f"grpo-token lr1e-4 coef{c}": ("grpo-token", [
+        "--ppo-learning-rate", "1e-4", *GRPO_BASE, "--method-args", f"grpo=--token_coef {c}"])
+       for c in ("0.3", "3")},
+    "grpo-token lr1e-4 term-reward": ("grpo-token", [
+        "--ppo-learning-rate", "1e-4", *GRPO_BASE, "--method-args",
+        "grpo=--token_term reward"]),
+    "grpo lr1e-4 G8": (GRPO_ARMS, ["--ppo-learning-rate", "1e-4", *GRPO_BASE, "--method-args",
+                                   "grpo=--num_generations 8"]),
+}
+
 # The online arms (figa-online, sft-online: three rounds in the one-round budget) ran at the
 # one-round tuned settings, whose learning-rate schedule restarts every round; here only the
 # online arm's learning rate moves (its other flags stay the tuned ones: no --untuned), with
@@ -223,7 +242,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-tuning/runs")
     parser.add_argument("--only", default="supervised,ppo",
                         help="comma-separated grids: supervised, figa, baselines, lr_range, lr_top, "
-                        "lr_peak, linear, ppo, ppo2, grounded (with --task grounded), online")
+                        "lr_peak, linear, ppo, ppo2, grounded (with --task grounded), online, grpo")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tag", default="bench_tuning")
     parser.add_argument("--task", default="facts", choices=["facts", "grounded"],
@@ -231,7 +250,8 @@ def main() -> None:
     args = parser.parse_args()
     grids = {"supervised": SUPERVISED, "figa": FIGA, "baselines": BASELINES,
              "lr_range": LR_RANGE, "lr_top": LR_TOP, "lr_peak": LR_PEAK, "linear": LINEAR,
-             "ppo": PPO, "ppo2": PPO2, "grounded": GROUNDED, "online": ONLINE_GRID}
+             "ppo": PPO, "ppo2": PPO2, "grounded": GROUNDED, "online": ONLINE_GRID,
+             "grpo": GRPO}
     grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
     bench, out = Path(args.bench), Path(args.out)
     if not (bench / "summary.json").is_file():
