@@ -220,12 +220,14 @@ def run_point(name: str, methods: str, flags: list[str], bench: Path, out: Path
     cmd = [sys.executable, "-m", "editalign.cli", "bench", "run", "--bench", str(bench),
            "--out", str(target), "--methods", methods, *common, *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    target.mkdir(parents=True, exist_ok=True)
+    # The log sits beside the run: `bench run` refuses an --out holding files it did not write.
+    log_path = target.with_name(target.name + ".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with (target / "log.txt").open("w") as log:
+    with log_path.open("w") as log:
         code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if code:
-        raise RuntimeError(f"{name}: exit {code}, see {target / 'log.txt'}")
+        raise RuntimeError(f"{name}: exit {code}, see {log_path}")
     rows = json.loads((target / "results.json").read_text())["results"]
     print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     return [{"point": name, "flags": flags, "method": r["method"], "win_rate": r["win_rate"],
