@@ -515,6 +515,11 @@ def test_method_args_parse_into_per_stage_flags():
     # the online arms take their own flags (after their base method's)
     assert parse_method_args(["figa-online=--learning_rate 1e-3"]) == {
         "figa-online": ["--learning_rate", "1e-3"]}
+    # grpo: every GRPO arm's trainer gets them, last
+    from editalign.bench.runner import RunConfig, _rl_flags
+
+    grpo = parse_method_args(["grpo=--token_coef 3"])
+    assert _rl_flags(RunConfig(extra=grpo), "grpo")[-2:] == ["--token_coef", "3"]
     for bad in (["figa"], ["nope=--x 1"]):
         with pytest.raises(ValueError, match="STAGE=FLAGS"):
             parse_method_args(bad)

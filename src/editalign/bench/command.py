@@ -145,7 +145,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                      metavar="STAGE=FLAGS",
                      help="extra `editalign train` flags for one stage, appended last (they "
                      "win), e.g. --method-args 'figa=--gamma 0.5'; STAGE is a method, rm, "
-                     "token-rm, or ppo (both PPO arms); repeatable")
+                     "token-rm, ppo (every PPO arm) or grpo (every GRPO arm); repeatable")
     run.add_argument("--seeds", default="0", help="comma-separated seeds: one full run (every "
                      "method trained and evaluated) per seed (default: %(default)s)")
     run.add_argument("--num-seeds", type=int, default=None,
@@ -332,8 +332,8 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # --method-args stages: every method (the online arms too: their flags come after their base
-# method's), the reward models, and ppo (both PPO arms).
-STAGES = (*METHODS, *ONLINE, "rm", "token-rm", "ppo")
+# method's), the reward models, ppo (every PPO arm) and grpo (every GRPO arm).
+STAGES = (*METHODS, *ONLINE, "rm", "token-rm", "ppo", "grpo")
 
 
 def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, list[str]]:

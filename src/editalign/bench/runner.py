@@ -142,8 +142,8 @@ class RunConfig:
     eval_samples_per_prompt: int = 4  # responses per held-out prompt and side
     eval_batch_size: int = 72
     # Extra `editalign train` flags per stage, appended last so they override the shared
-    # and tuned ones: keys are methods, the reward models (rm, token-rm) and ppo (both PPO
-    # arms; keep arm-specific PPO flags for the reward).
+    # and tuned ones: keys are methods, the reward models (rm, token-rm), ppo (every PPO
+    # arm) and grpo (every GRPO arm; keep arm-specific RL flags for the reward).
     extra: dict[str, list[str]] = field(default_factory=dict)
     tuned: bool = True  # apply the task's tuned args (False: every trainer's own defaults)
     # Whose tuned settings apply: set by run_benchmark from the bench directory's task.
