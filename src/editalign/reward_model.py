@@ -43,7 +43,16 @@ from transformers.utils import ModelOutput
 
 from editalign.losses import REWARD_TRANSFORMS, check_choice, token_rewards
 from editalign.masks import is_causal_backbone, layout_attention_mask, segment_mask
-from editalign.models import SAFE_LOAD
+from editalign.models import (
+    SAFE_LOAD,
+    TOKENIZER_FILES,
+    WeightsError,
+    check_weights,
+    json_files_problem,
+    load_tokenizer,
+    resolve_model_path,
+    tokenizer_fingerprint,
+)
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"
@@ -181,7 +190,6 @@ class TokenRewardModel(nn.Module):
         With LoRA only the adapters and the head train (the head lives outside the PEFT
         wrapper, so it needs no ``modules_to_save``).
         """
-        from editalign.models import load_tokenizer, resolve_model_path, tokenizer_fingerprint
 
         path = resolve_model_path(name_or_path)
         kwargs: dict[str, Any] = dict(SAFE_LOAD)
@@ -303,7 +311,6 @@ class TokenRewardModel(nn.Module):
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Raise :class:`TokenizerMismatchError` unless ``tokenizer`` is the one trained with."""
-        from editalign.models import tokenizer_fingerprint
 
         expected = self.reward_config.tokenizer_fingerprint
         if expected is None:
@@ -361,7 +368,6 @@ class TokenRewardModel(nn.Module):
                         tokenizer: PreTrainedTokenizerBase | None = None,
                         dtype: Any = None) -> TokenRewardModel:
         """Load a directory written by :meth:`save_pretrained`; checks ``tokenizer`` if given."""
-        from editalign.models import WeightsError, check_weights
 
         path = Path(directory)
         if not (path / REWARD_CONFIG_NAME).is_file():
@@ -390,7 +396,6 @@ class TokenRewardModel(nn.Module):
     @staticmethod
     def load_tokenizer(directory: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
         """The tokenizer saved next to a reward model (pad token set, as every loader here)."""
-        from editalign.models import TOKENIZER_FILES, WeightsError, json_files_problem
 
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"{directory}: no such reward model directory")
