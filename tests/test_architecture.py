@@ -18,6 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # in) and any unit of a lower layer; units of one layer are peers and do not import each
 # other.
 LAYERS: list[list[str]] = [
+    ["editalign.options"],  # validators for option values (check_choice), importable by all
     ["editalign.models", "editalign.losses", "editalign.llm", "editalign.outputs",
      "editalign.masks"],
     # backbones, tokenizers, pure losses, the OpenAI-compatible HTTP client, output targets,

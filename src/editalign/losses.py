@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from editalign.options import check_choice
+
 # ----------------------------------------------------------------------------- FIGA (docs/methods.md §2)
 
 FIGA_GATES = ("le", "band", "none")
@@ -20,12 +22,6 @@ FIGA_NORMALIZE = ("eligible", "active")
 # Edit label codes (editalign.data.align.Label) and the ignore index, repeated here so that
 # this module stays free of data-layer imports.
 _IGNORE, _ADDED, _SUBSTITUTED, _DELETED = -100, 1, 2, 3
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming the allowed values when ``value`` is not one of them."""
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
 def figa_weights(edit_labels: Tensor, revised: Tensor, final_eos: Tensor, *, alpha: float,

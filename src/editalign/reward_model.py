@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from editalign.losses import REWARD_TRANSFORMS, check_choice, token_rewards
+from editalign.losses import REWARD_TRANSFORMS, token_rewards
 from editalign.masks import is_causal_backbone, layout_attention_mask, segment_mask
 from editalign.models import (
     SAFE_LOAD,
@@ -53,6 +53,7 @@ from editalign.models import (
     resolve_model_path,
     tokenizer_fingerprint,
 )
+from editalign.options import check_choice
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from editalign.losses import check_choice
+from editalign.options import check_choice
 
 SOURCE_KINDS = ("token", "sequence", "dpo")
 

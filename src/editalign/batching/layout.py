@@ -22,7 +22,7 @@ from editalign.batching.shared_prefix import (
     uses_flex_attention,
 )
 from editalign.data.labeling import SIDES
-from editalign.losses import check_choice
+from editalign.options import check_choice
 
 logger = logging.getLogger(__name__)
 

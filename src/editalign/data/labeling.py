@@ -29,6 +29,7 @@ from editalign.data.prompts import (
     render_prompt,
     split_response,
 )
+from editalign.options import check_choice
 
 # The two sides of a labelled pair, in the order batches stack them (revised rows first).
 SIDES = ("revised", "original")
@@ -73,16 +74,11 @@ class LabelingConfig:
     chat_template: ChatTemplateMode = "auto"
 
     def __post_init__(self) -> None:
-        _check_choice("granularity", self.granularity, GRANULARITIES)
-        _check_choice("truncation", self.truncation, TRUNCATIONS)
-        _check_choice("chat_template", self.chat_template, CHAT_TEMPLATE_MODES)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("truncation", self.truncation, TRUNCATIONS)
+        check_choice("chat_template", self.chat_template, CHAT_TEMPLATE_MODES)
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 or None, got {self.max_length}")
-
-
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
 @dataclass

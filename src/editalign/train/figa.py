@@ -37,9 +37,9 @@ from editalign.losses import (
     FIGA_GATES,
     FIGA_NEGATIVES,
     FIGA_NORMALIZE,
-    check_choice,
     figa_loss_from_nll,
 )
+from editalign.options import check_choice
 from editalign.train.cli import finish, load_policy, parse_train_args, resume_arg
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,8 @@ from torch import Tensor
 from trl import GRPOConfig, GRPOTrainer
 
 import editalign.reward_sources as sources
-from editalign.losses import TOKEN_TERMS, check_choice, group_token_term
+from editalign.losses import TOKEN_TERMS, group_token_term
+from editalign.options import check_choice
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,6 @@ from editalign.data.jsonl import write_jsonl
 from editalign.data.labeling import render_prompt
 from editalign.losses import (
     KL_ESTIMATORS,
-    check_choice,
     gae,
     kl_per_token,
     masked_mean,
@@ -49,6 +48,7 @@ from editalign.losses import (
     shape_rewards,
     whiten,
 )
+from editalign.options import check_choice
 from editalign.reward_model import NonFiniteRewardError, check_finite_rewards
 from editalign.train.common import check_max_steps
 

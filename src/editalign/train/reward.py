@@ -39,7 +39,8 @@ from editalign.batching.tokens import PairDataset, RewardPairCollator, token_mas
 from editalign.data.labeling import LabeledPair
 from editalign.eval.pair_scoring import score_pairs
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
-from editalign.losses import check_choice, default_transform, parse_objectives, reward_model_loss
+from editalign.losses import default_transform, parse_objectives, reward_model_loss
+from editalign.options import check_choice
 from editalign.reward_model import (
     CONTEXT_CHOICES,
     RewardModelConfig,
