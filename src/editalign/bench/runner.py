@@ -86,9 +86,8 @@ class TunedSettings:
     args: dict[str, list[str]]  # extra `editalign train` flags per stage
     ppo_learning_rate: float  # shared by every PPO arm
     dpo_beta: float = 0.3  # the dpo arm's β (its `--beta` in args["dpo"]); ppo-dpo reads it
-    # Every GRPO arm: not tuned yet (no tuning run fitted this session's CPU budget); the
-    # PPO arms' rate, and GRPO's group and KL settings below.
-    grpo_learning_rate: float | None = None  # None: the PPO arms' rate
+    # Every GRPO arm (one rate for the three, as for PPO); None: the PPO arms' rate.
+    grpo_learning_rate: float | None = None
 
 
 _FACTS = TunedSettings(
@@ -109,14 +108,20 @@ _FACTS = TunedSettings(
         # token a negative reward (Σ ≈ −10 per response), a length penalty PPO follows.
         "token-rm": ["--equal_weight", "1"],
     },
-    ppo_learning_rate=5e-5)
+    ppo_learning_rate=5e-5,
+    # The three GRPO arms together at 1e-4 of 3e-5..1e-3 (mean win rate 0.571; 3e-5: 0.550,
+    # 3e-4: 0.527, 1e-3 diverged); at 1e-4 grpo-token's λ 1 (the default) tied λ 3 and beat
+    # 0.3, its reward-to-go term beat the raw token reward, and groups of 8 instead of 4 (same
+    # responses per step) helped grpo-seq only: bench_tuning_grpo.md.
+    grpo_learning_rate=1e-4)
 
 TUNED: dict[str, TunedSettings] = {
     "facts": _FACTS,
     # The first task's other settings; on the grounded tuning task every supervised method
     # was best at 3e-4 of the same range (1e-4..1e-2; DPO 1e-5..1e-3) and the three PPO arms
     # together at 1e-4 of 3e-5..3e-4 (bench_tuning_grounded.md). The online arms were not
-    # tuned here: they keep the first task's rate, which happens to be the same.
+    # tuned here: they keep the first task's rate, which happens to be the same; nor were the
+    # GRPO arms: they keep the first task's 1e-4, which is also the PPO arms' grounded rate.
     "grounded": replace(_FACTS, learning_rates={m: 3e-4 for m in _FACTS.learning_rates},
                         ppo_learning_rate=1e-4),
 }
