@@ -8,7 +8,7 @@ samples) and on 84 training prompts, and reports the gold judge's view (right at
 wrong mentions per response) and the reviser's edit kinds per response (where the wrong
 values came from). Appends one row to ``benchmarks/results/bench_grounded_init.json``.
 This is the sweep behind the grounded task's defaults (``TASK_DEFAULTS`` in
-``editalign.bench.command``); ``bench init --task grounded``'s ``summary.json`` measures
+``editalign.commands.bench``); ``bench init --task grounded``'s ``summary.json`` measures
 the chosen setting the same way (one sample per held-out prompt).
 
     python benchmarks/bench_grounded_init.py --name base1000 --steps 1000

@@ -28,7 +28,7 @@ from rapidfuzz.distance import Levenshtein
 
 from _common import write_result
 from editalign import Label, align
-from editalign.cli import DEMO_DATA, bundled_data
+from editalign.commands.demo import DEMO_DATA, bundled_data
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.pairs import load_pairs
 from editalign.models import load_tokenizer

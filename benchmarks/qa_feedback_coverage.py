@@ -12,7 +12,7 @@ human-bad tokens and its expected recall the share of flagged tokens.
 from __future__ import annotations
 
 from _common import RESULTS, write_result
-from editalign.cli import DEMO_DATA, bundled_data
+from editalign.commands.demo import DEMO_DATA, bundled_data
 from editalign.data.labeling import LabelingConfig, label_pairs
 from editalign.data.pairs import load_pairs
 from editalign.eval.spans import edit_label_agreement

@@ -29,13 +29,17 @@ LAYERS: list[list[str]] = [
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments
     ["editalign.batching"],  # pair layouts, collators, the shared-prefix forward
     ["editalign.eval"],  # metrics, judges, win rate
-    ["editalign.train", "editalign.score", "editalign.sample", "editalign.label"],  # trainers;
-    # scoring with a reward model; sampling a policy; the label command
+    ["editalign.train", "editalign.sample"],  # trainers; sampling a policy into a rows file
     ["editalign.revise"],  # revision with an LLM (its reward filter scores)
     ["editalign.annotate"],  # the annotation web tool
     ["editalign.bench"],  # the benchmark task and runner
     ["editalign.registry"],  # the table of judges (gold from bench, the rest from eval)
+    ["editalign.commands.common"],  # what every command shares: --config, running one
+    ["editalign.commands.label", "editalign.commands.sample", "editalign.commands.score",
+     "editalign.commands.revise", "editalign.commands.annotate", "editalign.commands.evaluate",
+     "editalign.commands.bench", "editalign.commands.train"],  # the commands a loop stage runs
     ["editalign.loop"],  # sample -> revise -> label -> train -> evaluate, round after round
+    ["editalign.commands"],  # the table of every command; the loop and demo commands
     ["editalign.cli", "editalign"],  # the command; the package's face
 ]
 

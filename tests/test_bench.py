@@ -484,7 +484,8 @@ def test_bench_run_smoke_writes_the_report_and_resumes(tmp_path, monkeypatch, ca
 def test_presets_leave_explicit_options_alone():
     import argparse
 
-    from editalign.bench.command import PRESETS, add_bench_args, apply_preset
+    from editalign.commands.bench import PRESETS, apply_preset
+    from editalign.commands.bench import add_arguments as add_bench_args
 
     parser = argparse.ArgumentParser()
     add_bench_args(parser)
@@ -503,7 +504,7 @@ def test_presets_leave_explicit_options_alone():
 
 
 def test_method_args_parse_into_per_stage_flags():
-    from editalign.bench.command import parse_method_args
+    from editalign.commands.bench import parse_method_args
 
     assert parse_method_args(["figa=--gamma 0.5 --beta 1", "ppo=--kl_coef 0.1",
                               "figa=--tau 0.7"]) == {

@@ -381,15 +381,15 @@ def test_task_defaults_apply_to_the_grounded_task_only():
     import argparse
     from dataclasses import fields
 
-    from editalign.bench.command import (
+    from editalign.bench.task import PolicySFTConfig
+    from editalign.commands.bench import (
         PAIR_DEFAULTS,
         PRESETS,
         TASK_DEFAULTS,
-        add_bench_args,
         apply_preset,
         apply_task_defaults,
     )
-    from editalign.bench.task import PolicySFTConfig
+    from editalign.commands.bench import add_arguments as add_bench_args
 
     parser = argparse.ArgumentParser()
     add_bench_args(parser)

@@ -87,9 +87,9 @@ def test_defaults_and_flags():
     assert merged["max_steps"] == 7 and merged["gamma"] == 1
     user = resolve_config(USER)
     assert user["eval"]["prompts"] == "p.jsonl" and "bench" not in user
-    from editalign.cli import build_parser
+    from editalign.commands import COMMANDS
 
-    parsers = build_parser()[1]
+    parsers = COMMANDS.parsers()
     flags = command_flags("revise", {"reviser": "api", "max_edit_ratio": 0.4,
                                      "retry_strict": True, "field": ["a=b", "c=d"],
                                      "seed": None}, parsers["revise"])

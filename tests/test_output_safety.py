@@ -485,13 +485,11 @@ def test_the_reviser_records_the_model_that_answered_and_warns_on_a_mismatch(cap
 
 
 def test_bench_config_takes_the_options_own_names(work, tmp_path):
-    from editalign.cli import _parse_with_config, build_parser
+    from editalign.commands import COMMANDS
 
     cfg = tmp_path / "bench.yaml"
     cfg.write_text("max_steps: 3\nbatch-size: 2\nrun_eval_limit: 5\n")
-    parser, commands = build_parser()
-    args = _parse_with_config(parser, commands, ["bench", "run", "--config", str(cfg),
-                                                 "--out", "o"])
+    args = COMMANDS.parse(["bench", "run", "--config", str(cfg), "--out", "o"])
     assert (args.run_max_steps, args.run_eval_limit, args.batch_size) == (3, 5, 2)
 
 

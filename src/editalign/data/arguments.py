@@ -8,8 +8,12 @@ checking its tokenizer and refusing options it would silently ignore.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import random
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from editalign.data.labeling import (
     check_labeled,
     label_pairs,
 )
+from editalign.data.presets import PRESETS
 from editalign.models import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -42,7 +47,7 @@ class DataArguments:
         "help": "pairs file (.jsonl/.json/.parquet/.csv, optionally .gz), a saved datasets "
                 "directory, or the output directory of `editalign label`"})
     preset: str | None = field(default=None, metadata={
-        "help": "field layout: default, spa, qa-feedback, preference, mlqe-pe (auto-detected)"})
+        "help": f"field layout: {', '.join(PRESETS)} (auto-detected)"})
     field_map: list[str] = field(default_factory=list, metadata={
         "aliases": ["--field"],
         "help": "explicit mapping KEY=COLUMN, e.g. --field prompt=question original=answer"})
@@ -141,3 +146,65 @@ class DataArguments:
         if warning:
             logger.warning("%s: %s", source, warning)
         return labeled
+
+
+# --------------------------------------------------------------------------- command options
+
+# How the commands (label, score, revise, annotate) spell DataArguments' options: dashes, as
+# every other command flag, with the trainers' underscore spelling accepted as an alias; the
+# field mapping is one ``--field KEY=COLUMN`` per use (the trainers take a list).
+COMMAND_OPTIONS: dict[str, dict[str, Any]] = {
+    "data": {},
+    "preset": {"choices": list(PRESETS),
+               "help": "field layout of the data (auto-detected when omitted)"},
+    "field_map": {"flags": ["--field"], "dest": "field", "action": "append", "default": [],
+                  "metavar": "KEY=COLUMN",
+                  "help": "explicit field mapping, e.g. --field prompt=question "
+                          "--field original=answer --field revised=fixed.answer (dotted paths "
+                          "reach into nested objects); repeatable"},
+    "split": {"help": "split of a saved DatasetDict (default: train)"},
+    "limit": {},
+    "strict": {"help": "fail on the first unusable row instead of skipping and counting it"},
+    "max_length": {"help": "longest prompt+response+EOS in tokens; 0 for no limit"},
+    "granularity": {"choices": list(GRANULARITIES)},
+    "truncation": {"choices": list(TRUNCATIONS)},
+    "chat_template": {"choices": list(CHAT_TEMPLATE_MODES)},
+}
+
+
+def add_data_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                       names: Sequence[str], *, help: Mapping[str, str] | None = None,
+                       defaults: Mapping[str, Any] | None = None) -> None:
+    """Declare the DataArguments options ``names`` on a command's parser, in that order.
+
+    Their types and defaults come from :class:`DataArguments` (``defaults`` overrides one, e.g.
+    a command without a length limit); the spelling and choices from :data:`COMMAND_OPTIONS`;
+    ``help`` replaces an option's help where a command means something more specific.
+    """
+    known = {f.name: f for f in dataclasses.fields(DataArguments)}
+    hints = typing.get_type_hints(DataArguments)
+    for name in names:
+        spec = dict(COMMAND_OPTIONS[name])
+        flags = spec.pop("flags", None) or [f"--{name.replace('_', '-')}"] + (
+            [f"--{name}"] if "_" in name else [])
+        f = known[name]
+        default = spec.pop("default", f.default_factory() if callable(f.default_factory)
+                           else f.default)
+        if defaults and name in defaults:
+            default = defaults[name]
+        spec.setdefault("help", f.metadata.get("help"))
+        if help and name in help:
+            spec["help"] = help[name]
+        kind = _option_type(hints[name])
+        if kind is bool:
+            parser.add_argument(*flags, action="store_true", **spec)
+            continue
+        if "action" not in spec:
+            spec["type"] = kind
+        parser.add_argument(*flags, default=default, **spec)
+
+
+def _option_type(hint: Any) -> type:
+    """``int | None`` -> int, ``str`` -> str, ``list[str]`` -> str (one item per use)."""
+    args = [a for a in typing.get_args(hint) or (hint,) if a is not type(None)]
+    return args[0] if len(args) == 1 and isinstance(args[0], type) else str

@@ -25,13 +25,9 @@ Rules (the same for every model, and for the references):
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -379,25 +375,9 @@ def sentences_from_rewards(labeled: Sequence[LabeledPair], rewards: Sequence[np.
     return out
 
 
-# --------------------------------------------------------------------------- command
-
-
-def add_qe_args(p: argparse.ArgumentParser) -> None:
-    """Options of ``editalign eval qe`` (the shared ones, --limit --batch-size --seed
-    --bootstrap --out, come from ``add_eval_args``)."""
-    g = p.add_argument_group("qe (word-level quality estimation on MLQE-PE-format data)")
-    g.add_argument("--reward-model", help="qe: directory written by `editalign train token-rm`")
-    g.add_argument("--data", help="qe: test data, an MLQE-PE archive or folder "
-                   "(e.g. ../shared/data/mlqe-pe/ro-en-test.tar.gz); needs .src .mt .tags")
-    g.add_argument("--dev", help="qe: dev data in the same format; chooses the BAD threshold")
-    g.add_argument("--max-length", type=int, default=1024,
-                   help="qe: longest prompt+MT+EOS in tokens (prompt cut first)")
-    g.add_argument("--html-pairs", type=int, default=100, help="qe: sentences in index.html")
-
-
-def _records(labeled: Sequence[LabeledPair], rewards: Sequence[np.ndarray],
+def page_records(labeled: Sequence[LabeledPair], rewards: Sequence[np.ndarray],
              sentences: Sequence[QESentence], threshold: float, eos: str) -> list[dict]:
-    """score's page records: dotted = the model tags the word BAD, wavy = official BAD."""
+    """The token page's records (as `editalign score` writes them): dotted = the model tags the word BAD, wavy = official BAD."""
     records = []
     for lp, r, s in zip(labeled, rewards, sentences, strict=True):
         side = lp.original
@@ -416,58 +396,3 @@ def _records(labeled: Sequence[LabeledPair], rewards: Sequence[np.ndarray],
             "human_error": [bool(x) for x in official[:-1]],
             "score_sum": float(np.sum(r)), "score_last": float(r[-1])}})
     return records
-
-
-def cmd_qe(args: argparse.Namespace) -> int:
-    from editalign.data.mlqe import read_segments
-    from editalign.eval.token_html import render_html
-    from editalign.reward_model import TokenRewardModel
-
-    if not (args.reward_model and args.data and args.dev and args.out):
-        raise ValueError("editalign eval qe: --reward-model, --data, --dev and --out are "
-                         "required")
-    from editalign.outputs import check_dir, mark_dir, write_text
-
-    # Before the model loads: --out is new, empty or an earlier `eval qe` output.
-    out = check_dir(args.out, flag="--out", command="eval qe", legacy=(("qe.json",),),
-                    inputs={"--data": args.data, "--dev": args.dev,
-                            "--reward-model": args.reward_model})
-    started = time.perf_counter()
-    tokenizer = TokenRewardModel.load_tokenizer(args.reward_model)
-    model = TokenRewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
-    if model.reward_config.read_at != "token":
-        raise ValueError(f"{args.reward_model} is a sequence reward model (read_at "
-                         f"{model.reward_config.read_at!r}); word-level QE needs token rewards")
-    parts = {}
-    for name, source in (("dev", args.dev), ("test", args.data)):
-        segments = read_segments(source)[: args.limit]
-        labeled, dropped = labeled_segments(segments, tokenizer, args.max_length or None)
-        rewards = mt_rewards(model, labeled, tokenizer.pad_token_id, args.batch_size)
-        parts[name] = (labeled, rewards, sentences_from_rewards(labeled, rewards), dropped)
-        print(f"{name}: scored {len(labeled)} MT sentences from {source} "
-              f"({dropped} dropped: MT truncated) ({time.perf_counter() - started:.0f} s)",
-              flush=True)
-    result = evaluate_qe(parts["dev"][2], parts["test"][2], n_resamples=args.bootstrap,
-                         seed=args.seed)
-    result.update(name=f"reward model {args.reward_model}", reward_model=args.reward_model,
-                  data=args.data, dev_data=args.dev,
-                  dropped_truncated={k: v[3] for k, v in parts.items()},
-                  seconds=time.perf_counter() - started)
-    mark_dir(out, "eval qe")
-    write_text(out / "qe.json", json.dumps(result, indent=2))
-    table = markdown(result, f"Word-level QE of {args.reward_model} on {args.data}")
-    write_text(out / "qe.md", table)
-    labeled, rewards, sentences, _ = parts["test"]
-    records = _records(labeled, rewards, sentences, result["model"]["threshold"],
-                       tokenizer.eos_token or "")
-    shown = {k: v for k, v in result["model"].items() if isinstance(v, float)}
-    legend = ("<span class='edit'>dotted</span>: the model tags the word BAD (min token "
-              f"reward <= {result['model']['threshold']:.4g}, chosen on dev). "
-              "<span class='human'>wavy</span>: the official MLQE-PE tag is BAD.")
-    write_text(out / "index.html", render_html(
-        records[: args.html_pairs], shown, f"editalign eval qe: {args.reward_model}",
-        model.reward_config.read_at, legend=legend))
-    out = Path(args.out)
-    print(table)
-    print(f"  result: {out / 'qe.json'}\n  table:  {out / 'qe.md'}\n  view:   {out / 'index.html'}")
-    return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -322,72 +322,3 @@ def evaluate_winrate(policy: str, reference: str, rows: Sequence[dict[str, Any]]
         score_policy=mean(judgement.policy_scores),
         score_reference=mean(judgement.reference_scores),
         sampling=asdict(sampling), seconds=time.perf_counter() - started)
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_eval_args(p: Any) -> None:
-    from editalign.eval.qe import add_qe_args
-
-    p.add_argument("metric", choices=["winrate", "qe"], help="what to evaluate: winrate, or "
-                   "qe (word-level quality estimation of a token reward model, docs/mlqe-pe.md)")
-    p.add_argument("--config", help="YAML file whose keys are any of these options")
-    p.add_argument("--policy", help="the policy: registered name, local directory or cached id")
-    p.add_argument("--reference", help="the reference model (usually the starting policy)")
-    p.add_argument("--prompts", help="JSONL/JSON rows with a 'prompt' (text or chat "
-                   "messages); for --judge gold, the bench task's prompts.test.jsonl")
-    p.add_argument("--judge", default="gold",
-                   help="gold (bench task), rm:DIR (a saved reward model), or api:URL (an "
-                   "OpenAI-compatible endpoint, e.g. api:http://localhost:8000/v1)")
-    p.add_argument("--judge-model", default="gpt-4o-mini", help="model name for api: judges")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (never printed)")
-    p.add_argument("--limit", type=int, help="use only the first N prompts")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="sampling temperature for both sides; 0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--samples-per-prompt", type=int, default=1,
-                   help="responses per prompt and side; the interval still resamples prompts")
-    p.add_argument("--chat-template", choices=["auto", "always", "never"], default="auto")
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
-    p.add_argument("--out", help="write the result JSON here (qe: an output directory)")
-    p.add_argument("--samples-out", help="write every prompt's two responses and outcome "
-                   "(JSONL) here")
-    add_qe_args(p)
-
-
-def cmd_eval(args: Any, make_judge: Callable[..., Any]) -> int:
-    """``editalign eval winrate|qe``; ``make_judge`` turns ``--judge`` into a judge (the CLI
-    passes :func:`editalign.registry.make_judge`, the table of every judge)."""
-    if args.metric == "qe":
-        from editalign.eval.qe import cmd_qe
-
-        return cmd_qe(args)
-    if not (args.policy and args.reference and args.prompts):
-        raise ValueError("--policy, --reference and --prompts are required")
-    from editalign.outputs import check_distinct, check_file, write_text
-
-    inputs = {"--prompts": args.prompts, "--policy": args.policy,
-              "--reference": args.reference}
-    for flag, path in (("--out", args.out), ("--samples-out", args.samples_out)):
-        if path:  # before any model loads
-            check_file(path, flag=flag, inputs=inputs)
-    check_distinct({"--out": args.out, "--samples-out": args.samples_out})
-    rows = read_prompt_rows(args.prompts, args.limit)
-    judge = make_judge(args.judge, judge_model=args.judge_model, api_key_env=args.api_key_env)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                              top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                              batch_size=args.batch_size, chat_template=args.chat_template,
-                              samples_per_prompt=args.samples_per_prompt)
-    result = evaluate_winrate(args.policy, args.reference, rows, judge, sampling,
-                              n_resamples=args.bootstrap, samples_out=args.samples_out)
-    print(result.table())
-    if args.out:
-        write_text(args.out, json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n")
-        print(f"wrote {args.out}")
-    return 0

@@ -31,11 +31,6 @@ kill resumes at the first unfinished stage; ``sample`` also resumes within its f
 
 from __future__ import annotations
 
-import argparse
-import signal
-import sys
-from typing import Any
-
 from editalign.loop.config import (
     BENCH_DEFAULTS,
     POLICY_METHODS,
@@ -50,52 +45,5 @@ from editalign.loop.rounds import Loop, bench_revise
 from editalign.loop.runner import Runner, StageFailed, run_command
 
 __all__ = ["BENCH_DEFAULTS", "POLICY_METHODS", "ConfigError", "Loop", "Runner", "StageFailed",
-           "add_loop_args", "bench_init_flags", "bench_revise", "cmd_loop", "command_flags",
+           "bench_init_flags", "bench_revise", "command_flags",
            "load_config", "resolve_config", "run_command", "train_flags"]
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_loop_args(p: argparse.ArgumentParser) -> None:
-    # dest loop_config: the generic --config of other commands (YAML keys = options) must
-    # not apply; a loop.yaml has its own schema.
-    p.add_argument("--config", dest="loop_config", help="loop.yaml (see docs/loop.md); without it the loop runs "
-                   "on built-in defaults: the generated task with tiny-bench, the programmatic "
-                   "reviser and the gold judge")
-    p.add_argument("--out", help="output directory (overrides the config's out; default "
-                   "loop-output)")
-    p.add_argument("--rounds", type=int, help="number of rounds (overrides the config)")
-    p.add_argument("--keep-going", action="store_true",
-                   help="run every round even after one loses to the round before it (by "
-                   "default the loop stops there, keeping the best round's policy)")
-
-
-def cmd_loop(args: argparse.Namespace) -> int:
-    config = load_config(args.loop_config, out=args.out, rounds=args.rounds)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    loop = Loop(config, keep_going=getattr(args, "keep_going", False))
-    print(f"editalign loop: {config['rounds']} rounds into {loop.out} (initial policy "
-          f"{config['policy']}, train {config['train']['method']}, judge "
-          f"{config['eval']['judge']})", flush=True)
-    try:
-        loop.run_all()
-    except StageFailed as err:
-        print(f"editalign loop: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\neditalign loop: interrupted; rerun the same command to resume from the "
-              "unfinished stage", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    print((loop.out / "results.md").read_text())
-    print(f"report: {loop.out / 'report.md'} (plot: {loop.out / 'winrate.png'})")
-    import json
-
-    best = json.loads((loop.out / "results.json").read_text())
-    print(f"best round: {best['best_round']}; its policy: {best['best_policy']}")
-    return 0
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

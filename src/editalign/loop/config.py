@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import copy
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from editalign.bench.runner import TUNED
 from editalign.train.rl_stage import REWARD_TRAINERS, RL_TRAINERS
+
+if TYPE_CHECKING:
+    from editalign.commands.common import CommandTable
 
 # Trainers that turn edit pairs into a policy with `--model --data --output_dir`; the RL
 # methods (`ppo`, `grpo`) train a reward on the round's pairs, then the policy against it
@@ -70,32 +73,23 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------- configuration
 
 
-CommandSpec = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+def stage_commands() -> CommandTable:
+    """The commands the loop's stages run (bench init, sample, revise, label, train, eval),
+    from the command layer below the loop. Imported when first needed: importing one loads
+    the package of every command, whose ``loop`` command imports this package."""
+    import editalign.commands.bench as bench
+    import editalign.commands.evaluate as evaluate
+    import editalign.commands.label as label
+    import editalign.commands.revise as revise
+    import editalign.commands.sample as sample
+    import editalign.commands.train as train
+    from editalign.commands.common import CommandTable
 
-
-def stage_commands() -> dict[str, CommandSpec]:
-    """The commands a stage runs, as ``(add_args, run)``: the functions ``editalign``
-    registers for them (cli.py), taken from their own modules so the loop sits below the CLI."""
-    import functools
-
-    from editalign.bench.command import add_bench_args, cmd_bench
-    from editalign.eval.winrate import add_eval_args, cmd_eval
-    from editalign.label import add_label_args, cmd_label
-    from editalign.registry import make_judge
-    from editalign.revise.command import add_revise_args, cmd_revise
-    from editalign.sample import add_sample_args, cmd_sample
-
-    return {"bench": (add_bench_args, cmd_bench), "label": (add_label_args, cmd_label),
-            "eval": (add_eval_args, functools.partial(cmd_eval, make_judge=make_judge)),
-            "revise": (add_revise_args, cmd_revise), "sample": (add_sample_args, cmd_sample)}
+    return CommandTable([bench, evaluate, label, revise, sample, train])
 
 
 def stage_parsers() -> dict[str, argparse.ArgumentParser]:
-    parsers = {}
-    for name, (add_args, _) in stage_commands().items():
-        parsers[name] = argparse.ArgumentParser(prog=f"editalign {name}")
-        add_args(parsers[name])
-    return parsers
+    return stage_commands().parsers()
 
 
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -3,7 +3,6 @@ with its output in the stage's log file."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
@@ -20,25 +19,7 @@ from editalign.loop.config import stage_commands
 
 def run_command(argv: Sequence[str]) -> int:
     """``editalign ARGV`` in this process, with the CLI's exit codes (2 on a data error)."""
-    from editalign.data.pairs import DataError
-    from editalign.outputs import check_finite, lock_scope
-    from editalign.train.common import run_trainer
-
-    name, rest = argv[0], list(argv[1:])
-    try:
-        if name == "train":
-            return int(run_trainer(rest[0], rest[1:]) or 0)
-        add_args, run = stage_commands()[name]
-        parser = argparse.ArgumentParser(prog=f"editalign {name}")
-        add_args(parser)
-        args = parser.parse_args(rest)
-        args.command = name
-        check_finite(vars(args))  # as the CLI does
-        with lock_scope():
-            return int(run(args) or 0)
-    except (DataError, ValueError, FileNotFoundError) as err:
-        print(f"editalign {name}: error: {err}", file=sys.stderr)
-        return 2
+    return stage_commands().run(argv)
 
 
 class StageFailed(RuntimeError):

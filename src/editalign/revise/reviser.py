@@ -228,3 +228,17 @@ def revise_pairs(pairs: Sequence[EditPair], client_factory: Any, template: Templ
                                             progress=progress)
 
     return asyncio.run(run())
+
+
+def revise_fields(items: Sequence[str]) -> dict[str, str] | None:
+    """``--field`` items with ``response=COL`` expanded to ``original=COL revised=COL``."""
+    from editalign.data.pairs import parse_field_mapping
+
+    expanded: list[str] = []
+    for item in items:
+        key, sep, column = (part.strip() for part in item.partition("="))
+        if key == "response" and sep and column:
+            expanded += [f"original={column}", f"revised={column}"]
+        else:
+            expanded.append(item)
+    return parse_field_mapping(expanded) if expanded else None

@@ -7,18 +7,23 @@ import os
 import secrets
 from pathlib import Path
 
+from editalign.commands.common import add_config_argument
+from editalign.data.arguments import add_data_arguments
 
-def add_annotate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file whose keys are any of these options "
-                   "(dashes or underscores); flags given on the command line win")
-    p.add_argument("--data", help="pairs to annotate: any file or preset `editalign label` "
-                   "reads (the original is the response people edit); --field "
-                   "response=COLUMN for rows with only a prompt and a response")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"])
-    p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
-                   help="explicit field mapping as in `editalign label`; repeatable")
-    p.add_argument("--split", help="split of a saved DatasetDict (default: train)")
-    p.add_argument("--limit", type=int, help="use only the first N rows")
+NAME = "annotate"
+HELP = ("web tool for people to edit responses minimally (live diff, error spans, export to "
+        "EditPair JSONL)")
+DESCRIPTION = ("Serve a local web app where annotators edit the worse response in place; see "
+               "docs/annotate.md.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_argument(p)
+    add_data_arguments(p, ["data", "preset", "field_map", "split", "limit"], help={
+        "data": "pairs to annotate: any file or preset `editalign label` reads (the original "
+                "is the response people edit); --field response=COLUMN for rows with only a "
+                "prompt and a response",
+        "field_map": "explicit field mapping as in `editalign label`; repeatable"})
     p.add_argument("--db", help="annotation database (SQLite; default: DATA's name with "
                    ".annotate.sqlite). Restarting with the same database keeps all work.")
     p.add_argument("--out", help="export file (EditPair JSONL) for the Export button and "
@@ -42,11 +47,11 @@ def _default_db(data: str) -> Path:
     return path.with_name(name + ".annotate.sqlite")
 
 
-def cmd_annotate(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from editalign.annotate.server import AnnotateServer, is_loopback
     from editalign.annotate.store import AnnotationStore
     from editalign.data.pairs import load_pairs, save_pairs_jsonl
-    from editalign.revise.command import revise_fields
+    from editalign.revise.reviser import revise_fields
 
     if not args.data and not args.db:
         raise SystemExit("editalign annotate: --data (or --db of an earlier session) required")

@@ -1,6 +1,6 @@
-"""``editalign bench init``: the task files, the initial policy, and its revised samples.
+"""``editalign bench init|run``: the benchmark task, then every method trained on it.
 
-One command prepares everything the methods train on::
+``bench init`` prepares everything the methods train on::
 
     editalign bench init --out bench --model tiny-bench --sft-steps 1000
 
@@ -9,7 +9,8 @@ writes the task (``config.json``, ``world.json``, ``prompts.{train,test}.jsonl``
 (the initial policy and the reference of every win rate), samples it on the training
 prompts, revises the samples with the programmatic reviser into ``bench/pairs.train.jsonl``
 (EditPair JSONL, the input of ``editalign label`` and every trainer) and writes
-``bench/summary.json`` with the gold judge's view of each stage.
+``bench/summary.json`` with the gold judge's view of each stage. ``bench run`` trains
+every method on those pairs and measures win rates (:mod:`editalign.bench.runner`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from editalign.bench.online import ONLINE
 from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import TASKS, BenchConfig
+from editalign.commands.common import add_config_argument
 from editalign.outputs import OutputError, claim_dir, first_difference, mark_dir
+
+NAME = "bench"
+HELP = ("the generated benchmark task: `editalign bench init` writes the task, trains the "
+        "initial policy on noisy responses and revises its samples into edit pairs; "
+        "`editalign bench run` trains every method on them and measures win rates")
+DESCRIPTION = "See docs/benchmark.md."
 
 # Sizes of `bench run --full` / `--quick` / `--smoke` (argparse destinations; every method
 # shares the same pairs, steps, batch size and seed as always). Applied only to options left
@@ -101,11 +109,11 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_bench_args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["init", "run"],
                    help="init: task files, initial policy, edit pairs (into --out); run: train "
                    "every method on the pairs of --bench and measure win rates (into --out)")
-    p.add_argument("--config", help="YAML file whose keys are any of these options")
+    add_config_argument(p)
     p.add_argument("--full", dest="preset", action="store_const", const="full",
                    help="run: the reported benchmark on tiny-bench: bench init into OUT/bench "
                    "when --bench is not given, every method at the tuned settings for 10 seeds, "
@@ -180,7 +188,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     gen.add_argument("--batch-size", type=int, default=32)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("--out is required")
     if args.action == "run":
@@ -321,7 +329,7 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     if not preset:
         return args
     parser = argparse.ArgumentParser()
-    add_bench_args(parser)
+    add_arguments(parser)
     defaults = vars(parser.parse_args([args.action]))
     for dest, value in PRESETS[preset].items():
         if dest == "num_seeds" and args.seeds != defaults["seeds"]:
@@ -377,7 +385,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             mark_dir(bench, "bench init")  # its stage log goes in first
             with stage_output(bench / STAGE_LOG, f"bench init -> {bench}"):
-                cmd_bench(argparse.Namespace(**{**vars(args), "action": "init",
+                run(argparse.Namespace(**{**vars(args), "action": "init",
                                                 "out": str(bench)}))
         args.bench = str(bench)
     if not args.bench:

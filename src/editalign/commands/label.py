@@ -8,37 +8,29 @@ import sys
 import time
 from pathlib import Path
 
+from editalign.commands.common import add_config_argument
+from editalign.data.arguments import add_data_arguments
 
-def add_label_args(p: argparse.ArgumentParser) -> None:
-    from editalign.data.labeling import CHAT_TEMPLATE_MODES, GRANULARITIES, TRUNCATIONS
+NAME = "label"
+HELP = "tokenize edit pairs and label every token"
+DESCRIPTION = ("Tokenize edit pairs and label every response token (equal/added/substituted/"
+               "deleted); writes a datasets directory, stats.json and preview.html.")
 
-    p.add_argument("--config", help="YAML file whose keys are any of these options "
-                   "(dashes or underscores); flags given on the command line win")
-    p.add_argument("--data", help="pairs: .jsonl, .json, .parquet, .csv (optionally .gz) or a "
-                   "directory saved by datasets")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"],
-                   help="field layout of the data (auto-detected when omitted)")
-    p.add_argument("--field", action="append", default=[], metavar="KEY=COLUMN",
-                   help="explicit field mapping, e.g. --field prompt=question "
-                   "--field original=answer --field revised=fixed.answer (dotted paths reach "
-                   "into nested objects); repeatable")
-    p.add_argument("--split", help="split of a saved DatasetDict (default: train)")
-    p.add_argument("--limit", type=int, help="use only the first N rows")
-    p.add_argument("--strict", action="store_true",
-                   help="fail on the first unusable row instead of skipping and counting it")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_argument(p)
+    add_data_arguments(p, ["data", "preset", "field_map", "split", "limit", "strict"], help={
+        "data": "pairs: .jsonl, .json, .parquet, .csv (optionally .gz) or a directory saved "
+                "by datasets"})
     p.add_argument("--model", default="smollm2-135m",
                    help="tokenizer to label with: a registered name (smollm2-135m, tiny), a "
                    "local path or a cached HF id (default: %(default)s)")
-    p.add_argument("--granularity", choices=GRANULARITIES, default="token")
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="longest prompt+response+EOS in tokens; 0 for no limit")
-    p.add_argument("--truncation", choices=TRUNCATIONS, default="keep_start")
-    p.add_argument("--chat-template", choices=CHAT_TEMPLATE_MODES, default="auto")
+    add_data_arguments(p, ["granularity", "max_length", "truncation", "chat_template"])
     p.add_argument("--preview-pairs", type=int, default=50)
     p.add_argument("--out", help="output directory")
 
 
-def cmd_label(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if not args.data or not args.out:
         raise SystemExit("editalign label: --data and --out are required")
     # Before anything heavy is imported or loaded: a missing input or an output that must

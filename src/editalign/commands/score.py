@@ -16,35 +16,39 @@ import argparse
 import json
 from pathlib import Path
 
-from editalign.eval.token_html import pair_record, render_html
+from editalign.commands.common import add_config_argument
+from editalign.data.arguments import DataArguments, add_data_arguments
 
 # `score` directories written before the output marker.
 SCORE_LEGACY = (("rewards.jsonl", "metrics.json"),)
 
 
-def add_score_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file whose keys are any of these options "
-                   "(dashes or underscores); flags given on the command line win")
+NAME = "score"
+HELP = ("per-token rewards of a reward model on pairs, with an HTML view that colours every "
+        "token by its reward")
+DESCRIPTION = ("Score both responses of every pair with a trained reward model; writes "
+               "rewards.jsonl, metrics.json and index.html.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_argument(p)
     p.add_argument("--reward-model", help="directory written by `editalign train token-rm|rm`")
-    p.add_argument("--data", help="pairs file (any format `editalign label` reads) or a "
-                   "directory written by `editalign label` with the reward model's tokenizer")
-    p.add_argument("--preset", choices=["default", "spa", "qa-feedback", "preference", "mlqe-pe"],
-                   help="field layout of the data (auto-detected when omitted)")
-    p.add_argument("--limit", type=int, help="score only the first N pairs")
-    p.add_argument("--max-length", type=int, default=1024,
-                   help="longest prompt+response+EOS in tokens; 0 for no limit")
+    add_data_arguments(p, ["data", "preset", "limit", "max_length"], help={
+        "data": "pairs file (any format `editalign label` reads) or a directory written by "
+                "`editalign label` with the reward model's tokenizer",
+        "limit": "score only the first N pairs"})
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
     p.add_argument("--html-pairs", type=int, default=100,
                    help="pairs shown in index.html (all are in rewards.jsonl)")
     p.add_argument("--out", help="output directory")
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     # torch and the model code load only when the command runs: `editalign --help` stays fast.
-    from editalign.data.arguments import DataArguments
     from editalign.data.jsonl import nan_to_none, write_jsonl
     from editalign.eval.pair_scoring import score_labeled
     from editalign.eval.reward_metrics import reward_metrics
+    from editalign.eval.token_html import pair_record, render_html
     from editalign.reward_model import TokenRewardModel
 
     if not args.reward_model or not args.data or not args.out:
