@@ -28,7 +28,6 @@ from editalign.data.labeling import (
     label_pairs,
 )
 from editalign.data.presets import PRESETS
-from editalign.models import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +122,10 @@ class DataArguments:
         from editalign.data.pairs import load_pairs, parse_field_mapping
 
         if (Path(source) / "stats.json").is_file():
+            # Here, not at the top: every command's parser imports this module, and
+            # editalign.models loads torch and transformers (seconds of `editalign --help`).
+            from editalign.models import tokenizer_fingerprint
+
             labeled, stats = read_labeled(source)
             self._refuse_ignored_options(source, stats)
             expected = tokenizer_fingerprint(tokenizer)
