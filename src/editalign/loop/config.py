@@ -211,8 +211,24 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
     judge, and :data:`BENCH_DEFAULTS` apply.
     """
     raw = dict(raw or {})
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of loop settings")
+    _check_sections(raw, source)
+    if out is not None:
+        raw["out"] = out
+    cfg = _with_defaults(raw)
+    _check_run(cfg, source)
+    _check_revise(cfg["revise"], source)
+    _check_train(cfg["train"], source)
+    parsers = stage_parsers()
+    bench_init_flags(cfg.get("bench_init"), parsers["bench"], source)
+    for section in ("sample", "revise", "label", "eval"):
+        try:
+            command_flags(section, cfg[section], parsers[section])
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def _check_sections(raw: dict[str, Any], source: str) -> None:
     for key in raw:
         if key not in TOP_KEYS:
             raise ConfigError(f"{source}: unknown key {key!r}; allowed: {', '.join(TOP_KEYS)}")
@@ -220,8 +236,10 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             raise ConfigError(f"{source}: {section}: expected a mapping, got "
                               f"{type(raw[section]).__name__}")
-    if out is not None:
-        raw["out"] = out
+
+
+def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """The loop's defaults under ``raw``; on the generated task, its files and defaults."""
     on_bench = raw.get("policy") is None or raw.get("bench") is not None
     cfg: dict[str, Any] = {"out": "loop-output", "rounds": 3, "seed": 0, "sample": {},
                            "revise": {"reviser": "api"}, "label": {},
@@ -232,15 +250,18 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
             del defaults["train"]["args"]  # FIGA's tuned flags mean nothing to another method
         cfg = _merge(cfg, defaults)
     cfg = _merge(cfg, {k: v for k, v in raw.items() if v is not None})
-    out_dir = Path(cfg["out"])
     if on_bench:
-        bench = Path(cfg.get("bench") or out_dir / "bench")
+        bench = Path(cfg.get("bench") or Path(cfg["out"]) / "bench")
         cfg["bench"] = str(bench)
         cfg.setdefault("policy", str(bench / "policy"))
         cfg.setdefault("prompts", str(bench / "prompts.train.jsonl"))
         cfg["eval"].setdefault("prompts", str(bench / "prompts.test.jsonl"))
         if cfg["revise"].get("reviser") == "bench":
             cfg["revise"].setdefault("bench", str(bench))
+    return cfg
+
+
+def _check_run(cfg: dict[str, Any], source: str) -> None:
     for key in ("rounds", "seed"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
             raise ConfigError(f"{source}: {key}: expected an integer, got {cfg[key]!r}")
@@ -251,7 +272,9 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
             raise ConfigError(f"{source}: {key}: required (a model name or path / a prompts "
                               "file), unless the loop runs on the generated task (no policy)")
     cfg["eval"].setdefault("prompts", cfg["prompts"])
-    revise = cfg["revise"]
+
+
+def _check_revise(revise: dict[str, Any], source: str) -> None:
     if revise.get("reviser") not in REVISERS:
         raise ConfigError(f"{source}: revise.reviser: {revise.get('reviser')!r} is not one of "
                           f"{', '.join(REVISERS)}")
@@ -263,7 +286,9 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
     elif not revise.get("bench"):
         raise ConfigError(f"{source}: revise.bench: required with reviser: bench (a directory "
                           "written by `editalign bench init`)")
-    train = cfg["train"]
+
+
+def _check_train(train: dict[str, Any], source: str) -> None:
     if train.get("method") not in POLICY_METHODS:
         raise ConfigError(f"{source}: train.method: {train.get('method')!r} is not one of "
                           f"{', '.join(POLICY_METHODS)} (the trainers that turn edit pairs into "
@@ -285,14 +310,6 @@ def resolve_config(raw: Mapping[str, Any] | None, *, source: str = "config",
                           f"{' or '.join(RL_TRAINERS)}")
     train_flags(train.get("args"))
     train_flags(train.get("reward_args"))
-    parsers = stage_parsers()
-    bench_init_flags(cfg.get("bench_init"), parsers["bench"], source)
-    for section in ("sample", "revise", "label", "eval"):
-        try:
-            command_flags(section, cfg[section], parsers[section])
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
-    return cfg
 
 
 def load_config(path: str | None, out: str | None = None, rounds: int | None = None
