@@ -104,10 +104,8 @@ def _run_qe(args: argparse.Namespace) -> int:
         labeled_segments,
         markdown,
         mt_rewards,
-        page_records,
         sentences_from_rewards,
     )
-    from editalign.eval.token_html import render_html
     from editalign.reward_model import TokenRewardModel
 
     if not (args.reward_model and args.data and args.dev and args.out):
@@ -144,17 +142,28 @@ def _run_qe(args: argparse.Namespace) -> int:
     write_text(out / "qe.json", json.dumps(result, indent=2))
     table = markdown(result, f"Word-level QE of {args.reward_model} on {args.data}")
     write_text(out / "qe.md", table)
-    labeled, rewards, sentences, _ = parts["test"]
-    records = page_records(labeled, rewards, sentences, result["model"]["threshold"],
-                       tokenizer.eos_token or "")
-    shown = {k: v for k, v in result["model"].items() if isinstance(v, float)}
-    legend = ("<span class='edit'>dotted</span>: the model tags the word BAD (min token "
-              f"reward <= {result['model']['threshold']:.4g}, chosen on dev). "
-              "<span class='human'>wavy</span>: the official MLQE-PE tag is BAD.")
-    write_text(out / "index.html", render_html(
-        records[: args.html_pairs], shown, f"editalign eval qe: {args.reward_model}",
-        model.reward_config.read_at, legend=legend))
+    _write_page(out / "index.html", parts["test"], result["model"], args, tokenizer.eos_token,
+                model.reward_config.read_at)
     out = Path(args.out)
     print(table)
     print(f"  result: {out / 'qe.json'}\n  table:  {out / 'qe.md'}\n  view:   {out / 'index.html'}")
     return 0
+
+
+def _write_page(path: Path, test: tuple, model_result: dict, args: argparse.Namespace,
+                eos: str | None, read_at: str) -> None:
+    """The token page of the test sentences: dotted = the model tags the word BAD, wavy =
+    the official tag is BAD."""
+    from editalign.eval.qe import page_records
+    from editalign.eval.token_html import render_html
+    from editalign.outputs import write_text
+
+    labeled, rewards, sentences, _ = test
+    records = page_records(labeled, rewards, sentences, model_result["threshold"], eos or "")
+    shown = {k: v for k, v in model_result.items() if isinstance(v, float)}
+    legend = ("<span class='edit'>dotted</span>: the model tags the word BAD (min token "
+              f"reward <= {model_result['threshold']:.4g}, chosen on dev). "
+              "<span class='human'>wavy</span>: the official MLQE-PE tag is BAD.")
+    write_text(path, render_html(records[: args.html_pairs], shown,
+                                 f"editalign eval qe: {args.reward_model}", read_at,
+                                 legend=legend))

@@ -111,6 +111,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _claim_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Before a request is sent: neither output may be an input, the other output, or a
+    directory; and one run at a time writes them."""
+    from editalign.outputs import check_distinct, check_file, file_lock_path, hold_lock
+
+    out = check_file(args.out, flag="--out", inputs={"--data": args.data, "--cache": args.cache})
+    dropped_path = Path(args.dropped) if args.dropped else out.with_name(
+        out.name.removesuffix(".jsonl") + ".dropped.jsonl")
+    check_file(dropped_path, flag="--dropped", inputs={"--data": args.data, "--cache": args.cache})
+    check_distinct({"--out": out, "--dropped": dropped_path, "--cache": args.cache})
+    hold_lock(file_lock_path(out), what=f"--out {out}", command="revise")
+    return out, dropped_path
+
+
 def run(args: argparse.Namespace) -> int:
     from editalign.data.pairs import load_pairs
     from editalign.llm.cache import RequestCache
@@ -128,16 +142,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"editalign revise: {', '.join(missing)} required")
     if args.reward_scorer and args.reward_model:
         raise ValueError("give --reward-scorer or --reward-model, not both")
-    from editalign.outputs import check_distinct, check_file, file_lock_path, hold_lock
-
-    # Before a request is sent: neither output may be an input, the other output, or a
-    # directory; and one run at a time writes them.
-    out = check_file(args.out, flag="--out", inputs={"--data": args.data, "--cache": args.cache})
-    dropped_path = Path(args.dropped) if args.dropped else out.with_name(
-        out.name.removesuffix(".jsonl") + ".dropped.jsonl")
-    check_file(dropped_path, flag="--dropped", inputs={"--data": args.data, "--cache": args.cache})
-    check_distinct({"--out": out, "--dropped": dropped_path, "--cache": args.cache})
-    hold_lock(file_lock_path(out), what=f"--out {out}", command="revise")
+    out, dropped_path = _claim_outputs(args)
     template = load_template(args.template)
     options = ReviseOptions(
         max_edit_ratio=None if args.max_edit_ratio >= 1 else args.max_edit_ratio,
