@@ -44,8 +44,9 @@ from editalign.revise import (
     reward_filter,
     shipped_templates,
 )
-from editalign.revise.command import revise_fields, reward_model_scorer
+from editalign.revise.command import revise_fields
 from editalign.revise.prompts import parse_template
+from editalign.revise.scorer import reward_model_scorer
 
 # --------------------------------------------------------------------------- templates
 
