@@ -28,7 +28,7 @@ per-token signal. Token reward models are read through
 :meth:`~editalign.reward_model.TokenRewardModel.response_rewards`, so every reading mode
 the reward model offers reaches RL unchanged.
 
-A low layer: it imports :mod:`editalign.reward_model` and :mod:`editalign.models` only, so
+A low layer: it imports :mod:`editalign.options` and :mod:`editalign.padding` only, so
 trainers, the benchmark and engine plugins can all build on it.
 """
 
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from editalign.options import check_choice
+from editalign.padding import pad_rows
 
 SOURCE_KINDS = ("token", "sequence", "dpo")
 
@@ -226,13 +227,8 @@ def right_padded(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
                  pad_token_id: int, device: Any = None) -> tuple[Tensor, Tensor, Tensor]:
     """(input_ids, attention_mask, response_start) of the right-padded layout every source
     reads, from each row's prompt token ids and response token ids (no padding in either)."""
-    width = max((len(p) + len(r) for p, r in zip(prompts, responses, strict=True)), default=0)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor([*p, *r], dtype=torch.long)
-        attention_mask[i, :n] = 1
+    input_ids, attention_mask = pad_rows(
+        [[*p, *r] for p, r in zip(prompts, responses, strict=True)], pad_token_id)
     start = torch.tensor([len(p) for p in prompts], dtype=torch.long)
     return input_ids.to(device), attention_mask.to(device), start.to(device)
 

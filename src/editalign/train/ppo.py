@@ -37,7 +37,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArgum
 
 import editalign.reward_sources as sources
 from editalign.data.jsonl import write_jsonl
-from editalign.data.labeling import render_prompt
+from editalign.generation import encode_prompt, generate_new_tokens
 from editalign.losses import (
     KL_ESTIMATORS,
     gae,
@@ -49,6 +49,7 @@ from editalign.losses import (
     whiten,
 )
 from editalign.options import check_choice
+from editalign.padding import pad_rows
 from editalign.reward_model import NonFiniteRewardError, check_finite_rewards
 from editalign.train.common import check_max_steps
 
@@ -236,7 +237,7 @@ class PPOTrainer:
             log_with=trackers or None, project_dir=config.output_dir,
             mixed_precision="bf16" if config.bf16 else ("fp16" if config.fp16 else "no"))
         set_seed(config.seed + self.accelerator.process_index)
-        self.prompt_ids = [self._encode_prompt(p, chat_template) for p in prompts]
+        self.prompt_ids = [encode_prompt(p, tokenizer, chat_template) for p in prompts]
         empty = [i for i, ids in enumerate(self.prompt_ids) if not ids]
         if empty:  # generate() cannot start from nothing
             raise ValueError(f"prompts {empty[:10]} render to no tokens (empty text); remove "
@@ -267,10 +268,6 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _encode_prompt(self, prompt: str | list[dict[str, str]], mode: str) -> list[int]:
-        text, add_special = render_prompt(prompt, self.tokenizer, mode)  # type: ignore[arg-type]
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-
     def _next_prompts(self) -> list[list[int]]:
         """Prompts for this process, reshuffled each pass (a different shard per process)."""
         n, world = self.config.rollout_batch_size, self.accelerator.num_processes
@@ -287,32 +284,23 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompt_ids: list[list[int]]) -> Rollout:
-        tok, device = self.tokenizer, self.accelerator.device
+        tok, device, cfg = self.tokenizer, self.accelerator.device, self.config
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(len(p) for p in prompt_ids)
-        left = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-        left_mask = torch.zeros_like(left)
-        for i, ids in enumerate(prompt_ids):  # generate() wants left padding
-            left[i, width - len(ids):] = torch.tensor(ids)
-            left_mask[i, width - len(ids):] = 1
         policy = self.accelerator.unwrap_model(self.policy)
         was_training = policy.training
         policy.eval()
-        out = policy.generate(
-            input_ids=left.to(device), attention_mask=left_mask.to(device), do_sample=True,
-            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
-            top_k=self.config.top_k or None, top_p=self.config.top_p, pad_token_id=pad,
-            eos_token_id=tok.eos_token_id, use_cache=True)
+        # top_k=0 becomes None here (the model's generation config decides), unlike
+        # SamplingConfig's explicit 0: kept as it was, since changing it changes every
+        # PPO rollout and the benchmark's PPO arms with them.
+        responses = generate_new_tokens(
+            policy, prompt_ids, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+            max_new_tokens=cfg.max_new_tokens, device=device, do_sample=True,
+            temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
+            use_cache=True).cpu()
         policy.train(was_training)
-        responses = out[:, width:].cpu()
         lengths, hit_max = response_lengths(responses, tok.eos_token_id)
         rows = [ids + responses[i, : lengths[i]].tolist() for i, ids in enumerate(prompt_ids)]
-        total = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), total), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention_mask[i, : len(row)] = 1
+        input_ids, attention_mask = pad_rows(rows, pad)
         cols = torch.arange(int(lengths.max()))
         return Rollout(input_ids.to(device), attention_mask.to(device),
                        torch.tensor([len(p) for p in prompt_ids], device=device),
