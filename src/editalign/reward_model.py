@@ -54,6 +54,7 @@ from editalign.models import (
     tokenizer_fingerprint,
 )
 from editalign.options import check_choice
+from editalign.padding import pad_rows
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"
@@ -260,13 +261,10 @@ class TokenRewardModel(nn.Module):
         lengths = attention_mask.sum(-1).tolist()
         rows = [echo_sequence(input_ids[b, :n].tolist(), int(start[b]))
                 for b, n in enumerate(lengths)]
-        width = max(len(ids) for ids, _ in rows)
-        ids = input_ids.new_zeros((len(rows), width))
-        mask = attention_mask.new_zeros((len(rows), width))
+        ids, mask = pad_rows([row for row, _ in rows], 0, like=input_ids)
+        mask = mask.to(attention_mask)
         read = input_ids.new_zeros(input_ids.shape)  # padding reads position 0 (never used)
-        for b, (row, where) in enumerate(rows):
-            ids[b, :len(row)] = torch.as_tensor(row)
-            mask[b, :len(row)] = 1
+        for b, (_, where) in enumerate(rows):
             read[b, :len(where)] = torch.as_tensor(where)
         hidden = self._hidden(ids, mask)
         return hidden.gather(1, read[..., None].expand(-1, -1, hidden.size(-1)))

@@ -205,6 +205,7 @@ def train_initial_policy(rows: Sequence[dict[str, Any]], model: str, out_dir: st
     import torch
 
     from editalign.models import load_model, load_tokenizer
+    from editalign.padding import pad_rows
 
     config = config or PolicySFTConfig()
     tokenizer = load_tokenizer(model)
@@ -238,14 +239,10 @@ def train_initial_policy(rows: Sequence[dict[str, Any]], model: str, out_dir: st
                 order = list(range(len(examples)))
                 rng.shuffle(order)
             batch.append(examples[order.pop()])
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (ids, start) in enumerate(batch):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            labels[i, start:len(ids)] = torch.tensor(ids[start:])
-            mask[i, :len(ids)] = 1
+        input_ids, mask = pad_rows([ids for ids, _ in batch], pad)
+        # Labels: the response tokens, -100 (ignored) on the prompt and the padding.
+        labels, _ = pad_rows([[-100] * min(start, len(ids)) + ids[start:] for ids, start in batch],
+                             -100)
         loss = policy(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

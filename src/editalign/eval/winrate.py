@@ -56,17 +56,14 @@ def sequence_logprobs(model: Any, samples: Sequence[Sample], batch_size: int = 1
     import torch
     import torch.nn.functional as F
 
+    from editalign.padding import pad_rows
+
     device = next(model.parameters()).device
     out: list[float] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
-        rows = [s.prompt_ids + s.response_ids for s in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, row in enumerate(rows):
-            ids[j, :len(row)] = torch.tensor(row)
-            mask[j, :len(row)] = 1
+        # Padding id 0: the mask hides it, and any id is a valid embedding index.
+        ids, mask = pad_rows([s.prompt_ids + s.response_ids for s in chunk], 0)
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         logp = F.log_softmax(logits.float(), dim=-1)
