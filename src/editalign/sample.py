@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from editalign.generation import SamplingConfig
+from editalign.generation import SamplingConfig, encode_prompt, sample_responses
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +153,6 @@ class HFBackend:
             self.model.to("cuda")
 
     def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
-        from editalign.generation import sample_responses
-
         # one response per prompt: the caller repeats prompts for k samples and seeds chunks
         config = replace(self.options, seed=seed, batch_size=len(prompts))
         eos = self.tokenizer.eos_token_id
@@ -199,8 +197,6 @@ class VLLMBackend:
 
     def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
         from vllm import SamplingParams
-
-        from editalign.generation import encode_prompt
 
         o = self.options
         requests = [{"prompt_token_ids": encode_prompt(p, self.tokenizer, o.chat_template)}

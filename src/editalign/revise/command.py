@@ -14,8 +14,6 @@ from typing import Any
 
 from editalign.data.jsonl import write_jsonl
 
-REWARD_MODEL_CLASS = "editalign.reward_model:TokenRewardModel"
-
 
 def add_revise_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file whose keys are any of these options "
@@ -56,7 +54,7 @@ def add_revise_args(p: argparse.ArgumentParser) -> None:
                    "keeps rows with score(revised) - score(original) >= --reward-margin")
     p.add_argument("--reward-model",
                    help="reward filter with a reward model trained by editalign "
-                   f"(needs {REWARD_MODEL_CLASS})")
+                   "(needs editalign.reward_model:TokenRewardModel)")
     p.add_argument("--reward-margin", type=float, default=0.0)
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
