@@ -33,7 +33,7 @@ from editalign.bench.reviser import revise
 from editalign.bench.task import BenchTask, PolicySFTConfig, judge_summary, train_initial_policy
 from editalign.bench.tokenizer import build_bench_model
 from editalign.bench.world import BenchConfig
-from editalign.eval.winrate import SamplingConfig, sample_responses
+from editalign.generation import SamplingConfig, sample_responses
 from editalign.models import load_model, load_tokenizer
 
 RESULTS = Path(__file__).parent / "results"

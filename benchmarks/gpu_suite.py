@@ -450,7 +450,8 @@ def part_ppo(spec: dict, gpu: bool, peak: float | None) -> dict[str, Any]:
     import statistics
 
     from editalign.reward_model import RewardModelConfig, TokenRewardModel
-    from editalign.train.ppo import PPOConfig, PPOTrainer, reward_model_source
+    from editalign.train.ppo import PPOConfig, PPOTrainer
+    from editalign.train.ppo_rollout import reward_model_source
 
     device = "cuda" if gpu else "cpu"
     tok = tokenizer()

@@ -32,7 +32,8 @@ import torch
 from _common import write_result
 from editalign.models import load_model, load_tokenizer, resolve_model_path
 from editalign.reward_model import RewardModelConfig, TokenRewardModel
-from editalign.train.ppo import PPOConfig, PPOTrainer, reward_model_source
+from editalign.train.ppo import PPOConfig, PPOTrainer
+from editalign.train.ppo_rollout import reward_model_source
 
 SETTINGS = dict(rollout_batch_size=16, per_device_train_batch_size=8, ppo_epochs=2,
                 max_new_tokens=32, learning_rate=1e-5, kl_coef=0.05)

@@ -20,14 +20,15 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[list[str]] = [
     ["editalign.options"],  # validators for option values (check_choice), importable by all
     ["editalign.models", "editalign.losses", "editalign.llm", "editalign.outputs",
-     "editalign.masks"],
+     "editalign.masks", "editalign.padding"],
     # backbones, tokenizers, pure losses, the OpenAI-compatible HTTP client, output targets,
-    # attention masks
+    # attention masks, padding rows of token ids
     ["editalign.gemma3"],  # the gemma3-270m builder (its GGUF package; registered in models)
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.reward_sources"],  # every RL reward source behind one score() interface
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments
     ["editalign.batching"],  # pair layouts, collators, the shared-prefix forward
+    ["editalign.generation"],  # sampling settings, prompt encoding, the one generate() call
     ["editalign.eval"],  # metrics, judges, win rate
     ["editalign.train", "editalign.sample"],  # trainers; sampling a policy into a rows file
     ["editalign.revise"],  # revision with an LLM (its reward filter scores)

@@ -137,7 +137,8 @@ def test_train_data_loading_of_arbitrary_lines(tmp_path_factory, tok, lines):
 @example(rows=[{"prompt": []}])
 @example(rows=[{"prompt": [{"role": "user", "content": 5}]}])
 def test_eval_winrate_prompt_rows_load_or_name_row_and_field(tmp_path_factory, tok, rows):
-    from editalign.eval.winrate import encode_prompt, read_prompt_rows
+    from editalign.eval.winrate import read_prompt_rows
+    from editalign.generation import encode_prompt
 
     path = _write_jsonl(tmp_path_factory.mktemp("fuzz") / "prompts.jsonl", rows)
     try:

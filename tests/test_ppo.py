@@ -6,13 +6,8 @@ import torch
 
 from editalign.models import load_model, load_tokenizer
 from editalign.reward_model import RewardModelConfig, TokenRewardModel
-from editalign.train.ppo import (
-    PPOConfig,
-    PPOTrainer,
-    gather_response,
-    response_lengths,
-    text_reward_source,
-)
+from editalign.train.ppo import PPOConfig, PPOTrainer
+from editalign.train.ppo_rollout import gather_response, response_lengths, text_reward_source
 
 LOWERCASE = [ord(c) for c in "abcdefghijklmnopqrstuvwxyz"]  # tiny's token id == byte value
 
@@ -110,7 +105,7 @@ def test_lora_policy_uses_itself_without_adapter_as_reference(tmp_path, tok):
     trainer.train()
     rollout = trainer.score(trainer.rollout(trainer._next_prompts()))
     base = load_model("tiny:0")
-    from editalign.train.ppo import policy_logprobs
+    from editalign.train.ppo_rollout import policy_logprobs
 
     with torch.no_grad():
         expected, _ = policy_logprobs(base, rollout, 1.0)

@@ -8,7 +8,7 @@ import torch
 
 from editalign.models import load_model, load_tokenizer
 from editalign.outputs import OutputError
-from editalign.train.ppo import dpo_reward_source
+from editalign.train.ppo_rollout import dpo_reward_source
 
 
 @pytest.fixture(scope="module")

@@ -44,9 +44,9 @@ from editalign.revise import (
     reward_filter,
     shipped_templates,
 )
-from editalign.revise.command import reward_model_scorer
 from editalign.revise.prompts import parse_template
 from editalign.revise.reviser import revise_fields
+from editalign.revise.scorer import reward_model_scorer
 
 # --------------------------------------------------------------------------- templates
 

@@ -237,8 +237,8 @@ def test_every_consumer_honours_the_saved_context(saved_full, tokenizer):
     from editalign.eval import qe
     from editalign.eval.judges import RewardModelJudge
     from editalign.eval.pair_scoring import score_labeled
-    from editalign.revise.command import reward_model_scorer
-    from editalign.train.ppo import reward_model_source
+    from editalign.revise.scorer import reward_model_scorer
+    from editalign.train.ppo_rollout import reward_model_source
 
     context, directory = saved_full
     model = TokenRewardModel.from_pretrained(directory, tokenizer=tokenizer)

@@ -10,6 +10,7 @@ from editalign.reward_sources import (
     dpo_source,
     make_source,
     right_padded,
+    score_in_batches,
     sequence_rm_source,
     text_source,
     token_rm_source,
@@ -120,3 +121,33 @@ def test_per_token_of_a_sequence_score_sits_on_the_last_token():
     scores = ResponseScores(sequence=torch.tensor([1.5, -2.0]), tokens=None,
                             lengths=torch.tensor([3, 1]))
     assert scores.per_token().tolist() == [[0.0, 0.0, 1.5], [-2.0, 0.0, 0.0]]
+
+
+def test_score_in_batches_keeps_row_order_and_reads_each_row_as_one_batch(rows, tok,
+                                                                          reward_model):
+    prompts = [p for p, _ in rows] * 2
+    responses = [r for _, r in rows] + [r[:1] for _, r in rows]
+    source = token_rm_source(reward_model)
+    together = source.score(*right_padded(prompts, responses, tok.pad_token_id))
+    for order in ("given", "length"):
+        scored = score_in_batches(source, prompts, responses, tok.pad_token_id, 2, order=order)
+        assert [len(row.tokens) for row in scored] == [len(r) for r in responses]
+        for i, row in enumerate(scored):
+            assert row.sequence == pytest.approx(float(together.sequence[i]), abs=1e-5)
+            assert torch.allclose(row.tokens, together.tokens[i, :len(responses[i])], atol=1e-5)
+    last = score_in_batches(sequence_rm_source(reward_model), prompts, responses,
+                            tok.pad_token_id, 3)
+    assert all(row.tokens is None for row in last)
+    assert [row.sequence for row in last] == pytest.approx(
+        [float(row.tokens[-1]) for row in scored], abs=1e-5)
+
+
+def test_score_in_batches_names_a_non_finite_row(rows, tok):
+    from editalign.reward_model import NonFiniteRewardError
+
+    model = TokenRewardModel.from_backbone("tiny", RewardModelConfig(), tokenizer=tok).eval()
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteRewardError, match="the answer to q0"):
+        score_in_batches(token_rm_source(model), [p for p, _ in rows], [r for _, r in rows],
+                         tok.pad_token_id, 1, names=["the answer to q0", "the answer to q1"])

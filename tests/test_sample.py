@@ -35,7 +35,7 @@ def _rows(path):
 def test_rows_are_read_by_label_revise_and_annotate_loaders(prompts, tmp_path):
     from editalign.data.labeling import LabelingConfig, label_pairs
     from editalign.data.pairs import load_pairs
-    from editalign.eval.winrate import encode_prompt
+    from editalign.generation import encode_prompt
     from editalign.models import load_tokenizer
 
     out = tmp_path / "samples.jsonl"
@@ -144,7 +144,7 @@ def test_missing_arguments_and_bad_options(prompts, tmp_path, capsys):
 
 
 def test_sample_options_share_the_evaluators_checks():
-    from editalign.eval.winrate import SamplingConfig
+    from editalign.generation import SamplingConfig
     from editalign.sample import SampleOptions
 
     for bad in ({"top_p": 0}, {"temperature": -1}, {"max_new_tokens": 0}, {"batch_size": 0}):

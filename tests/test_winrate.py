@@ -15,14 +15,13 @@ from editalign.eval.judges import (
     parse_preference,
 )
 from editalign.eval.winrate import (
-    SamplingConfig,
     bootstrap_interval,
     evaluate_winrate,
     read_prompt_rows,
-    sample_responses,
     sequence_logprobs,
     win_rate,
 )
+from editalign.generation import SamplingConfig, sample_responses
 from editalign.registry import make_judge
 
 # --------------------------------------------------------------------------- arithmetic

@@ -54,6 +54,7 @@ from editalign.models import (
     tokenizer_fingerprint,
 )
 from editalign.options import check_choice
+from editalign.padding import pad_rows
 
 REWARD_CONFIG_NAME = "reward_config.json"
 HEAD_NAME = "reward_head.safetensors"
@@ -260,13 +261,10 @@ class TokenRewardModel(nn.Module):
         lengths = attention_mask.sum(-1).tolist()
         rows = [echo_sequence(input_ids[b, :n].tolist(), int(start[b]))
                 for b, n in enumerate(lengths)]
-        width = max(len(ids) for ids, _ in rows)
-        ids = input_ids.new_zeros((len(rows), width))
-        mask = attention_mask.new_zeros((len(rows), width))
+        ids, mask = pad_rows([row for row, _ in rows], 0, like=input_ids)
+        mask = mask.to(attention_mask)
         read = input_ids.new_zeros(input_ids.shape)  # padding reads position 0 (never used)
-        for b, (row, where) in enumerate(rows):
-            ids[b, :len(row)] = torch.as_tensor(row)
-            mask[b, :len(row)] = 1
+        for b, (_, where) in enumerate(rows):
             read[b, :len(where)] = torch.as_tensor(where)
         hidden = self._hidden(ids, mask)
         return hidden.gather(1, read[..., None].expand(-1, -1, hidden.size(-1)))
@@ -284,7 +282,8 @@ class TokenRewardModel(nn.Module):
     @torch.no_grad()
     def response_rewards(self, input_ids: Tensor, attention_mask: Tensor,
                          response_start: Tensor | list[int], *,
-                         rows: Sequence[str] | None = None) -> Tensor:
+                         rows: Sequence[str] | None = None, read_at: str | None = None
+                         ) -> Tensor:
         """The PPO reward source: (batch, response_length) rewards of right-padded sequences.
 
         Row b's response is ``input_ids[b, response_start[b]:]`` up to its last non-pad
@@ -293,7 +292,12 @@ class TokenRewardModel(nn.Module):
         Padding positions are 0. A whole-response model (``context`` echo or bidirectional)
         reads the whole response at every position. A NaN or inf reward on a response token raises
         :class:`NonFiniteRewardError` naming the row (``rows[b]``, default ``row b``).
+        ``read_at`` reads the model at ``token`` or ``last`` for this call (default: its
+        config's), so one loaded model serves a dense and a sparse source without either
+        rewriting its config.
         """
+        read_at = self.reward_config.read_at if read_at is None else read_at
+        check_choice("read_at", read_at, READ_AT)
         rewards = self(input_ids=input_ids, attention_mask=attention_mask,
                        response_start=response_start).rewards.float()
         start = torch.as_tensor(response_start, device=rewards.device)
@@ -303,7 +307,7 @@ class TokenRewardModel(nn.Module):
         index = (start[:, None] + cols).clamp(max=rewards.size(1) - 1)
         out = rewards.gather(1, index)
         valid = cols[None, :] < lengths[:, None]
-        if self.reward_config.read_at == "last":
+        if read_at == "last":
             valid = cols[None, :] == (lengths[:, None] - 1)
         check_finite_rewards(out, valid, rows=rows)
         return torch.where(valid, out, torch.zeros_like(out))

@@ -11,6 +11,12 @@ API (stable; PPO, GRPO and the verl plugin call it)::
     dpo_source(dpo_model, ref_model, beta)     # "dpo": β·(log π_DPO − log π_ref) per token
     text_source(fn, tokenizer, name=...)       # any fn(prompts, responses) -> floats
     make_source(kind, ...)                     # by name: token | sequence | dpo
+    model_source(reward_model)                 # a reward model read as saved (its read_at)
+
+    score_in_batches(source, prompt_ids, response_ids, pad_token_id, batch_size,
+                     order="given" | "length", names=...) -> [RowScores(sequence, tokens)]
+                                               # the one way to score many responses: the
+                                               # judges, the reviser's filter, eval qe
 
 The batch is right-padded, one row = prompt (no padding) + response + padding, with each
 row's ``response_start``; T is the longest response in the batch and ``tokens`` is exactly 0
@@ -22,14 +28,13 @@ per-token signal. Token reward models are read through
 :meth:`~editalign.reward_model.TokenRewardModel.response_rewards`, so every reading mode
 the reward model offers reaches RL unchanged.
 
-A low layer: it imports :mod:`editalign.reward_model` and :mod:`editalign.models` only, so
+A low layer: it imports :mod:`editalign.options` and :mod:`editalign.padding` only, so
 trainers, the benchmark and engine plugins can all build on it.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from editalign.options import check_choice
+from editalign.padding import pad_rows
 
 SOURCE_KINDS = ("token", "sequence", "dpo")
 
@@ -69,8 +75,10 @@ class RewardSource(Protocol):
     name: str
     dense: bool
 
-    def score(self, input_ids: Tensor, attention_mask: Tensor,
-              response_start: Tensor) -> ResponseScores: ...
+    def score(self, input_ids: Tensor, attention_mask: Tensor, response_start: Tensor, *,
+              rows: Sequence[str] | None = None) -> ResponseScores:
+        """``rows`` names each row in an error about it (a NaN reward), default ``row b``."""
+        ...
 
 
 def response_lengths_of(attention_mask: Tensor, response_start: Tensor | Sequence[int]
@@ -78,17 +86,6 @@ def response_lengths_of(attention_mask: Tensor, response_start: Tensor | Sequenc
     """Each row's response length in the right-padded layout."""
     start = torch.as_tensor(response_start, device=attention_mask.device)
     return attention_mask.sum(-1) - start
-
-
-@contextlib.contextmanager
-def _reading_at(reward_model: Any, read_at: str) -> Iterator[None]:
-    """Read a :class:`TokenRewardModel` at ``read_at`` for one call, then restore it."""
-    saved = reward_model.reward_config.read_at
-    reward_model.reward_config.read_at = read_at
-    try:
-        yield
-    finally:
-        reward_model.reward_config.read_at = saved
 
 
 @dataclass
@@ -107,15 +104,22 @@ class RewardModelSource:
         self.name = "editalign_token_rm" if self.read_at == "token" else "editalign_sequence_rm"
         self.dense = self.read_at == "token"
 
-    def score(self, input_ids: Tensor, attention_mask: Tensor,
-              response_start: Tensor) -> ResponseScores:
-        with _reading_at(self.reward_model, self.read_at):
-            rewards = self.reward_model.response_rewards(input_ids, attention_mask,
-                                                         response_start)
+    def score(self, input_ids: Tensor, attention_mask: Tensor, response_start: Tensor, *,
+              rows: Sequence[str] | None = None) -> ResponseScores:
+        # read_at per call: the model's config is never rewritten, so a dense and a sparse
+        # source may share one loaded model.
+        rewards = self.reward_model.response_rewards(input_ids, attention_mask, response_start,
+                                                     rows=rows, read_at=self.read_at)
         lengths = response_lengths_of(attention_mask, response_start).to(rewards.device)
         # One nonzero entry per row when read at the last token: the sum is that entry.
         return ResponseScores(sequence=rewards.sum(-1), tokens=rewards if self.dense else None,
                               lengths=lengths)
+
+
+def model_source(reward_model: Any) -> RewardModelSource:
+    """A reward model read as it was saved: ``read_at`` from its config (the judges, the
+    reviser's filter)."""
+    return RewardModelSource(reward_model, reward_model.reward_config.read_at)
 
 
 def token_rm_source(reward_model: Any) -> RewardModelSource:
@@ -160,8 +164,8 @@ class DPOSource:
     dense: bool = True
 
     @torch.no_grad()
-    def score(self, input_ids: Tensor, attention_mask: Tensor,
-              response_start: Tensor) -> ResponseScores:
+    def score(self, input_ids: Tensor, attention_mask: Tensor, response_start: Tensor, *,
+              rows: Sequence[str] | None = None) -> ResponseScores:
         start = torch.as_tensor(response_start, device=input_ids.device)
         lengths = attention_mask.sum(-1) - start
         width = int(lengths.max())
@@ -185,8 +189,8 @@ class TextSource:
     name: str = "text"
     dense: bool = False
 
-    def score(self, input_ids: Tensor, attention_mask: Tensor,
-              response_start: Tensor) -> ResponseScores:
+    def score(self, input_ids: Tensor, attention_mask: Tensor, response_start: Tensor, *,
+              rows: Sequence[str] | None = None) -> ResponseScores:
         start = torch.as_tensor(response_start, device=input_ids.device)
         lengths = attention_mask.sum(-1) - start
         prompts, responses = [], []
@@ -223,12 +227,53 @@ def right_padded(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[
                  pad_token_id: int, device: Any = None) -> tuple[Tensor, Tensor, Tensor]:
     """(input_ids, attention_mask, response_start) of the right-padded layout every source
     reads, from each row's prompt token ids and response token ids (no padding in either)."""
-    width = max((len(p) + len(r) for p, r in zip(prompts, responses, strict=True)), default=0)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        n = len(p) + len(r)
-        input_ids[i, :n] = torch.tensor([*p, *r], dtype=torch.long)
-        attention_mask[i, :n] = 1
+    input_ids, attention_mask = pad_rows(
+        [[*p, *r] for p, r in zip(prompts, responses, strict=True)], pad_token_id)
     start = torch.tensor([len(p) for p in prompts], dtype=torch.long)
     return input_ids.to(device), attention_mask.to(device), start.to(device)
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """One response's scores from :func:`score_in_batches`, on the CPU."""
+
+    sequence: float  # the outcome reward R_i
+    tokens: Tensor | None  # (response length,) per-token rewards; None: no token signal
+
+
+BATCH_ORDERS = ("given", "length")
+
+
+def score_in_batches(source: RewardSource, prompt_ids: Sequence[Sequence[int]],
+                     response_ids: Sequence[Sequence[int]], pad_token_id: int,
+                     batch_size: int, *, order: str = "given",
+                     names: Sequence[str] | None = None, device: Any = None,
+                     ) -> list[RowScores]:
+    """Score every (prompt ids, response ids) row with ``source``, ``batch_size`` rows per
+    right-padded batch (:func:`right_padded`, each batch as wide as its longest row); one
+    :class:`RowScores` per row, in the rows' order.
+
+    ``order="given"`` batches the rows as they come; ``"length"`` batches them shortest
+    first (a stable sort on prompt + response length), so each batch carries little
+    padding. ``names`` name the rows in an error about them (the source's NaN check);
+    ``device``: where the batches go (the source's models' device).
+    """
+    check_choice("order", order, BATCH_ORDERS)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    index = list(range(len(prompt_ids)))
+    if order == "length":
+        index.sort(key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
+    out: list[RowScores | None] = [None] * len(index)
+    for k in range(0, len(index), batch_size):
+        idx = index[k:k + batch_size]
+        batch = right_padded([prompt_ids[i] for i in idx], [response_ids[i] for i in idx],
+                             pad_token_id, device)
+        named = {} if names is None else {"rows": [names[i] for i in idx]}
+        scores = source.score(*batch, **named)
+        sequence = scores.sequence.tolist()
+        tokens = None if scores.tokens is None else scores.tokens.cpu()
+        for row, i in enumerate(idx):
+            out[i] = RowScores(sequence[row], None if tokens is None
+                               else tokens[row, :len(response_ids[i])])
+    return out  # type: ignore[return-value]  # every row was filled above

@@ -11,7 +11,7 @@ Each prompt gets ``num_samples`` responses; every response becomes one row in th
 ``revised`` equals ``original`` until someone (``revise``, ``annotate``) edits it.
 
 Prompts are rendered exactly as the labeller renders them (:func:`editalign.data.labeling.
-render_prompt`, through :func:`editalign.eval.winrate.encode_prompt`), so the tokens a
+render_prompt`, through :func:`editalign.generation.encode_prompt`), so the tokens a
 sample was drawn after are the tokens it is later labelled and trained after.
 
 Determinism and resuming: the (prompt, sample) rows are cut into fixed chunks of
@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from editalign.eval.winrate import SamplingConfig
+from editalign.generation import SamplingConfig, encode_prompt, sample_responses
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,6 @@ class HFBackend:
             self.model.to("cuda")
 
     def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
-        from editalign.eval.winrate import sample_responses
-
         # one response per prompt: the caller repeats prompts for k samples and seeds chunks
         config = replace(self.options, seed=seed, batch_size=len(prompts))
         eos = self.tokenizer.eos_token_id
@@ -197,8 +195,6 @@ class VLLMBackend:
 
     def generate(self, prompts: Sequence[Any], seed: int) -> list[Drawn]:
         from vllm import SamplingParams
-
-        from editalign.eval.winrate import encode_prompt
 
         o = self.options
         requests = [{"prompt_token_ids": encode_prompt(p, self.tokenizer, o.chat_template)}

@@ -48,7 +48,7 @@ def train_online(method: str, bench: Path, out: Path, config: Any,
     """
     from editalign.bench.task import make_edit_pairs, read_jsonl
     from editalign.data.pairs import save_pairs_jsonl
-    from editalign.eval.winrate import SamplingConfig, sample_responses
+    from editalign.generation import SamplingConfig, sample_responses
     from editalign.models import load_model, load_tokenizer
 
     rows = read_jsonl(bench / "prompts.train.jsonl")

@@ -174,19 +174,10 @@ def _pairs_preview(pairs_file: Path, tokenizer_dir: Path, n: int) -> str | None:
 
 def _token_rewards(rm_dir: Path, pairs_file: Path, n: int) -> str | None:
     from editalign.data.arguments import DataArguments
-    from editalign.eval.pair_scoring import score_labeled
-    from editalign.eval.reward_metrics import reward_metrics
-    from editalign.eval.token_html import pair_record, render_html
-    from editalign.reward_model import TokenRewardModel
+    from editalign.eval.token_html import token_reward_page
 
-    tokenizer = TokenRewardModel.load_tokenizer(str(rm_dir))
-    model = TokenRewardModel.from_pretrained(str(rm_dir), tokenizer=tokenizer)
-    pairs, _ = DataArguments(data=str(pairs_file), limit=n).load(tokenizer)
-    scores = score_labeled(model, pairs, tokenizer.pad_token_id)
-    records = [pair_record(lp, s, tokenizer.eos_token or "")
-               for lp, s in zip(pairs, scores, strict=True)]
-    return render_html(records, reward_metrics(scores), f"token rewards: {rm_dir.name}",
-                       model.reward_config.read_at)
+    page = token_reward_page(rm_dir, DataArguments(data=str(pairs_file), limit=n))
+    return page.html(f"token rewards: {rm_dir.name}")
 
 
 def write_report(out: str | Path, bench: str | Path, results: Sequence[dict[str, Any]],

@@ -472,7 +472,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     from editalign.bench.judge import GoldWinJudge
     from editalign.bench.task import read_jsonl
     from editalign.data.pairs import load_pairs, save_pairs_jsonl
-    from editalign.eval.winrate import SamplingConfig, evaluate_winrate
+    from editalign.eval.winrate import evaluate_winrate
+    from editalign.generation import SamplingConfig
 
     bench, out = Path(bench), Path(out)
     claim_run_dir(out, bench)  # before any work: ours to write, and ours alone

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,36 @@ class PolicySFTConfig:
     log_every: int = 50
 
 
+def _warmup_cosine(config: PolicySFTConfig) -> Callable[[int], float]:
+    """The learning-rate factor of step ``step``: linear warm-up, then cosine decay to 0."""
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return lr_at
+
+
+def _sft_batch(examples: Sequence[tuple[list[int], int]], order: list[int], rng: random.Random,
+               batch_size: int, pad: int) -> tuple[Any, Any, Any]:
+    """The next ``batch_size`` examples (``order`` is consumed in place and reshuffled when
+    empty), right-padded: input ids, attention mask, labels (-100 off the response)."""
+    from editalign.padding import pad_rows
+
+    batch = []
+    while len(batch) < batch_size:
+        if not order:
+            order.extend(range(len(examples)))
+            rng.shuffle(order)
+        batch.append(examples[order.pop()])
+    input_ids, mask = pad_rows([ids for ids, _ in batch], pad)
+    labels, _ = pad_rows([[-100] * min(start, len(ids)) + ids[start:] for ids, start in batch],
+                         -100)
+    return input_ids, mask, labels
+
+
 def train_initial_policy(rows: Sequence[dict[str, Any]], model: str, out_dir: str | Path, *,
                          config: PolicySFTConfig | None = None) -> list[dict[str, float]]:
     """Fine-tune ``model`` on the noisy responses and save it to ``out_dir``.
@@ -219,33 +249,14 @@ def train_initial_policy(rows: Sequence[dict[str, Any]], model: str, out_dir: st
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config))
     order: list[int] = []
     log: list[dict[str, float]] = []
     policy.train()
     started = time.perf_counter()
     running = 0.0
     for step in range(config.steps):
-        batch = []
-        while len(batch) < config.batch_size:
-            if not order:
-                order = list(range(len(examples)))
-                rng.shuffle(order)
-            batch.append(examples[order.pop()])
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (ids, start) in enumerate(batch):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            labels[i, start:len(ids)] = torch.tensor(ids[start:])
-            mask[i, :len(ids)] = 1
+        input_ids, mask, labels = _sft_batch(examples, order, rng, config.batch_size, pad)
         loss = policy(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -207,7 +207,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         train_initial_policy,
     )
     from editalign.data.pairs import save_pairs_jsonl
-    from editalign.eval.winrate import SamplingConfig, sample_responses
+    from editalign.generation import SamplingConfig, sample_responses
     from editalign.models import load_model, load_tokenizer
 
     apply_preset(args)

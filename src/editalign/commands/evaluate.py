@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     :func:`editalign.registry.make_judge`, the table of every judge."""
     if args.metric == "qe":
         return _run_qe(args)
-    from editalign.eval.winrate import SamplingConfig, evaluate_winrate, read_prompt_rows
+    from editalign.eval.winrate import evaluate_winrate, read_prompt_rows
+    from editalign.generation import SamplingConfig
     from editalign.registry import make_judge
 
     if not (args.policy and args.reference and args.prompts):

@@ -129,9 +129,9 @@ def run(args: argparse.Namespace) -> int:
     from editalign.data.pairs import load_pairs
     from editalign.llm.cache import RequestCache
     from editalign.llm.client import ChatClient, ClientConfig, FatalRequestError
-    from editalign.revise.command import reward_model_scorer
     from editalign.revise.prompts import load_template
     from editalign.revise.reviser import ReviseOptions, revise_fields, revise_pairs
+    from editalign.revise.scorer import reward_model_scorer  # torch: only when it runs
 
     # httpx logs every request at INFO; the summary says what matters.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from editalign.commands.common import add_config_argument
 from editalign.data.arguments import DataArguments, add_data_arguments
+from editalign.eval.token_html import token_reward_page
 
 # `score` directories written before the output marker.
 SCORE_LEGACY = (("rewards.jsonl", "metrics.json"),)
@@ -46,10 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # torch and the model code load only when the command runs: `editalign --help` stays fast.
     from editalign.data.jsonl import nan_to_none, write_jsonl
-    from editalign.eval.pair_scoring import score_labeled
-    from editalign.eval.reward_metrics import reward_metrics
-    from editalign.eval.token_html import pair_record, render_html
-    from editalign.reward_model import TokenRewardModel
 
     if not args.reward_model or not args.data or not args.out:
         raise SystemExit("editalign score: --reward-model, --data and --out are required")
@@ -58,23 +55,18 @@ def run(args: argparse.Namespace) -> int:
     # Before the model loads: --out is new, empty or an earlier `score` output.
     out = check_dir(args.out, flag="--out", command="score", legacy=SCORE_LEGACY,
                     inputs={"--data": args.data, "--reward-model": args.reward_model})
-    tokenizer = TokenRewardModel.load_tokenizer(args.reward_model)
-    model = TokenRewardModel.from_pretrained(args.reward_model, tokenizer=tokenizer)
     data = DataArguments(data=args.data, preset=args.preset, limit=args.limit,
                          max_length=args.max_length or None)
-    pairs, _ = data.load(tokenizer)
-    scores = score_labeled(model, pairs, tokenizer.pad_token_id, args.batch_size)
+    page = token_reward_page(args.reward_model, data, batch_size=args.batch_size)
     # An undefined metric (e.g. AUROC without both classes) is NaN in memory and null in the
     # file: strict JSON has no NaN. Rewards themselves were checked finite when scored.
-    metrics = nan_to_none(reward_metrics(scores))
-    eos = tokenizer.eos_token or ""
-    records = [pair_record(lp, s, eos) for lp, s in zip(pairs, scores, strict=True)]
+    metrics = nan_to_none(page.metrics)
+    records = page.records
     mark_dir(out, "score")
     write_jsonl(out / "rewards.jsonl", records, allow_nan=False)
     write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
-    write_text(out / "index.html",
-               render_html(records[: args.html_pairs], metrics,
-                           f"editalign score: {args.reward_model}", model.reward_config.read_at))
+    write_text(out / "index.html", page.html(f"editalign score: {args.reward_model}",
+                                             pairs=args.html_pairs, metrics=metrics))
     out = Path(args.out)
     shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
     print(f"scored {len(records)} pairs: {shown}")

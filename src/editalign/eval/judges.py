@@ -55,30 +55,18 @@ class RewardModelJudge:
                names: Sequence[str] | None = None) -> list[float]:
         """Sum of each response's rewards; NaN or inf raises, naming the row (``names[i]``,
         default ``row i``)."""
-        import torch
-
         from editalign.data.prompts import encode_example
+        from editalign.reward_sources import model_source, score_in_batches
 
         tok = self.tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        out: list[float] = []
-        for i in range(0, len(prompts), self.batch_size):
-            encoded = [encode_example(tok, p, r) for p, r in
-                       zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size],
-                           strict=True)]
-            width = max(len(ids) for ids, _ in encoded)
-            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, (row, _) in enumerate(encoded):
-                ids[j, :len(row)] = torch.tensor(row)
-                mask[j, :len(row)] = 1
-            starts = torch.tensor([start for _, start in encoded])
-            chunk = range(i, i + len(encoded))
-            rewards = self.model.response_rewards(
-                ids, mask, starts,
-                rows=[names[j] if names is not None else f"row {j}" for j in chunk])
-            out.extend(rewards.sum(-1).tolist())
-        return out
+        encoded = [encode_example(tok, p, r) for p, r in zip(prompts, responses, strict=True)]
+        scored = score_in_batches(
+            model_source(self.model), [ids[:start] for ids, start in encoded],
+            [ids[start:] for ids, start in encoded], pad, self.batch_size,
+            names=list(names) if names is not None else [f"row {j}" for j in
+                                                         range(len(encoded))])
+        return [row.sequence for row in scored]
 
     def compare(self, rows: Sequence[Row], policy: Sequence[str],
                 reference: Sequence[str]) -> Judgement:

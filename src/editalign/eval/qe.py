@@ -333,31 +333,19 @@ def labeled_segments(segments: Sequence[Segment], tokenizer: Any, max_length: in
 
 def mt_rewards(model: TokenRewardModel, labeled: Sequence[LabeledPair], pad_token_id: int,
                batch_size: int = 16) -> list[np.ndarray]:
-    """Token rewards of each MT's response tokens (EOS included), one forward per MT."""
-    import torch
+    """Token rewards of each MT's response tokens (EOS included), the MTs batched
+    shortest first (little padding per batch)."""
+    from editalign.reward_sources import score_in_batches, token_rm_source
 
-    device = next(model.parameters()).device
-    out: list[np.ndarray] = [np.zeros(0)] * len(labeled)
-    order = sorted(range(len(labeled)), key=lambda i: len(labeled[i].original.input_ids))
     model.eval()
-    for k in range(0, len(order), batch_size):
-        idx = order[k:k + batch_size]
-        seqs = [labeled[i].original.input_ids for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.as_tensor(seq)
-            mask[row, : len(seq)] = 1
-        starts = torch.as_tensor([labeled[i].original.response_start for i in idx])
-        with torch.no_grad():  # response_start: a whole-response model reads the whole MT
-            rewards = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                            response_start=starts.to(device)).rewards
-        rewards = rewards.float().cpu().numpy()
-        for row, i in enumerate(idx):
-            side = labeled[i].original
-            out[i] = rewards[row, side.response_start: len(side.input_ids)]
-    return out
+    sides = [lp.original for lp in labeled]
+    # read_at token whatever the model's: word scores read every token's reward; the
+    # source passes response_start, so a whole-response model reads the whole MT.
+    scored = score_in_batches(
+        token_rm_source(model), [s.input_ids[:s.response_start] for s in sides],
+        [s.input_ids[s.response_start:] for s in sides], pad_token_id, batch_size,
+        order="length", device=next(model.parameters()).device)
+    return [row.tokens.numpy() for row in scored]  # type: ignore[union-attr]  # dense
 
 
 def sentences_from_rewards(labeled: Sequence[LabeledPair], rewards: Sequence[np.ndarray]

@@ -1,10 +1,16 @@
 """The page that colours every response token by its reward (``editalign score``, the bench
-report and ``editalign eval qe`` draw it): green above 0, red below, stronger further from 0."""
+report and ``editalign eval qe`` draw it): green above 0, red below, stronger further from 0.
+
+:func:`token_reward_page` is the one path from a saved reward model and pairs to that page
+(``editalign score`` and the bench report); :func:`render_html` draws any records.
+"""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,10 +19,9 @@ from editalign.data.align import LABEL_NAMES
 from editalign.data.labeling import SIDES
 
 if TYPE_CHECKING:
+    from editalign.data.arguments import DataArguments
     from editalign.data.labeling import LabeledPair
     from editalign.eval.reward_metrics import PairRewards
-
-
 
 def _token_texts(lp: LabeledPair, name: str, eos: str) -> list[str]:
     side = getattr(lp, name)
@@ -113,3 +118,37 @@ def render_html(records: Sequence[dict[str, Any]], metrics: dict[str, Any], titl
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+@dataclass
+class TokenRewardPage:
+    """A reward model's token rewards on pairs: the records the page shows, the metrics."""
+
+    records: list[dict[str, Any]]  # one pair_record per pair
+    metrics: dict[str, Any]  # reward_metrics over every pair (NaN where undefined)
+    read_at: str  # where the reward model reads its reward (the page says so)
+
+    def html(self, title: str, *, pairs: int | None = None,
+             metrics: dict[str, Any] | None = None) -> str:
+        """The page of the first ``pairs`` records (all by default); ``metrics`` in place of
+        the page's own (``editalign score`` shows the ones it wrote, NaN as n/a)."""
+        return render_html(self.records[:pairs], self.metrics if metrics is None else metrics,
+                           title, self.read_at)
+
+
+def token_reward_page(reward_model: str | Path, data: DataArguments, *,
+                      batch_size: int = 8) -> TokenRewardPage:
+    """Score the pairs ``data`` names with the reward model saved in ``reward_model`` (its
+    own tokenizer), both sides of each pair, ``batch_size`` pairs per forward pass."""
+    # torch loads here, when a page is made: `editalign --help` imports this module.
+    from editalign.eval.pair_scoring import score_labeled
+    from editalign.eval.reward_metrics import reward_metrics
+    from editalign.reward_model import TokenRewardModel
+
+    tokenizer = TokenRewardModel.load_tokenizer(str(reward_model))
+    model = TokenRewardModel.from_pretrained(str(reward_model), tokenizer=tokenizer)
+    pairs, _ = data.load(tokenizer)
+    scores = score_labeled(model, pairs, tokenizer.pad_token_id, batch_size)
+    eos = tokenizer.eos_token or ""
+    return TokenRewardPage([pair_record(lp, s, eos) for lp, s in zip(pairs, scores, strict=True)],
+                           reward_metrics(scores), model.reward_config.read_at)

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from editalign.generation import Sample, SamplingConfig, sample_responses
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,96 +47,7 @@ def bootstrap_interval(values: Sequence[float], *, n_resamples: int = 2000, leve
     return float(low), float(high)
 
 
-# --------------------------------------------------------------------------- sampling
-
-
-@dataclass
-class SamplingConfig:
-    """Identical for both sides. ``temperature=0`` is greedy decoding."""
-
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    batch_size: int = 16
-    chat_template: str = "auto"
-    # Responses per prompt and side. Outcomes are averaged per prompt before the bootstrap,
-    # which resamples prompts: the interval does not pretend k samples are k prompts.
-    samples_per_prompt: int = 1
-
-    def __post_init__(self) -> None:
-        if self.samples_per_prompt < 1:
-            raise ValueError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-@dataclass
-class Sample:
-    text: str
-    prompt_ids: list[int]
-    response_ids: list[int]  # up to and including the first EOS (if it came)
-
-
-def encode_prompt(prompt: Any, tokenizer: Any, mode: str = "auto") -> list[int]:
-    from editalign.data.labeling import render_prompt
-
-    text, add_special = render_prompt(prompt, tokenizer, mode)  # type: ignore[arg-type]
-    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
-
-
-def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[Any],
-                     sampling: SamplingConfig) -> list[Sample]:
-    """One response per prompt; batch ``k`` is sampled after ``manual_seed(seed + k)``, so
-    two models given the same prompts and settings draw from the same random stream."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-        else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    encoded = [encode_prompt(p, tokenizer, sampling.chat_template) for p in prompts]
-    out: list[Sample] = []
-    was_training = model.training
-    model.eval()
-    for k, i in enumerate(range(0, len(encoded), sampling.batch_size)):
-        chunk = encoded[i:i + sampling.batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for j, ids in enumerate(chunk):  # left padding for generate()
-            input_ids[j, width - len(ids):] = torch.tensor(ids)
-            mask[j, width - len(ids):] = 1
-        kwargs: dict[str, Any] = {"do_sample": sampling.temperature > 0}
-        if sampling.temperature > 0:
-            # top_k=0 switches top-k off explicitly; None would fall back to whatever the
-            # model's generation config sets, which would truncate the sampled distribution.
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
-                          top_k=sampling.top_k)
-        torch.manual_seed(sampling.seed + k)
-        with torch.no_grad():
-            generated = model.generate(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=sampling.max_new_tokens, pad_token_id=pad, eos_token_id=eos,
-                **kwargs)
-        for j, ids in enumerate(chunk):
-            response = generated[j, width:].tolist()
-            if eos in response:
-                response = response[:response.index(eos) + 1]
-            else:  # no EOS within max_new_tokens: drop trailing pad (if pad != eos)
-                while response and response[-1] == pad:
-                    response.pop()
-            text = tokenizer.decode(response, skip_special_tokens=True)
-            out.append(Sample(text, ids, response))
-    model.train(was_training)
-    return out
+# --------------------------------------------------------------------------- log-probabilities
 
 
 def sequence_logprobs(model: Any, samples: Sequence[Sample], batch_size: int = 16
@@ -143,17 +56,14 @@ def sequence_logprobs(model: Any, samples: Sequence[Sample], batch_size: int = 1
     import torch
     import torch.nn.functional as F
 
+    from editalign.padding import pad_rows
+
     device = next(model.parameters()).device
     out: list[float] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
-        rows = [s.prompt_ids + s.response_ids for s in chunk]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, row in enumerate(rows):
-            ids[j, :len(row)] = torch.tensor(row)
-            mask[j, :len(row)] = 1
+        # Padding id 0: the mask hides it, and any id is a valid embedding index.
+        ids, mask = pad_rows([s.prompt_ids + s.response_ids for s in chunk], 0)
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         logp = F.log_softmax(logits.float(), dim=-1)

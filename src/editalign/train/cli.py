@@ -240,6 +240,16 @@ def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def check_same_tokenizer(tokenizer: Any, directory: str) -> None:
+    """A DPO policy read as a reward (``--reward dpo``, PPO and GRPO) must read the policy's
+    token ids as the same tokens."""
+    from editalign.models import load_tokenizer, tokenizer_fingerprint
+
+    if tokenizer_fingerprint(load_tokenizer(directory)) != tokenizer_fingerprint(tokenizer):
+        raise ValueError(f"--reward dpo: {directory} has another tokenizer than --model; the "
+                         "implicit reward needs the policy's token ids")
+
+
 def finish(trainer: Any, config: Any, resume: Any) -> int:
     """Train (resuming when asked), save the model and tokenizer, log the final metrics.
 

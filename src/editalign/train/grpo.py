@@ -273,6 +273,7 @@ def build_source(script: GRPOScriptArguments, model_args: Any, tokenizer: Any,
     """The reward source ``--reward`` names, its models loaded onto ``device``."""
     from editalign.models import load_model
     from editalign.reward_model import TokenRewardModel
+    from editalign.train.cli import check_same_tokenizer
 
     if script.reward == "none":
         return None
@@ -280,9 +281,7 @@ def build_source(script: GRPOScriptArguments, model_args: Any, tokenizer: Any,
         raise ValueError(f"--reward {script.reward} needs --reward_model")
     dtype = model_args.torch_dtype()
     if script.reward == "dpo":
-        from editalign.train.ppo import _check_same_tokenizer
-
-        _check_same_tokenizer(tokenizer, script.reward_model)
+        check_same_tokenizer(tokenizer, script.reward_model)
         dpo = load_model(script.reward_model, dtype=dtype).requires_grad_(False).eval()
         ref = load_model(script.dpo_reference or model_args.model, dtype=dtype)
         return sources.dpo_source(dpo.to(device), ref.requires_grad_(False).eval().to(device),

@@ -16,6 +16,11 @@ fair comparison the two arms share every hyper-parameter and seed.
 Sequences are kept right-padded, one row = prompt (no padding) + response (up to and
 including its first EOS) + padding, with each row's ``response_start``; every model (policy,
 reference, value, reward) reads that one layout.
+
+Beside this module: :mod:`editalign.train.ppo_rollout` (the :class:`Rollout` batch, the
+reward-source adapters, log-probabilities at the response tokens) and
+:mod:`editalign.train.ppo_checkpoint` (saving and resuming without pickles). Here: the
+config, the trainer's four steps and loop, and ``editalign train ppo`` (:func:`run`).
 """
 
 from __future__ import annotations
@@ -25,19 +30,17 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 
-import editalign.reward_sources as sources
 from editalign.data.jsonl import write_jsonl
-from editalign.data.labeling import render_prompt
+from editalign.generation import encode_prompt, generate_new_tokens
 from editalign.losses import (
     KL_ESTIMATORS,
     gae,
@@ -48,9 +51,27 @@ from editalign.losses import (
     shape_rewards,
     whiten,
 )
+from editalign.models import load_model, load_tokenizer, resolve_model_path
 from editalign.options import check_choice
-from editalign.reward_model import NonFiniteRewardError, check_finite_rewards
-from editalign.train.common import check_max_steps
+from editalign.padding import pad_rows
+from editalign.reward_model import (
+    NonFiniteRewardError,
+    RewardModelConfig,
+    TokenRewardModel,
+    check_finite_rewards,
+)
+from editalign.train.common import ModelArguments, check_max_steps
+from editalign.train.ppo_checkpoint import CheckpointMixin
+from editalign.train.ppo_rollout import (
+    RewardSource,
+    Rollout,
+    dpo_reward_source,
+    gather_response,
+    policy_logprobs,
+    response_lengths,
+    reward_model_source,
+    select_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,96 +126,6 @@ class PPOConfig(TrainingArguments):
                              "--num_iterations instead")
 
 
-# A reward source maps a right-padded batch to a (batch, response length) reward tensor:
-# the sources of :mod:`editalign.reward_sources`, read in the layout PPO shapes
-# (``ResponseScores.per_token``: a sequence score sits on the last response token).
-RewardSource = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-
-def _per_token(source: sources.RewardSource) -> RewardSource:
-    def score(input_ids: Tensor, attention_mask: Tensor, response_start: Tensor) -> Tensor:
-        return source.score(input_ids, attention_mask, response_start).per_token()
-
-    return score
-
-
-def reward_model_source(reward_model: Any, kind: str = "token") -> RewardSource:
-    """A :class:`~editalign.reward_model.TokenRewardModel` as a reward source.
-
-    ``kind="token"`` reads every response position (fine-grained PPO); ``"sequence"``
-    reads only the last response token (ordinary PPO with a sequence-level reward model).
-    """
-    check_choice("reward", kind, ("token", "sequence"))
-    return _per_token(sources.make_source(kind, reward_model=reward_model))
-
-
-def dpo_reward_source(dpo_model: torch.nn.Module, ref_model: torch.nn.Module,
-                      beta: float) -> RewardSource:
-    """The dense implicit reward of a DPO policy (RTO): ``β·(log π_DPO − log π_ref)`` on every
-    response token (:class:`editalign.reward_sources.DPOSource`)."""
-    return _per_token(sources.dpo_source(dpo_model, ref_model, beta))
-
-
-def text_reward_source(fn: Callable[[list[str], list[str]], Sequence[float]],
-                       tokenizer: PreTrainedTokenizerBase) -> RewardSource:
-    """A Python judge ``fn(prompts, responses) -> scores`` as a sparse (last-token) source."""
-    return _per_token(sources.text_source(fn, tokenizer))
-
-
-@dataclass
-class Rollout:
-    """One batch of sampled responses in the right-padded layout, and what scoring adds."""
-
-    input_ids: Tensor  # (B, L) prompt + response + padding
-    attention_mask: Tensor  # (B, L)
-    response_start: Tensor  # (B,)
-    response_mask: Tensor  # (B, R) true on response tokens (EOS included)
-    hit_max_length: Tensor  # (B,) no EOS within max_new_tokens
-    logprobs: Tensor | None = None  # (B, R) under the policy at sampling time
-    ref_logprobs: Tensor | None = None
-    values: Tensor | None = None
-    rewards: Tensor | None = None  # (B, R) from the reward source
-    advantages: Tensor | None = None
-    returns: Tensor | None = None
-
-
-def response_lengths(response_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
-    """Length of each sampled response up to and including its first EOS.
-
-    When the pad token is the EOS token (SmolLM2, AlpacaFarm's off-by-one), generate() fills
-    finished rows with EOS, so only the *first* EOS ends the response. Returns (lengths,
-    hit_max_length) where rows without EOS keep every sampled token.
-    """
-    is_eos = response_ids == eos_token_id
-    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), response_ids.shape[1] - 1)
-    hit_max = ~is_eos.any(-1)
-    return first + 1, hit_max
-
-
-def gather_response(values: Tensor, response_start: Tensor, width: int, shift: int = 0) -> Tensor:
-    """``values[b, response_start[b] + shift + j]`` for j < width (clamped at the end)."""
-    cols = torch.arange(width, device=values.device)
-    index = (response_start[:, None] + shift + cols).clamp(0, values.shape[1] - 1)
-    if values.dim() == 3:
-        return values.gather(1, index[..., None].expand(-1, -1, values.shape[-1]))
-    return values.gather(1, index)
-
-
-def policy_logprobs(model: torch.nn.Module, rollout: Rollout, temperature: float
-                    ) -> tuple[Tensor, Tensor]:
-    """Log-probability and entropy of every response token under ``model`` (B, R)."""
-    width = rollout.response_mask.shape[1]
-    logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                   use_cache=False).logits
-    # Position p's logits predict token p + 1: response token j is predicted at start + j − 1.
-    logits = gather_response(logits, rollout.response_start, width, shift=-1).float()
-    logp = F.log_softmax(logits / temperature, dim=-1)
-    tokens = gather_response(rollout.input_ids, rollout.response_start, width)
-    token_logp = logp.gather(-1, tokens[..., None]).squeeze(-1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    return token_logp, entropy
-
-
 class AdaptiveKLController:
     """β_KL ← β_KL·(1 + clip(KL/target − 1, ±0.2)·n/horizon) (Ziegler et al. 2019)."""
 
@@ -206,7 +137,7 @@ class AdaptiveKLController:
         self.value *= 1.0 + error * n_steps / self.horizon
 
 
-class PPOTrainer:
+class PPOTrainer(CheckpointMixin):
     """PPO on a causal-LM policy with a value model and any reward source.
 
     ``ref_model=None`` with a PEFT (LoRA) policy uses the policy with its adapter disabled as
@@ -236,7 +167,7 @@ class PPOTrainer:
             log_with=trackers or None, project_dir=config.output_dir,
             mixed_precision="bf16" if config.bf16 else ("fp16" if config.fp16 else "no"))
         set_seed(config.seed + self.accelerator.process_index)
-        self.prompt_ids = [self._encode_prompt(p, chat_template) for p in prompts]
+        self.prompt_ids = [encode_prompt(p, tokenizer, chat_template) for p in prompts]
         empty = [i for i, ids in enumerate(self.prompt_ids) if not ids]
         if empty:  # generate() cannot start from nothing
             raise ValueError(f"prompts {empty[:10]} render to no tokens (empty text); remove "
@@ -267,10 +198,6 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------ data
 
-    def _encode_prompt(self, prompt: str | list[dict[str, str]], mode: str) -> list[int]:
-        text, add_special = render_prompt(prompt, self.tokenizer, mode)  # type: ignore[arg-type]
-        return self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
-
     def _next_prompts(self) -> list[list[int]]:
         """Prompts for this process, reshuffled each pass (a different shard per process)."""
         n, world = self.config.rollout_batch_size, self.accelerator.num_processes
@@ -287,32 +214,23 @@ class PPOTrainer:
 
     @torch.no_grad()
     def rollout(self, prompt_ids: list[list[int]]) -> Rollout:
-        tok, device = self.tokenizer, self.accelerator.device
+        tok, device, cfg = self.tokenizer, self.accelerator.device, self.config
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        width = max(len(p) for p in prompt_ids)
-        left = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
-        left_mask = torch.zeros_like(left)
-        for i, ids in enumerate(prompt_ids):  # generate() wants left padding
-            left[i, width - len(ids):] = torch.tensor(ids)
-            left_mask[i, width - len(ids):] = 1
         policy = self.accelerator.unwrap_model(self.policy)
         was_training = policy.training
         policy.eval()
-        out = policy.generate(
-            input_ids=left.to(device), attention_mask=left_mask.to(device), do_sample=True,
-            max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature,
-            top_k=self.config.top_k or None, top_p=self.config.top_p, pad_token_id=pad,
-            eos_token_id=tok.eos_token_id, use_cache=True)
+        # top_k=0 becomes None here (the model's generation config decides), unlike
+        # SamplingConfig's explicit 0: kept as it was, since changing it changes every
+        # PPO rollout and the benchmark's PPO arms with them.
+        responses = generate_new_tokens(
+            policy, prompt_ids, pad_token_id=pad, eos_token_id=tok.eos_token_id,
+            max_new_tokens=cfg.max_new_tokens, device=device, do_sample=True,
+            temperature=cfg.temperature, top_k=cfg.top_k or None, top_p=cfg.top_p,
+            use_cache=True).cpu()
         policy.train(was_training)
-        responses = out[:, width:].cpu()
         lengths, hit_max = response_lengths(responses, tok.eos_token_id)
         rows = [ids + responses[i, : lengths[i]].tolist() for i, ids in enumerate(prompt_ids)]
-        total = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), total), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            attention_mask[i, : len(row)] = 1
+        input_ids, attention_mask = pad_rows(rows, pad)
         cols = torch.arange(int(lengths.max()))
         return Rollout(input_ids.to(device), attention_mask.to(device),
                        torch.tensor([len(p) for p in prompt_ids], device=device),
@@ -391,7 +309,7 @@ class PPOTrainer:
             order = torch.randperm(n)
             for start in range(0, n, cfg.per_device_train_batch_size):
                 idx = order[start:start + cfg.per_device_train_batch_size].to(rollout.input_ids.device)
-                mb = _select(rollout, idx)
+                mb = select_rows(rollout, idx)
                 with self.accelerator.accumulate(self.policy, self.value_model):
                     logprobs, entropy = policy_logprobs(self.policy, mb, cfg.temperature)
                     values = self._values(self.value_model, mb)
@@ -471,89 +389,6 @@ class PPOTrainer:
         self.accelerator.end_training()
         return self.history
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def save_checkpoint(self, directory: str | Path) -> None:
-        """Policy, value model, optimizer, iteration, KL coefficient and RNG states.
-
-        Nothing in a checkpoint is a pickle of arbitrary objects: weights are safetensors,
-        the optimizer and RNG states are tensors in plain containers (loaded with
-        ``torch.load(weights_only=True)``), the rest is ``trainer_state.json``, written last
-        so that a checkpoint without it is known to be incomplete.
-        """
-        directory = Path(directory)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / STATE_NAME).unlink(missing_ok=True)  # incomplete until rewritten
-            self.accelerator.unwrap_model(self.policy).save_pretrained(directory / "policy")
-            self.tokenizer.save_pretrained(directory / "policy")
-            value_state = self.accelerator.unwrap_model(self.value_model).state_dict()
-            torch.save({k: v.detach().cpu() for k, v in value_state.items()},
-                       directory / VALUE_NAME)
-            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_NAME)
-            rng: dict[str, Tensor] = {"torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng.update({f"cuda{i}": state
-                            for i, state in enumerate(torch.cuda.get_rng_state_all())})
-            torch.save(rng, directory / RNG_NAME)
-            version, internal, gauss = random.getstate()
-            state = {"format": STATE_FORMAT, "iteration": self.iteration,
-                     "kl_coef": self.kl_ctl.value, "history": self.history,
-                     "prompt_order": self._prompt_order,
-                     "python_rng": [version, list(internal), gauss]}
-            tmp = directory / f".{STATE_NAME}.tmp"
-            tmp.write_text(json.dumps(state, allow_nan=False), encoding="utf-8")
-            tmp.replace(directory / STATE_NAME)
-        self.accelerator.wait_for_everyone()
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Resume from :meth:`save_checkpoint`'s directory. Every file is loaded without
-        running code from it (safetensors, ``weights_only=True``, JSON); a file holding
-        anything else, or one that is missing or corrupt, raises ``ValueError`` naming it."""
-        from peft import set_peft_model_state_dict
-
-        from editalign.train.cli import checkpoint_problem
-
-        directory = Path(directory)
-        if (directory / LEGACY_STATE_NAME).is_file() and not (directory / STATE_NAME).is_file():
-            raise ValueError(
-                f"{directory / LEGACY_STATE_NAME}: a checkpoint of an older editalign whose "
-                "trainer state is a pickle; it is not loaded because unpickling can run code. "
-                "Start a fresh run (or resume from a checkpoint written by this version)")
-        problem = checkpoint_problem(directory)
-        if problem is not None:
-            raise ValueError(f"cannot resume from {directory}: {problem}")
-        state = _read_state(directory / STATE_NAME)
-        policy = self.accelerator.unwrap_model(self.policy)
-        if hasattr(policy, "peft_config"):
-            from safetensors.torch import load_file
-
-            adapter = directory / "policy" / "adapter_model.safetensors"
-            if not adapter.is_file():
-                raise ValueError(f"{adapter}: missing (the policy is a LoRA model)")
-            set_peft_model_state_dict(policy, load_file(str(adapter)))
-        else:
-            from transformers import AutoModelForCausalLM
-
-            from editalign.models import SAFE_LOAD
-
-            loaded = AutoModelForCausalLM.from_pretrained(directory / "policy", **SAFE_LOAD)
-            policy.load_state_dict(loaded.state_dict())
-        self.accelerator.unwrap_model(self.value_model).load_state_dict(
-            _load_tensors(directory / VALUE_NAME))
-        self.optimizer.load_state_dict(_load_tensors(directory / OPTIMIZER_NAME))
-        rng = _load_tensors(directory / RNG_NAME)
-        self.iteration, self.kl_ctl.value = state["iteration"], state["kl_coef"]
-        self.history, self._prompt_order = state["history"], state["prompt_order"]
-        version, internal, gauss = state["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-        torch.set_rng_state(rng["torch"])
-        cuda = [rng[f"cuda{i}"] for i in range(len(rng) - 1) if f"cuda{i}" in rng]
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
-        logger.info("resumed PPO from %s at iteration %d", directory, self.iteration)
-
     def save_model(self, directory: str | Path | None = None) -> None:
         directory = Path(directory or self.config.output_dir)
         if self.accelerator.is_main_process:
@@ -562,66 +397,6 @@ class PPOTrainer:
 
 
 LOG_NAME = "ppo_log.jsonl"
-STATE_NAME = "trainer_state.json"
-STATE_FORMAT = "editalign-ppo-1"
-LEGACY_STATE_NAME = "trainer_state.pt"  # a pickle (editalign before the JSON state)
-VALUE_NAME = "value_model.pt"
-OPTIMIZER_NAME = "optimizer.pt"
-RNG_NAME = "rng_state.pt"
-
-
-def _load_tensors(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
-    import pickle
-
-    if not path.is_file():
-        raise ValueError(f"{path}: missing; the checkpoint is incomplete")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: refused: it holds objects other than tensors and plain "
-                         f"containers, and loading it could run code ({first})") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: unreadable ({err}); the file is truncated or corrupt"
-                         ) from None
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    """``trainer_state.json``, with its fields checked (a wrong value names the field)."""
-    state = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a PPO trainer state (format {STATE_FORMAT!r} expected)")
-    expected = {"iteration": int, "kl_coef": (int, float), "history": list,
-                "prompt_order": list, "python_rng": list}
-    for key, kind in expected.items():
-        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
-            raise ValueError(f"{path}: field {key!r} is missing or not "
-                             f"{getattr(kind, '__name__', 'a number')}")
-    rng = state["python_rng"]
-    if len(rng) != 3 or not isinstance(rng[1], list):
-        raise ValueError(f"{path}: field 'python_rng' is not a Python random state")
-    return state
-
-
-def _select(rollout: Rollout, idx: Tensor) -> Rollout:
-    """Rows ``idx`` of a rollout, trimmed to the longest selected sequence and response."""
-    mask = rollout.response_mask[idx]
-    width = int(mask.sum(-1).max())
-    length = int(rollout.attention_mask[idx].sum(-1).max())
-
-    def cut(t: Tensor | None, w: int) -> Tensor | None:
-        return None if t is None else t[idx][:, :w]
-
-    return Rollout(
-        input_ids=rollout.input_ids[idx][:, :length],
-        attention_mask=rollout.attention_mask[idx][:, :length],
-        response_start=rollout.response_start[idx], response_mask=mask[:, :width],
-        hit_max_length=rollout.hit_max_length[idx], logprobs=cut(rollout.logprobs, width),
-        ref_logprobs=cut(rollout.ref_logprobs, width), values=cut(rollout.values, width),
-        rewards=cut(rollout.rewards, width), advantages=cut(rollout.advantages, width),
-        returns=cut(rollout.returns, width))
-
 
 
 # ---------------------------------------------------------------------------- command line
@@ -654,46 +429,12 @@ class PPOScriptArguments:
         "help": "prompt rendering: auto, always, never (as in editalign label)"})
 
 
-def _check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str) -> None:
-    """A DPO reward model must read the policy's token ids as the same tokens."""
-    from editalign.models import load_tokenizer, tokenizer_fingerprint
+def _ppo_models(model_args: ModelArguments, script: PPOScriptArguments, config: PPOConfig,
+                tokenizer: PreTrainedTokenizerBase) -> tuple[Any, Any, Any, RewardSource]:
+    """The policy, its reference (None with LoRA), the value model and the reward source, in
+    the order that fixes what each draws from the global RNG (a LoRA adapter, a head)."""
+    from editalign.train.cli import check_same_tokenizer, load_policy  # trl: when run
 
-    if tokenizer_fingerprint(load_tokenizer(directory)) != tokenizer_fingerprint(tokenizer):
-        raise ValueError(f"--reward dpo: {directory} has another tokenizer than --model; the "
-                         "implicit reward needs the policy's token ids")
-
-
-def run(argv: Sequence[str]) -> int:
-    """``editalign train ppo``: PPO with a token-level or sequence-level reward model, or a
-    DPO policy's implicit token reward (``--reward dpo``)."""
-    from trl import TrlParser
-
-    from editalign.data.pairs import load_prompts
-    from editalign.models import load_model, load_tokenizer, resolve_model_path
-    from editalign.reward_model import RewardModelConfig, TokenRewardModel
-    from editalign.train.cli import load_policy, resume_arg
-    from editalign.train.common import ModelArguments
-
-    parser = TrlParser([ModelArguments, PPOScriptArguments, PPOConfig])
-    model_args, script, config = parser.parse_args_and_config(list(argv))
-    check_choice("reward", script.reward, REWARD_KINDS)
-    check_choice("value_init", script.value_init, ("reward_model", "policy"))
-    if not script.prompts or not script.reward_model:
-        raise ValueError("--prompts and --reward_model are required")
-    from editalign.train.cli import check_train_options, claim_output_dir, stop_if_parse_only
-
-    check_train_options(model_args, script, config)
-    stop_if_parse_only()
-    claim_output_dir(config.output_dir, inputs={"--model": model_args.model,
-                                                "--reward_model": script.reward_model,
-                                                "--prompts": script.prompts})
-    # `last`/`true` and explicit directories: the same rule (and checks) as every trainer,
-    # before any model is loaded.
-    config.resume_from_checkpoint = resume_arg(config)
-    from transformers import set_seed
-
-    set_seed(config.seed)  # before building models: a LoRA adapter or value head is random
-    tokenizer = load_tokenizer(model_args.model)
     dtype = model_args.torch_dtype()
     if script.reward != "dpo":
         reward_model = TokenRewardModel.from_pretrained(script.reward_model, tokenizer=tokenizer)
@@ -714,7 +455,7 @@ def run(argv: Sequence[str]) -> int:
         value_model = TokenRewardModel.from_backbone(resolve_model_path(model_args.model),
                                                      value_config, tokenizer=tokenizer)
     if script.reward == "dpo":
-        _check_same_tokenizer(tokenizer, script.reward_model)
+        check_same_tokenizer(tokenizer, script.reward_model)
         dpo_model = load_model(script.reward_model, dtype=dtype).requires_grad_(False).eval()
         # The reference PPO keeps is the DPO reference too unless another one is named.
         dpo_ref = ref_model if ref_model is not None and not script.dpo_reference else \
@@ -724,6 +465,41 @@ def run(argv: Sequence[str]) -> int:
                                    script.dpo_beta)
     else:
         source = reward_model_source(reward_model.to(config.device), script.reward)
+    return policy, ref_model, value_model, source
+
+
+def run(argv: Sequence[str]) -> int:
+    """``editalign train ppo``: PPO with a token-level or sequence-level reward model, or a
+    DPO policy's implicit token reward (``--reward dpo``)."""
+    from trl import TrlParser
+
+    from editalign.data.pairs import load_prompts
+    from editalign.train.cli import (  # trl loads with them: only when the command runs
+        check_train_options,
+        claim_output_dir,
+        resume_arg,
+        stop_if_parse_only,
+    )
+
+    parser = TrlParser([ModelArguments, PPOScriptArguments, PPOConfig])
+    model_args, script, config = parser.parse_args_and_config(list(argv))
+    check_choice("reward", script.reward, REWARD_KINDS)
+    check_choice("value_init", script.value_init, ("reward_model", "policy"))
+    if not script.prompts or not script.reward_model:
+        raise ValueError("--prompts and --reward_model are required")
+    check_train_options(model_args, script, config)
+    stop_if_parse_only()
+    claim_output_dir(config.output_dir, inputs={"--model": model_args.model,
+                                                "--reward_model": script.reward_model,
+                                                "--prompts": script.prompts})
+    # `last`/`true` and explicit directories: the same rule (and checks) as every trainer,
+    # before any model is loaded.
+    config.resume_from_checkpoint = resume_arg(config)
+    from transformers import set_seed
+
+    set_seed(config.seed)  # before building models: a LoRA adapter or value head is random
+    tokenizer = load_tokenizer(model_args.model)
+    policy, ref_model, value_model, source = _ppo_models(model_args, script, config, tokenizer)
     prompts = load_prompts(script.prompts, field=script.prompt_field, limit=script.limit)
     trainer = PPOTrainer(config, policy, value_model.train(), tokenizer, source,
                          prompts, ref_model=ref_model, chat_template=script.chat_template)
