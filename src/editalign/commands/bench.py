@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
-from collections import Counter
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -200,15 +198,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from editalign.bench.task import (
-        BenchTask,
-        judge_summary,
-        make_edit_pairs,
-        train_initial_policy,
-    )
-    from editalign.data.pairs import save_pairs_jsonl
-    from editalign.generation import SamplingConfig, sample_responses
-    from editalign.models import load_model, load_tokenizer
+    from editalign.bench.init import PairSampling, init_bench, summary_table
+    from editalign.generation import SamplingConfig
 
     apply_preset(args)
     apply_task_defaults(args)
@@ -219,73 +210,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
     # The grounded task's cards need their words in the tokenizer (tiny-bench-grounded).
     args.model = args.model or ("tiny-bench-grounded" if config.task == "grounded"
                                 else "tiny-bench")
-    task = BenchTask.build(config)
-    if not task.split("test"):
-        raise ValueError(f"--test-fraction {config.test_fraction} holds out no prompt of this "
-                         f"task ({len(task.world.entities)} entities): raise it or the sizes")
-    task.write(out)
-    rows = task.noisy_sft_rows()
-    print(f"task: {len(task.world.entities)} entities, {len(task.split('train'))} train / "
-          f"{len(task.split('test'))} test prompts, {len(rows)} noisy SFT responses -> {out}")
-    summary: dict[str, Any] = {"config": config.to_dict(), "model": args.model,
-                               "sft": sft.__dict__}
-    summary["noisy_sft_data"] = judge_summary([r["response"] for r in rows],
-                                              [r["bench"] for r in rows])
-    summary["noisy_sft_data"]["edits_per_response"] = _per_response(
-        [Counter(e["kind"] for e in r["errors"]) for r in rows])
-    log = train_initial_policy(rows, args.model, out / "policy", config=sft)
-    summary["sft_final_loss"] = log[-1]["loss"]
-    print(f"initial policy: {sft.steps} steps, final loss {log[-1]['loss']:.4f} -> "
-          f"{out / 'policy'}")
-    policy, tokenizer = load_model(str(out / "policy")), load_tokenizer(str(out / "policy"))
-    train_rows = task.rows("train")
-    if 0 < args.pair_prompts < len(train_rows):
-        # A task with many training prompts (the grounded one: many entities, so that the
-        # policy must copy from the card) keeps its edit pairs at the size the methods train on.
-        train_rows = random.Random(f"pair-prompts-{config.seed}").sample(train_rows,
-                                                                        args.pair_prompts)
-    train_rows = train_rows * args.samples_per_prompt
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens,
                               temperature=args.temperature, seed=config.seed,
                               batch_size=args.batch_size)
-    samples = sample_responses(policy, tokenizer, [r["prompt"] for r in train_rows], sampling)
-    texts = [s.text for s in samples]
-    pairs = make_edit_pairs(train_rows, texts)
-    save_pairs_jsonl(pairs, out / "pairs.train.jsonl")
-    infos = [r["bench"] for r in train_rows]
-    summary["policy_train_samples"] = judge_summary(texts, infos)
-    # What the reviser fixes in them, by kind (on the grounded task: where a wrong value came
-    # from), to set beside the planted errors of the noisy data.
-    summary["policy_train_samples"]["edits_per_response"] = _per_response(
-        [p.meta["edits"] for p in pairs])
-    summary["revised_train_samples"] = judge_summary([p.revised for p in pairs], infos)
-    summary["pairs"] = {"n": len(pairs), "with_edit": sum(p.has_edit for p in pairs),
-                        "prompts": len(train_rows) // args.samples_per_prompt,
-                        "samples_per_prompt": args.samples_per_prompt}
-    test_rows = task.rows("test")
-    test = sample_responses(policy, tokenizer, [r["prompt"] for r in test_rows], sampling)
-    summary["policy_test_samples"] = judge_summary([s.text for s in test],
-                                                   [r["bench"] for r in test_rows])
-    # Held-out edit pairs (the initial policy's test samples, revised): `bench run` reports
-    # every reward model's pair accuracy and token AUROC on them.
-    test_pairs = make_edit_pairs(test_rows, [s.text for s in test])
-    save_pairs_jsonl(test_pairs, out / "pairs.test.jsonl")
-    summary["policy_test_samples"]["edits_per_response"] = _per_response(
-        [p.meta["edits"] for p in test_pairs])
-    summary["test_pairs"] = {"n": len(test_pairs),
-                             "with_edit": sum(p.has_edit for p in test_pairs)}
+    summary = init_bench(out, config, sft, args.model,
+                         PairSampling(args.pair_prompts, args.samples_per_prompt, sampling))
     summary["seconds"] = time.perf_counter() - started
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("| responses | gold score | right attrs | wrong/resp | unwanted/resp | perfect |")
-    print("|---|---|---|---|---|---|")
-    for name in ("noisy_sft_data", "policy_train_samples", "revised_train_samples",
-                 "policy_test_samples"):
-        s = summary[name]
-        print(f"| {name} | {s['score']:.3f} | {s['correct_rate']:.3f} | "
-              f"{s['wrong_per_response']:.2f} | {s['unwanted_per_response']:.2f} | "
-              f"{s['perfect']:.3f} |")
-    print(f"wrote {len(pairs)} edit pairs ({summary['pairs']['with_edit']} with an edit) to "
-          f"{out / 'pairs.train.jsonl'} ({summary['seconds']:.0f} s)")
+    print(summary_table(summary))
+    print(f"wrote {summary['pairs']['n']} edit pairs ({summary['pairs']['with_edit']} with an "
+          f"edit) to {out / 'pairs.train.jsonl'} ({summary['seconds']:.0f} s)")
     return 0
 
 
@@ -313,14 +247,6 @@ def _check_init_done(bench: Path, args: argparse.Namespace) -> None:
     if difference:
         raise OutputError(f"{bench} was made with other settings ({difference}): rerun with "
                           "the same settings to resume, or use another --out")
-
-
-def _per_response(counts: list[Counter[str] | dict[str, int]]) -> dict[str, float]:
-    """Mean count of each edit kind per response."""
-    total: Counter[str] = Counter()
-    for c in counts:
-        total.update(c)
-    return {kind: n / max(len(counts), 1) for kind, n in sorted(total.items())}
 
 
 def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
