@@ -41,20 +41,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from editalign.bench.online import ONLINE, ONLINE_ROUNDS
-from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's old public names)
-    COMPARISONS,
+from editalign.bench.results import (
     EVAL_DONE,
     HELD_OUT_PAIRS,
     TRAIN_DONE,
     comparisons,
     comparisons_table,
     error_breakdown,
-    paired_comparison,
     results_table,
     reward_model_eval,
-    summarize,
     write_results,
 )
+from editalign.data.jsonl import read_jsonl
 from editalign.outputs import claim_dir, mark_dir, read_done, write_done
 from editalign.train import rl_stage
 
@@ -465,7 +463,6 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     from tqdm.auto import tqdm
 
     from editalign.bench.judge import GoldWinJudge
-    from editalign.bench.task import read_jsonl
     from editalign.data.pairs import load_pairs, save_pairs_jsonl
     from editalign.eval.winrate import SamplingConfig, evaluate_winrate
 

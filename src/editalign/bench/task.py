@@ -39,7 +39,7 @@ from editalign.bench.world import (
     grounded_value_error,
     render_response,
 )
-from editalign.data.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported)
+from editalign.data.jsonl import write_jsonl
 from editalign.data.pairs import EditPair
 from editalign.data.prompts import encode_example
 

@@ -34,7 +34,6 @@ from editalign.data.presets import (
     FIELD_KEYS,
     PRESETS,
     Preset,
-    _split_dialogues,  # noqa: F401  (re-exported for tests of the preference split)
     detect_preset,
     parse_field_mapping,
     render_qa_prompt,
