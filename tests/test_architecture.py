@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
      "editalign.masks"],
     # backbones, tokenizers, pure losses, the OpenAI-compatible HTTP client, output targets,
     # attention masks
-    ["editalign.gemma3"],  # the gemma3-270m builder (its GGUF package; registered in models)
+    ["editalign.gemma3"],  # the gemma3-270m builder (its GGUF package; an editalign.models entry point)
     ["editalign.reward_model"],  # the reward-model head on a backbone
     ["editalign.reward_sources"],  # every RL reward source behind one score() interface
     ["editalign.data"],  # edit pairs, presets, readers, prompts, labels, DataArguments

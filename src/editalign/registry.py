@@ -6,7 +6,7 @@ A judge answers ``compare(rows, policy_responses, reference_responses)`` with a
 imports the other for it. A new judge: write its class where it belongs and add a row here.
 
 Models and trainers have their tables beside the code that resolves them:
-:func:`editalign.models.register_model` / ``declare_model`` (``--model``) and
+:func:`editalign.models.register_model` and the ``editalign.models`` entry points (``--model``) and
 :data:`editalign.train.common.TRAINERS` (``editalign train METHOD``).
 """
 
