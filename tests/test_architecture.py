@@ -366,3 +366,41 @@ def test_eval_does_not_import_bench_and_nothing_registers_by_import(graph):
     # `import editalign.bench` for its side effect was how tiny-bench got registered.
     for path in (SRC / "editalign").rglob("*.py"):
         assert "import editalign.bench  #" not in path.read_text(), path
+
+
+def checked_shape(graph: dict[str, set[str]]) -> str:
+    """The "Checked shape" table of docs/architecture.md, as the code stands."""
+    lines = {name: len(path.read_text().splitlines()) for name, path in source_files().items()}
+
+    def file_of(name: str) -> str:
+        return "`" + str(source_files()[name].relative_to(SRC / "editalign")) + "`"
+
+    largest = max(lines, key=lambda name: (lines[name], name))
+    over = sorted((name for name, n in lines.items() if n > MAX_FILE_LINES),
+                  key=lambda name: -lines[name])
+    crossing = sorted((a, b) for a, b in string_edges() if unit_of(a)[1] != unit_of(b)[1])
+    rows = [
+        ("import cycles", str(len(cycles(graph)))),
+        ("layer breaks", str(len(layer_breaks(graph)))),
+        ("string imports out of their package",
+         f"{len(crossing)}" + (" (" + ", ".join(f"`{a}` → `{b}`" for a, b in crossing) + ")"
+                               if crossing else "")),
+        ("paths into another package's files", str(len(path_edges()))),
+        (f"source files over {MAX_FILE_LINES} lines",
+         f"{len(over)}" + (" (" + ", ".join(f"{file_of(n)} {lines[n]}" for n in over) + ")"
+                           if over else "")),
+        ("largest file", f"{file_of(largest)}, {lines[largest]} lines"),
+    ]
+    return "\n".join(["| checked | now |", "| --- | --- |",
+                      *(f"| {name} | {value} |" for name, value in rows)])
+
+
+def test_the_docs_checked_shape_table_is_current(graph):
+    text = DOC.read_text()
+    begin, end = "<!-- checked-shape: begin -->\n", "\n<!-- checked-shape: end -->"
+    assert begin in text and end in text, f"docs/architecture.md lost its {begin.strip()} block"
+    documented = text.split(begin, 1)[1].split(end, 1)[0]
+    expected = checked_shape(graph)
+    assert documented == expected, "docs/architecture.md's Checked shape table is out of " \
+        "date; the code measures:\n" + expected
+
