@@ -12,9 +12,10 @@ from rapidfuzz.distance import Levenshtein
 
 from editalign.bench import BenchConfig, BenchTask, GoldJudge, revise
 from editalign.bench.judge import asked_in, unwanted_spans, value_mentions
+from editalign.bench.responses import render_response
 from editalign.bench.runner import DEFAULT_METHODS
 from editalign.bench.task import error_rates, make_edit_pairs
-from editalign.bench.world import FILLERS, HEDGES, render_response
+from editalign.bench.world import FILLERS, HEDGES
 from editalign.data.align import word_spans
 from editalign.data.jsonl import read_jsonl
 

@@ -17,9 +17,10 @@ import editalign.models as models
 from editalign.bench.tokenizer import build_tiny_bench, build_tiny_bench_grounded
 from editalign.models import ModelSpec, build_tiny_model, seed_variant, wrap_chatml_tokenizer
 
-# What the bench models are built from: the task's text (world.py renders it, tokenizer.py
-# trains the BPE on it) and the tiny architecture.
-SOURCE_FILES = (Path(__file__).with_name("tokenizer.py"), Path(__file__).with_name("world.py"))
+# What the bench models are built from: the task's text (world.py and responses.py render
+# it, tokenizer.py trains the BPE on it) and the tiny architecture.
+SOURCE_FILES = tuple(Path(__file__).with_name(name)
+                     for name in ("tokenizer.py", "world.py", "responses.py"))
 
 
 def _cache_name(name: str) -> Callable[[str | None], str]:
