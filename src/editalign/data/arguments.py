@@ -23,6 +23,7 @@ from editalign.data.labeling import (
     check_labeled,
     label_pairs,
 )
+from editalign.data.pairs import load_pairs, parse_field_mapping
 from editalign.models import tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,6 @@ class DataArguments:
 
     def _load_one(self, source: str, tokenizer: Any) -> list[LabeledPair]:
         from editalign.data.io import read_labeled
-        from editalign.data.pairs import load_pairs, parse_field_mapping
 
         if (Path(source) / "stats.json").is_file():
             labeled, stats = read_labeled(source)
