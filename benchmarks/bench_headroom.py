@@ -34,7 +34,8 @@ from pathlib import Path
 
 from editalign.bench import GoldJudge
 from editalign.bench.reviser import revise
-from editalign.bench.task import judge_summary, read_jsonl
+from editalign.bench.task import judge_summary
+from editalign.data.jsonl import read_jsonl
 from editalign.eval.winrate import bootstrap_interval
 
 ORACLES = {"initial": (), "phrases": ("hedge", "filler", "repeat"),

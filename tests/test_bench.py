@@ -12,10 +12,12 @@ from rapidfuzz.distance import Levenshtein
 
 from editalign.bench import BenchConfig, BenchTask, GoldJudge, revise
 from editalign.bench.judge import asked_in, unwanted_spans, value_mentions
+from editalign.bench.responses import render_response
 from editalign.bench.runner import DEFAULT_METHODS
-from editalign.bench.task import error_rates, make_edit_pairs, read_jsonl
-from editalign.bench.world import FILLERS, HEDGES, render_response
+from editalign.bench.task import error_rates, make_edit_pairs
+from editalign.bench.world import FILLERS, HEDGES
 from editalign.data.align import word_spans
+from editalign.data.jsonl import read_jsonl
 
 TESSA = {"entity": "p000", "kind": "person", "name": "Tessa Dorsey", "short": "Tessa",
          "facts": {"job": "farmer", "city": "Westerly", "age": "64", "colour": "purple"},
@@ -375,7 +377,7 @@ def test_runner_rejects_unknown_methods(tmp_path):
 
 
 def test_results_table():
-    from editalign.bench.runner import results_table
+    from editalign.bench.results import results_table
 
     row = {"method": "figa", "seed": 0, "win_rate": 0.625, "ci_low": 0.5, "ci_high": 0.75,
            "score_policy": 0.8, "score_reference": 0.5, "kl": 1.234, "length_policy": 20.0,
@@ -527,7 +529,7 @@ def test_method_args_parse_into_per_stage_flags():
 
 
 def test_results_table_error_columns_and_reward_model_table():
-    from editalign.bench.runner import results_table, summarize
+    from editalign.bench.results import results_table, summarize
 
     def errors(wrong, unwanted):
         return {"policy": {"wrong_per_response": wrong, "unwanted_per_response": unwanted},
@@ -616,7 +618,8 @@ def test_tuned_settings_follow_the_bench_directorys_task(tmp_path, monkeypatch):
 
 
 def test_paired_comparison_by_hand(tmp_path):
-    from editalign.bench.runner import RunConfig, comparisons, paired_comparison
+    from editalign.bench.results import comparisons, paired_comparison
+    from editalign.bench.runner import RunConfig
     from editalign.eval.winrate import bootstrap_interval
 
     # Two seeds, two prompts, two samples each: outcomes of A and B against one reference.

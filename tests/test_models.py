@@ -1,11 +1,14 @@
 """Model registry: tiny model and tokenizer, the on-disk cache, offline-only resolution, SmolLM2."""
 
+import importlib.metadata
 import importlib.util
 import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
+import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -79,6 +82,59 @@ def test_register_model_rejects_duplicates_and_colons():
         register_model("tiny")(lambda variant: None)
     with pytest.raises(ValueError, match="':'"):
         register_model("a:b")
+
+
+@pytest.fixture
+def declared(tmp_path, monkeypatch):
+    """Entry points of the ``editalign.models`` group as a fake installed package declares
+    them: ``declared({"name": "module:ATTR"}, module_source)``."""
+
+    def declare(points: dict[str, str], source: str) -> None:
+        (tmp_path / "plugin_models.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        fake = [importlib.metadata.EntryPoint(name, value, models.ENTRY_POINT_GROUP)
+                for name, value in points.items()]
+        monkeypatch.setattr(importlib.metadata, "entry_points",
+                            lambda group: [p for p in fake if p.group == group])
+        models._declared.cache_clear()
+
+    yield declare
+    models._declared.cache_clear()
+    for name in ("plugin-spec", "plugin-bare"):
+        models._REGISTRY.pop(name, None)
+    sys.modules.pop("plugin_models", None)
+
+
+def test_entry_point_models_resolve_on_first_lookup_only(cache, declared):
+    declared({"plugin-spec": "plugin_models:SPEC", "plugin-bare": "plugin_models:build"},
+             "from editalign.models import ModelSpec, build_tiny_model\n"
+             "def build(variant):\n"
+             "    return build_tiny_model(int(variant or 0))\n"
+             "SPEC = ModelSpec(build, lambda variant: f'spec-{variant}', 'terms')\n")
+    # Named for help texts and errors from the metadata alone: nothing is imported yet.
+    assert {"plugin-spec", "plugin-bare", "tiny"} <= set(registered_models())
+    assert "plugin_models" not in sys.modules
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("plugin-spec")(lambda variant: None)
+    assert Path(resolve_model_path("plugin-spec:2")) == cache / "models" / "spec-2"
+    assert (cache / "models" / "spec-2" / "NOTICE.md").read_text() == "terms"
+    # A bare builder gets the default folder name.
+    assert Path(resolve_model_path("plugin-bare:1")) == cache / "models" / "plugin-bare-1"
+    with pytest.raises(ModelNotFoundError):
+        resolve_model_path("plugin-missing")
+
+
+def test_installed_entry_points_are_pyprojects():
+    """The metadata the registry reads is this tree's pyproject table (a stale install of an
+    older tree would not know the benchmark's models: reinstall with pip install -e .)."""
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    table = pyproject["project"]["entry-points"][models.ENTRY_POINT_GROUP]
+    installed = {point.name: point.value
+                 for point in importlib.metadata.entry_points(group=models.ENTRY_POINT_GROUP)}
+    assert installed == table, "stale editable install: run pip install --no-deps -e ."
+    assert {"tiny-bench", "tiny-bench-grounded", "gemma3-270m"} <= set(table)
+    for point in importlib.metadata.entry_points(group=models.ENTRY_POINT_GROUP):
+        assert isinstance(point.load(), models.ModelSpec)
 
 
 # --------------------------------------------------------------------------- tiny model

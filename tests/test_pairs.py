@@ -14,13 +14,13 @@ from editalign.data.pairs import (
     DataError,
     EditPair,
     LoadReport,
-    _split_dialogues,
     detect_preset,
     load_pairs,
     parse_field_mapping,
     render_qa_prompt,
     save_pairs_jsonl,
 )
+from editalign.data.presets import _split_dialogues
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 QA_FEEDBACK = SHARED / "qa-feedback" / "feedback.json"

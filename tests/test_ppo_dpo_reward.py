@@ -87,6 +87,7 @@ def test_cli_trains_ppo_with_a_dpo_policy_as_reward(tmp_path, tok, capsys):
 
 def test_bench_ppo_dpo_arm_reads_the_runs_dpo_policy_with_its_beta(tmp_path, monkeypatch):
     from editalign.bench import runner
+    from editalign.bench.results import TRAIN_DONE
 
     calls: list[tuple[str, list[str]]] = []
 
@@ -125,13 +126,13 @@ def test_bench_ppo_dpo_arm_reads_the_runs_dpo_policy_with_its_beta(tmp_path, mon
     # A finished dpo arm is reused, not retrained, under the same settings; under others
     # (a β that PPO would read the old policy with) it is refused, never mislabelled.
     calls.clear()
-    assert (out / "dpo" / runner.TRAIN_DONE).is_file()
-    (out / "ppo-dpo" / runner.TRAIN_DONE).unlink()
+    assert (out / "dpo" / TRAIN_DONE).is_file()
+    (out / "ppo-dpo" / TRAIN_DONE).unlink()
     runner.train_method("ppo-dpo", tmp_path / "bench", tmp_path / "pairs.jsonl", out,
                         runner.RunConfig())
     [(ppo, argv)] = calls
     assert ppo == "ppo" and value(argv, "--dpo_beta") == "0.3"
-    (out / "ppo-dpo" / runner.TRAIN_DONE).unlink()
+    (out / "ppo-dpo" / TRAIN_DONE).unlink()
     with pytest.raises(OutputError, match=r"extra\.dpo=null then"):
         runner.train_method("ppo-dpo", tmp_path / "bench", tmp_path / "pairs.jsonl", out,
                             runner.RunConfig(extra={"dpo": ["--beta", "0.5"]}))

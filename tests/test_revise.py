@@ -22,24 +22,23 @@ import pytest
 from editalign.cli import main
 from editalign.data.pairs import EditPair, load_pairs
 from editalign.eval.judges import ApiJudge
+from editalign.llm.cache import RequestCache, request_key
 from editalign.llm.client import (
     ANSWER_BYTES_PER_TOKEN,
     MIN_ANSWER_BYTES,
-    RequestFailed,
-    parse_answer,
-)
-from editalign.revise import (
     ChatClient,
     ClientConfig,
-    RequestCache,
+    RequestFailed,
+    parse_answer,
+    redact,
+)
+from editalign.revise import (
     ReviseOptions,
     TemplateError,
     check_completion,
     clean_completion,
     edit_ratio,
     load_template,
-    redact,
-    request_key,
     revise_pairs,
     reward_filter,
     shipped_templates,

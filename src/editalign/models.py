@@ -1,6 +1,8 @@
 """Model registry: every ``--model NAME`` flag goes through here.
 
-Registered names (``smollm2-135m``, ``tiny``/``tiny:SEED``) are built once and cached on
+Registered names (``smollm2-135m``, ``tiny``/``tiny:SEED``, and the names installed packages
+declare under the ``editalign.models`` entry point group, such as the benchmark's
+``tiny-bench`` and ``gemma3-270m``) are built once and cached on
 disk as ordinary ``save_pretrained`` folders under ``cache_dir()/models/``, so that code
 which only takes a path (TRL trainers, torchrun workers, other processes) can use them
 too, and every later load is a plain offline ``from_pretrained``. Any other string is a
@@ -10,8 +12,9 @@ never downloads anything, so every load passes ``local_files_only=True``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import importlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -41,10 +44,11 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "ModelNotFoundError",
+    "ModelSpec",
     "WeightsError",
     "cache_dir",
-    "declare_model",
     "load_model",
     "load_model_and_tokenizer",
     "load_tokenizer",
@@ -136,16 +140,55 @@ ModelBuilder = Callable[[str | None], tuple[PreTrainedModel, PreTrainedTokenizer
 """Builds a model and tokenizer in memory from the optional ``NAME:VARIANT`` suffix."""
 
 
+# Packages (this one included: pyproject.toml) declare models a higher layer builds here,
+# ``NAME = "package.module:SPEC"``; SPEC is a ModelSpec or a bare ModelBuilder.
+ENTRY_POINT_GROUP = "editalign.models"
+
+
 @dataclass(frozen=True)
-class _Entry:
+class ModelSpec:
+    """How ``--model NAME`` is built: what ``register_model`` records, and what a package
+    names under the ``editalign.models`` entry point group."""
+
     build: ModelBuilder
-    # Folder name under cache_dir()/models for a variant, so that variants never share a cache.
-    cache_name: Callable[[str | None], str]
+    # Folder name under cache_dir()/models for a variant, so that variants never share a
+    # cache; None: NAME, or NAME-VARIANT.
+    cache_name: Callable[[str | None], str] | None = None
     # Written beside the weights as NOTICE.md (licence terms): the text, or what gives it.
     notice: str | Callable[[], str] | None = None
 
 
-_REGISTRY: dict[str, _Entry] = {}
+def _default_cache_name(name: str) -> Callable[[str | None], str]:
+    def cache_name(variant: str | None) -> str:
+        return name if variant is None else f"{name}-{variant}"
+
+    return cache_name
+
+
+@functools.cache
+def _declared() -> dict[str, importlib.metadata.EntryPoint]:
+    """The installed packages' ``editalign.models`` entry points, by name (metadata only)."""
+    return {point.name: point for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+class _Registry(dict[str, ModelSpec]):
+    """The registered names; a name missing here that an installed package declares under
+    ``editalign.models`` is loaded on its first lookup, so importing this module imports
+    nothing of a higher layer and no import registers a model as a side effect."""
+
+    def __missing__(self, name: str) -> ModelSpec:
+        point = _declared().get(name)
+        if point is None:
+            raise KeyError(name)
+        spec = point.load()
+        if not isinstance(spec, ModelSpec):
+            spec = ModelSpec(spec)
+        self[name] = ModelSpec(spec.build, spec.cache_name or _default_cache_name(name),
+                               spec.notice)
+        return self[name]
+
+
+_REGISTRY = _Registry()
 
 
 def register_model(
@@ -162,49 +205,24 @@ def register_model(
             f"registered model names cannot contain ':' (it separates the variant): {name!r}"
         )
 
-    def default_cache_name(variant: str | None) -> str:
-        return name if variant is None else f"{name}-{variant}"
-
     def decorator(builder: ModelBuilder) -> ModelBuilder:
-        if name in _REGISTRY:
+        if name in _REGISTRY or name in _declared():
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = _Entry(builder, cache_name or default_cache_name, notice)
+        _REGISTRY[name] = ModelSpec(builder, cache_name or _default_cache_name(name), notice)
         return builder
 
     return decorator
 
 
-def declare_model(name: str, target: str, *,
-                  cache_name: Callable[[str | None], str] | None = None,
-                  notice: str | None = None) -> None:
-    """Register ``--model NAME`` to a builder named by ``"package.module:function"``.
-
-    For models that a higher layer builds (the benchmark's ``tiny-bench``): the entry is
-    declared here, explicitly, and the builder's module is imported only when the model is
-    first built, so this module imports nothing of editalign and no import has the side
-    effect of registering a model.
-    """
-    module, _, function = target.partition(":")
-
-    def build(variant: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        return getattr(importlib.import_module(module), function)(variant)
-
-    def notice_text() -> str:  # "package.module:NAME", read when the model is built
-        module_name, _, attribute = (notice or "").partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
-
-    register_model(name, cache_name=cache_name, notice=notice_text if notice else None)(build)
-
-
 def registered_models() -> list[str]:
     """Names accepted by ``--model`` besides local paths, for help texts and error messages."""
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_declared()})
 
 
 def _split_name(name_or_path: str) -> tuple[str, str | None] | None:
     """``(name, variant)`` for a registry entry, ``None`` for anything else (paths, HF ids)."""
     name, sep, variant = name_or_path.partition(":")
-    if name not in _REGISTRY:
+    if name not in _REGISTRY and name not in _declared():
         return None
     return name, (variant if sep else None)
 
@@ -231,6 +249,7 @@ def _materialise(name: str, variant: str | None) -> Path:
     a complete folder, never a half-written one.
     """
     entry = _REGISTRY[name]
+    assert entry.cache_name is not None  # the registry fills in the default
     target = cache_dir() / "models" / entry.cache_name(variant)
     if target.is_dir():
         return target
@@ -333,10 +352,6 @@ def _build_smollm2(variant: str | None) -> tuple[PreTrainedModel, PreTrainedToke
         )
     return model, tokenizer
 
-
-# Built in editalign/gemma3.py (assembles the package's GGUF chunks); NOTICE.md: Gemma terms.
-declare_model("gemma3-270m", "editalign.gemma3:build_gemma3",
-              notice="editalign.gemma3:GEMMA3_NOTICE")
 
 # --------------------------------------------------------------------------- tiny
 
@@ -468,28 +483,6 @@ def source_digest(files: Sequence[Path], functions: Sequence[Callable[..., Any]]
     for function in functions:
         digest.update(inspect.getsource(function).encode())
     return digest.hexdigest()[:10]
-
-
-def _bench_model_cache_name(name: str) -> Callable[[str | None], str]:
-    # The bench models are built from the task's text (bench/world.py renders it,
-    # bench/tokenizer.py trains the BPE on it) and the tiny architecture: the folder name
-    # carries their digest, read when a name is resolved (the files, not imported).
-    bench = Path(__file__).parent / "bench"
-
-    def cache_name(variant: str | None) -> str:
-        digest = source_digest([bench / "tokenizer.py", bench / "world.py"],
-                               [build_tiny_model, wrap_chatml_tokenizer])
-        return f"{name}-seed{seed_variant(name, variant)}-{digest}"
-
-    return cache_name
-
-
-# The benchmark task's model: the ``tiny`` Llama with a BPE tokenizer trained on the task's
-# text (editalign.bench.tokenizer); ``tiny-bench:SEED`` seeds its initial weights.
-declare_model("tiny-bench", "editalign.bench.tokenizer:build_tiny_bench",
-              cache_name=_bench_model_cache_name("tiny-bench"))
-declare_model("tiny-bench-grounded", "editalign.bench.tokenizer:build_tiny_bench_grounded",
-              cache_name=_bench_model_cache_name("tiny-bench-grounded"))
 
 
 # --------------------------------------------------------------------------- loading

@@ -6,7 +6,7 @@ A judge answers ``compare(rows, policy_responses, reference_responses)`` with a
 imports the other for it. A new judge: write its class where it belongs and add a row here.
 
 Models and trainers have their tables beside the code that resolves them:
-:func:`editalign.models.register_model` / ``declare_model`` (``--model``) and
+:func:`editalign.models.register_model` and the ``editalign.models`` entry points (``--model``) and
 :data:`editalign.train.common.TRAINERS` (``editalign train METHOD``).
 """
 
@@ -15,26 +15,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from editalign.bench.judge import GoldWinJudge
+from editalign.eval.judges import ApiJudge, RewardModelJudge
+
 JudgeFactory = Callable[..., Any]
 """``factory(target, judge_model=..., api_key_env=...)``: ``target`` is what follows the
 colon in ``KIND:TARGET`` (empty for ``gold``)."""
 
 
 def _gold(target: str, **_: Any) -> Any:
-    from editalign.bench.judge import GoldWinJudge
-
     return GoldWinJudge()
 
 
 def _reward_model(target: str, **_: Any) -> Any:
-    from editalign.eval.judges import RewardModelJudge
-
     return RewardModelJudge(target)
 
 
 def _api(target: str, *, judge_model: str, api_key_env: str) -> Any:
-    from editalign.eval.judges import ApiJudge
-
     return ApiJudge(target, judge_model, api_key_env=api_key_env)
 
 

@@ -1,7 +1,8 @@
 """The generated benchmark task: a seeded world, a noisy initial policy, a minimal-edit
 reviser and a gold judge (see docs/benchmark.md).
 
-The task's model, ``--model tiny-bench``, is declared in :mod:`editalign.models` (built by
+The task's model, ``--model tiny-bench``, is declared by :mod:`editalign.bench.models` under
+the ``editalign.models`` entry points (built by
 :func:`editalign.bench.tokenizer.build_tiny_bench` on first use).
 """
 

@@ -21,6 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editalign.bench.task import make_edit_pairs
+from editalign.data.jsonl import read_jsonl
+from editalign.data.pairs import save_pairs_jsonl
+from editalign.generation import SamplingConfig, sample_responses
+
 logger = logging.getLogger(__name__)
 
 ONLINE = {"figa-online": "figa", "sft-online": "sft"}
@@ -46,9 +51,6 @@ def train_online(method: str, bench: Path, out: Path, config: Any,
     ``train_round(policy, pairs, output_dir, steps)`` trains one round with the base
     method's tuned flags; the runner supplies it (so this module does not import the runner).
     """
-    from editalign.bench.task import make_edit_pairs, read_jsonl
-    from editalign.data.pairs import save_pairs_jsonl
-    from editalign.generation import SamplingConfig, sample_responses
     from editalign.models import load_model, load_tokenizer
 
     rows = read_jsonl(bench / "prompts.train.jsonl")

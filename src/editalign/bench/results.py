@@ -13,7 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from editalign.data.jsonl import nan_to_none
+from editalign.bench.task import judge_summary
+from editalign.data.jsonl import nan_to_none, read_jsonl
+from editalign.eval.winrate import bootstrap_interval
 
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
 # The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
@@ -38,8 +40,6 @@ def error_breakdown(samples: Path, rows: Sequence[dict[str, Any]], k: int
                      ) -> dict[str, dict[str, float]]:
     """What the gold judge finds in both sides' evaluation samples (wrong values, unwanted
     phrases, right attributes): where a method's wins come from."""
-    from editalign.bench.task import judge_summary, read_jsonl
-
     records = read_jsonl(samples)
     infos = [row["bench"] for row in rows for _ in range(k)]
     return {side: judge_summary([r[side] for r in records], infos)
@@ -79,9 +79,6 @@ def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,
     Returns the mean difference, its 95% bootstrap interval over prompts, the per-seed
     differences, and in how many seeds ``a`` was ahead; None if samples are missing.
     """
-    from editalign.bench.task import read_jsonl
-    from editalign.eval.winrate import bootstrap_interval
-
     per_prompt: dict[str, list[float]] = {}
     per_seed = []
     for seed in seeds:

@@ -9,7 +9,7 @@
 - nothing else changes. A mention of an attribute the entity does not have (a species
   for a person) cannot be fixed by a minimal edit and is left alone.
 
-On the noisy training data (:func:`~editalign.bench.world.render_response`) this gives back
+On the noisy training data (:func:`~editalign.bench.responses.render_response`) this gives back
 the clean response exactly, so the edit distance between original and revision is the
 size of the planted errors; on free model output it is the smallest change after which
 the judge finds no wrong value and no unwanted phrase.

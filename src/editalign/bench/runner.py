@@ -40,23 +40,27 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from editalign.bench.online import ONLINE, ONLINE_ROUNDS
-from editalign.bench.results import (  # noqa: F401  (re-exported: the runner's old public names)
-    COMPARISONS,
+from editalign.bench.judge import GoldWinJudge
+from editalign.bench.online import ONLINE, ONLINE_ROUNDS, train_online
+from editalign.bench.report import write_report
+from editalign.bench.results import (
     EVAL_DONE,
     HELD_OUT_PAIRS,
     TRAIN_DONE,
     comparisons,
     comparisons_table,
     error_breakdown,
-    paired_comparison,
     results_table,
     reward_model_eval,
-    summarize,
     write_results,
 )
+from editalign.data.jsonl import read_jsonl
+from editalign.data.pairs import load_pairs, save_pairs_jsonl
+from editalign.eval.winrate import evaluate_winrate
+from editalign.generation import SamplingConfig
 from editalign.outputs import claim_dir, mark_dir, read_done, write_done
 from editalign.train import rl_stage
+from editalign.train.common import run_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -308,8 +312,6 @@ def progress_bars_off() -> Iterator[None]:
 def _train(method: str, argv: list[str]) -> float:
     """``editalign train METHOD ARGV`` in this process; its output goes to ``stage.log`` in
     its ``--output_dir`` when the console is not a terminal (see :func:`stage_output`)."""
-    from editalign.train.common import run_trainer
-
     output_dir = Path(argv[argv.index("--output_dir") + 1])
     mark_dir(output_dir, "train")  # the stage log goes in first; the trainer's output is ours
     started = time.perf_counter()
@@ -397,8 +399,6 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
                   policy: str, extra: list[str]) -> tuple[Path, float]:
     target = out / method
     if method in ONLINE:  # figa-online, sft-online: 3 rounds, same budget (bench/online.py)
-        from editalign.bench.online import train_online
-
         base = ONLINE[method]
         trainer, flags = SUPERVISED[base]
         extra = [*config.stage_args(base), *config.extra.get(method, [])]
@@ -468,12 +468,6 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     ``report.html`` of :mod:`editalign.bench.report`.
     """
     from tqdm.auto import tqdm
-
-    from editalign.bench.judge import GoldWinJudge
-    from editalign.bench.task import read_jsonl
-    from editalign.data.pairs import load_pairs, save_pairs_jsonl
-    from editalign.eval.winrate import evaluate_winrate
-    from editalign.generation import SamplingConfig
 
     bench, out = Path(bench), Path(out)
     claim_run_dir(out, bench)  # before any work: ours to write, and ours alone
@@ -548,8 +542,6 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
         table += "\n\n" + comparisons_table(found)
     (out / "results.md").write_text(table + "\n")
     if report:
-        from editalign.bench.report import write_report
-
         with stage_output(out / "report.log", f"report -> {out / 'report.html'}"):
             write_report(out, bench, results)
     return results

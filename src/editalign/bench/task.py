@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from editalign.bench.judge import GoldJudge
+from editalign.bench.responses import render_response
 from editalign.bench.reviser import revise
 from editalign.bench.world import (
     BenchConfig,
@@ -37,9 +38,8 @@ from editalign.bench.world import (
     build_prompts,
     build_world,
     grounded_value_error,
-    render_response,
 )
-from editalign.data.jsonl import read_jsonl, write_jsonl  # noqa: F401  (re-exported)
+from editalign.data.jsonl import write_jsonl
 from editalign.data.pairs import EditPair
 from editalign.data.prompts import encode_example
 

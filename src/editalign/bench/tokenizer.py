@@ -21,6 +21,7 @@ from dataclasses import replace
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from editalign.bench.responses import render_response
 from editalign.bench.world import (
     ABOUT_PROMPTS,
     FILLERS,
@@ -29,7 +30,6 @@ from editalign.bench.world import (
     BenchConfig,
     build_prompts,
     build_world,
-    render_response,
 )
 from editalign.models import (
     TINY_SPECIAL_TOKENS,

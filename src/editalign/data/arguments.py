@@ -27,6 +27,7 @@ from editalign.data.labeling import (
     check_labeled,
     label_pairs,
 )
+from editalign.data.pairs import load_pairs, parse_field_mapping
 from editalign.data.presets import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,6 @@ class DataArguments:
 
     def _load_one(self, source: str, tokenizer: Any) -> list[LabeledPair]:
         from editalign.data.io import read_labeled
-        from editalign.data.pairs import load_pairs, parse_field_mapping
 
         if (Path(source) / "stats.json").is_file():
             # Here, not at the top: every command's parser imports this module, and

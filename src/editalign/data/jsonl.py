@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from editalign.outputs import atomic_open
+
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every non-blank line of ``path`` as a JSON value."""
@@ -25,8 +27,6 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]], *,
                 allow_nan: bool = True) -> Path:
     """Write ``rows`` one per line, atomically; ``allow_nan=False`` refuses NaN/inf (which
     would make the file invalid JSON) instead of writing them."""
-    from editalign.outputs import atomic_open
-
     path = Path(path)
     with atomic_open(path) as f:  # a symlink keeps pointing at the new file
         for row in rows:

@@ -35,16 +35,6 @@ from editalign.options import check_choice
 SIDES = ("revised", "original")
 
 
-def __getattr__(name: str) -> Any:
-    # tokenizer_fingerprint moved to editalign.models; imported on first use so that
-    # labelling does not load torch.
-    if name == "tokenizer_fingerprint":
-        from editalign.models import tokenizer_fingerprint
-
-        return tokenizer_fingerprint
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 Granularity = Literal["token", "word", "space"]
 Truncation = Literal["keep_start", "keep_end"]
 

@@ -34,13 +34,13 @@ from editalign.data.presets import (
     FIELD_KEYS,
     PRESETS,
     Preset,
-    _split_dialogues,  # noqa: F401  (re-exported for tests of the preference split)
     detect_preset,
     parse_field_mapping,
     render_qa_prompt,
 )
 from editalign.data.readers import SUPPORTED_FORMATS, _read_rows
 from editalign.data.rows import _MISSING, _describe, _keys, _lookup, _prompt, _Row, _row_id
+from editalign.outputs import atomic_open
 
 __all__ = ["FIELD_KEYS", "PRESETS", "SUPPORTED_FORMATS", "DataError", "EditPair", "LoadReport",
            "Preset", "Prompt", "detect_preset", "load_pairs", "load_prompts",
@@ -175,8 +175,6 @@ def save_pairs_jsonl(pairs: Iterable[EditPair], path: str | os.PathLike[str]) ->
     Parent directories are created. Returns the path written. The file is replaced whole
     (written beside it, then renamed), so a reader in another process never sees half of it.
     """
-    from editalign.outputs import atomic_open
-
     path = Path(path)
     with atomic_open(path) as handle:  # a symlink keeps pointing at the new file
         for pair in pairs:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from editalign.data.jsonl import read_jsonl
+from editalign.eval.winrate import bootstrap_interval
 from editalign.loop.config import STAGES
 
 
@@ -20,8 +21,6 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 def paired_difference(a: Path, b: Path) -> dict[str, float] | None:
     """Win rate in ``a`` minus in ``b`` (two rounds' eval_samples.jsonl, judged against the
     same reference samples), with a 95% bootstrap interval over prompts."""
-    from editalign.eval.winrate import bootstrap_interval
-
     rows_a, rows_b = read_rows(a), read_rows(b)
     if not rows_a or len(rows_a) != len(rows_b):
         return None

@@ -10,7 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from editalign.bench.reviser import revise
+from editalign.bench.runner import TUNED, bench_task
+from editalign.bench.task import judge_summary
 from editalign.data.jsonl import write_jsonl
+from editalign.eval.winrate import read_prompt_rows
 from editalign.loop.config import (
     STAGES,
     ConfigError,
@@ -21,6 +25,7 @@ from editalign.loop.config import (
 )
 from editalign.loop.results import lost_to_previous, read_rows, write_results
 from editalign.loop.runner import Runner, StageFailed, log_tail
+from editalign.outputs import claim_dir
 from editalign.train.rl_stage import DPO_DEFAULT_BETA, RL_TRAINERS, RLMethod, run_rl_stage
 
 
@@ -170,8 +175,6 @@ class Loop:
         # RL arms' table); elsewhere the trainer's own default. train.args still win.
         rate = None
         if self.cfg.get("bench"):
-            from editalign.bench.runner import TUNED, bench_task
-
             rate = TUNED[bench_task(Path(self.cfg["bench"]))].ppo_learning_rate
         return RLMethod(train["method"], train["reward"], learning_rate=rate,
                         reward_args=tuple(train_flags(reward_args)),
@@ -271,8 +274,6 @@ class Loop:
             if not Path(path).exists():
                 raise ConfigError(f"{key}: {path} does not exist")
         if self.cfg["eval"].get("judge", "gold") == "gold":
-            from editalign.eval.winrate import read_prompt_rows
-
             rows = read_prompt_rows(self.cfg["eval"]["prompts"], limit=1)
             if rows and not isinstance(rows[0].get("bench"), dict):
                 raise ConfigError(
@@ -281,8 +282,6 @@ class Loop:
                     "rm:DIR (a reward model) or api:URL (an LLM judge)")
 
     def run_all(self) -> list[dict[str, Any]]:
-        from editalign.outputs import claim_dir
-
         # Before any work: OUT is new, empty or an earlier loop's, and no other loop runs in it.
         self.check_train_options()
         claim_dir(self.out, flag="--out", command="loop", legacy=(("loop_config.json",),))
@@ -316,9 +315,6 @@ class Loop:
 def bench_revise(samples: Path, prompts: Path, out: Path) -> dict[str, Any]:
     """Revise every sample with the generated task's programmatic reviser (no filter drops
     anything: it fixes exactly what the gold judge counts as wrong)."""
-    from editalign.bench.reviser import revise
-    from editalign.bench.task import judge_summary
-
     rows = read_rows(prompts)
     pairs, originals, revised, infos = [], [], [], []
     for sample in read_rows(samples):

@@ -1,21 +1,12 @@
-"""Create minimal edits with an LLM: client, prompt templates, filters, request cache.
+"""Create minimal edits with an LLM: prompt templates, filters, the revising loop.
 
 See docs/revise.md. The command is ``editalign revise``; the pieces are usable alone:
-:class:`ChatClient` (any OpenAI-compatible endpoint), :class:`RequestCache`,
-:func:`load_template`, the filters and :func:`revise_pairs`.
+:func:`load_template`, the filters and :func:`revise_pairs`. The client that sends the
+requests (:class:`~editalign.llm.client.ChatClient`, any OpenAI-compatible endpoint) and its
+request cache (:class:`~editalign.llm.cache.RequestCache`) live in :mod:`editalign.llm`,
+which the API judge shares.
 """
 
-from editalign.llm.cache import RequestCache, request_key
-from editalign.llm.client import (
-    AnswerTooLarge,
-    ChatClient,
-    ClientConfig,
-    ClientStats,
-    Completion,
-    FatalRequestError,
-    RequestFailed,
-    redact,
-)
 from editalign.revise.filters import (
     Decision,
     Scorer,
@@ -29,15 +20,7 @@ from editalign.revise.prompts import Template, TemplateError, load_template, shi
 from editalign.revise.reviser import ReviseOptions, ReviseResult, revise_pairs, revise_pairs_async
 
 __all__ = [
-    "AnswerTooLarge",
-    "ChatClient",
-    "ClientConfig",
-    "ClientStats",
-    "Completion",
     "Decision",
-    "FatalRequestError",
-    "RequestCache",
-    "RequestFailed",
     "ReviseOptions",
     "ReviseResult",
     "Scorer",
@@ -48,8 +31,6 @@ __all__ = [
     "clean_completion",
     "edit_ratio",
     "load_template",
-    "redact",
-    "request_key",
     "revise_pairs",
     "revise_pairs_async",
     "reward_filter",

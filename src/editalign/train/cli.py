@@ -21,7 +21,9 @@ import torch
 from trl import TrlParser
 
 from editalign.data.arguments import DataArguments
-from editalign.train.common import ModelArguments, check_max_steps, given_options
+from editalign.models import load_model, load_tokenizer, resolve_model_path, weights_problem
+from editalign.outputs import check_finite, claim_dir
+from editalign.train.common import ModelArguments, check_max_steps, given_options, run_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +117,6 @@ def check_train_argv(method: str, argv: Sequence[str]) -> None:
     import contextlib
     import io
 
-    from editalign.train.common import run_trainer
-
     _PARSE_ONLY.append(True)
     messages = io.StringIO()
     try:
@@ -141,8 +141,6 @@ TRAIN_LEGACY = (("trainer_state.json",), ("train_results.json",), ("checkpoint-*
 def check_train_options(*parsed: Any) -> None:
     """NaN or infinite numbers refused, as every other command does (``--learning_rate
     nan``)."""
-    from editalign.outputs import check_finite
-
     check_finite({f.name: getattr(obj, f.name) for obj in parsed
                   for f in dataclasses.fields(obj) if f.init}, dashes=False)
 
@@ -150,8 +148,6 @@ def check_train_options(*parsed: Any) -> None:
 def claim_output_dir(output_dir: str | None, *, inputs: dict[str, Any]) -> Path:
     """``--output_dir`` checked (an earlier training output, empty or new; not a file, not
     the starting model) and locked for this run: see :mod:`editalign.outputs`."""
-    from editalign.outputs import claim_dir
-
     if not output_dir:
         raise ValueError("--output_dir is required")
     return claim_dir(output_dir, flag="--output_dir", command="train", inputs=inputs,
@@ -204,8 +200,6 @@ def checkpoint_problem(directory: str | Path) -> str | None:
     transformers' ``Trainer`` and by PPO) holding valid JSON, and readable weights: the
     model files in the directory itself, or PPO's ``policy/`` sub-directory.
     """
-    from editalign.models import weights_problem
-
     directory = Path(directory)
     if not directory.is_dir():
         return f"{directory}: no such checkpoint directory"
@@ -223,8 +217,6 @@ def checkpoint_problem(directory: str | Path) -> str | None:
 
 def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
     """The policy (LoRA-wrapped when ``--lora_r`` > 0) and its tokenizer."""
-    from editalign.models import load_model, load_tokenizer, resolve_model_path
-
     path = resolve_model_path(model_args.model)
     tokenizer = load_tokenizer(path)
     model = load_model(path, **model_args.model_kwargs())

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from editalign.outputs import lock_scope
+
 logger = logging.getLogger(__name__)
 
 TrainerEntry = Callable[[Sequence[str]], int]
@@ -77,8 +79,6 @@ def registered_trainers() -> dict[str, str]:
 
 
 def run_trainer(name: str, argv: Sequence[str]) -> int:
-    from editalign.outputs import lock_scope
-
     # The --output_dir lock a trainer takes is released when it returns (the benchmark runs
     # many trainers in one process).
     if name in TRAINERS:

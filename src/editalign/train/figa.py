@@ -32,7 +32,7 @@ from transformers import Trainer, TrainingArguments
 from editalign.batching.layout import PAIR_LAYOUTS, PairLayout
 from editalign.batching.lm import PairCollator, is_peft, pair_features, pair_log_probs
 from editalign.batching.shared_prefix import AUTO_SHARED_MAX_RATIO
-from editalign.data.labeling import GRANULARITIES
+from editalign.data.labeling import GRANULARITIES, LabeledPair
 from editalign.losses import (
     FIGA_GATES,
     FIGA_NEGATIVES,
@@ -229,8 +229,6 @@ class FIGATrainer(Trainer):
 
 
 def _as_features(dataset: Any, max_length: int | None, name: str) -> Any:
-    from editalign.data.labeling import LabeledPair
-
     if dataset is None or len(dataset) == 0 or not isinstance(dataset[0], LabeledPair):
         return dataset
     features, report = pair_features(dataset, max_length)

@@ -40,12 +40,23 @@ from editalign.data.labeling import LabeledPair
 from editalign.eval.pair_scoring import score_pairs
 from editalign.eval.reward_metrics import PairRewards, flatten_metrics, reward_metrics
 from editalign.losses import default_transform, parse_objectives, reward_model_loss
+from editalign.models import load_tokenizer
 from editalign.options import check_choice
 from editalign.reward_model import (
     CONTEXT_CHOICES,
     RewardModelConfig,
     TokenRewardModel,
     TokenRewardOutput,
+)
+from editalign.train.cli import finish, parse_train_args, resume_arg
+from editalign.train.frozen import (
+    CachedCollator,
+    CachedPairs,
+    cache_frozen,
+    cacheable_layout,
+    freeze_lower,
+    layer_slice,
+    truncate_layers,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,14 +186,6 @@ class RewardTrainer(Trainer):
                           given: Sequence[torch.Tensor] | None = None) -> None:
         """--freeze_layers: freeze the lower layers and, where the layout allows, replace
         the training pairs by their frozen part's output (editalign.train.frozen)."""
-        from editalign.train.frozen import (
-            CachedCollator,
-            CachedPairs,
-            cache_frozen,
-            cacheable_layout,
-            freeze_lower,
-        )
-
         if hasattr(model.backbone, "merge_and_unload"):
             raise ValueError("--freeze_layers with LoRA: choose one (LoRA already freezes the "
                              "base weights)")
@@ -225,8 +228,6 @@ class RewardTrainer(Trainer):
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], TokenRewardOutput]:
         bare = self.accelerator.unwrap_model(model)
         if "inputs_embeds" in inputs:  # cached frozen layers: run only the top ones
-            from editalign.train.frozen import layer_slice
-
             with layer_slice(bare.backbone, self.args.freeze_layers):
                 out = token_outputs(model, inputs, bare)
         else:
@@ -319,9 +320,6 @@ class SequenceRewardConfig(RewardConfig):
 
 
 def _run(argv: Sequence[str], config_cls: type[RewardConfig]) -> int:
-    from editalign.models import load_tokenizer
-    from editalign.train.cli import finish, parse_train_args, resume_arg
-
     model_args, data_args, config = parse_train_args(config_cls, argv)
     tokenizer = load_tokenizer(model_args.model)
     train, evaluation = data_args.load(tokenizer)
@@ -332,8 +330,6 @@ def _run(argv: Sequence[str], config_cls: type[RewardConfig]) -> int:
         dtype=model_args.torch_dtype(), tokenizer=tokenizer,
         attn_implementation=model_args.attn_implementation)
     if config.keep_layers:
-        from editalign.train.frozen import truncate_layers
-
         truncate_layers(model.backbone, config.keep_layers)
     trainer = RewardTrainer(model, config, train_dataset=train, eval_dataset=evaluation or None,
                             processing_class=tokenizer)
