@@ -96,7 +96,12 @@ def test_bench_rl_arms_share_reward_models_and_budgets(tmp_path, monkeypatch):
     assert value(argv, "--prompts") == str(tmp_path / "bench" / "prompts.train.jsonl")
     assert value(argv, "--max_steps") == "7" and value(argv, "--num_generations") == "4"
     assert value(argv, "--per_device_train_batch_size") == "8"
-    assert float(value(argv, "--learning_rate")) == config.ppo_lr()
+    # the GRPO arms' own tuned rate (the PPO arms' when a task has none; --ppo-learning-rate
+    # sets both)
+    assert float(value(argv, "--learning_rate")) == config.tuned_settings.grpo_learning_rate
+    assert config.rl_method("ppo-token").learning_rate == config.ppo_lr()
+    given = runner.RunConfig(ppo_learning_rate=3e-5)
+    assert given.rl_method("grpo-token").learning_rate == 3e-5
     calls.clear()
     runner.train_method("grpo-seq", tmp_path / "bench", tmp_path / "pairs.jsonl", out, config)
     assert [c[0] for c in calls] == ["rm", "grpo"]

@@ -23,7 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from editalign.bench.online import ONLINE
-from editalign.bench.runner import DEFAULT_METHODS, METHODS, RunConfig
+from editalign.bench.runner import (
+    DEFAULT_METHODS,
+    METHODS,
+    STAGE_LOG,
+    RunConfig,
+    claim_run_dir,
+    progress_bars_off_unless_terminal,
+    run_benchmark,
+    stage_output,
+)
 from editalign.bench.task import PolicySFTConfig
 from editalign.bench.world import TASKS, BenchConfig
 from editalign.commands.common import add_config_argument
@@ -191,8 +200,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out is required")
     if args.action == "run":
         return _cmd_run(args)
-    from editalign.bench.runner import progress_bars_off_unless_terminal
-
     with progress_bars_off_unless_terminal():  # off a terminal: its summary lines only
         return _cmd_init(args)
 
@@ -290,8 +297,6 @@ def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, lis
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from editalign.bench.runner import claim_run_dir, run_benchmark
-
     apply_preset(args)
     apply_task_defaults(args)
     claim_run_dir(Path(args.out), Path(args.bench) if args.bench else None)
@@ -307,8 +312,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             _check_init_done(bench, args)
             print(f"bench init: done earlier ({bench / 'summary.json'}), skipped")
         else:
-            from editalign.bench.runner import STAGE_LOG, stage_output
-
             mark_dir(bench, "bench init")  # its stage log goes in first
             with stage_output(bench / STAGE_LOG, f"bench init -> {bench}"):
                 run(argparse.Namespace(**{**vars(args), "action": "init",

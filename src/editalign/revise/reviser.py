@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from editalign.data.pairs import EditPair
+from editalign.data.pairs import EditPair, parse_field_mapping
 from editalign.llm.client import AnswerTooLarge, ChatClient, RequestFailed
 from editalign.revise.filters import (
     Decision,
@@ -232,8 +232,6 @@ def revise_pairs(pairs: Sequence[EditPair], client_factory: Any, template: Templ
 
 def revise_fields(items: Sequence[str]) -> dict[str, str] | None:
     """``--field`` items with ``response=COL`` expanded to ``original=COL revised=COL``."""
-    from editalign.data.pairs import parse_field_mapping
-
     expanded: list[str] = []
     for item in items:
         key, sep, column = (part.strip() for part in item.partition("="))

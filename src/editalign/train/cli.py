@@ -21,7 +21,13 @@ import torch
 from trl import TrlParser
 
 from editalign.data.arguments import DataArguments
-from editalign.models import load_model, load_tokenizer, resolve_model_path, weights_problem
+from editalign.models import (
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    tokenizer_fingerprint,
+    weights_problem,
+)
 from editalign.outputs import check_finite, claim_dir
 from editalign.train.common import ModelArguments, check_max_steps, given_options, run_trainer
 
@@ -235,8 +241,6 @@ def load_policy(model_args: ModelArguments, config: Any) -> tuple[Any, Any]:
 def check_same_tokenizer(tokenizer: Any, directory: str) -> None:
     """A DPO policy read as a reward (``--reward dpo``, PPO and GRPO) must read the policy's
     token ids as the same tokens."""
-    from editalign.models import load_tokenizer, tokenizer_fingerprint
-
     if tokenizer_fingerprint(load_tokenizer(directory)) != tokenizer_fingerprint(tokenizer):
         raise ValueError(f"--reward dpo: {directory} has another tokenizer than --model; the "
                          "implicit reward needs the policy's token ids")

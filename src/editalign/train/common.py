@@ -102,6 +102,21 @@ def check_max_steps(max_steps: int) -> None:
 
 
 @dataclass
+class RLScriptArguments:
+    """Where an RL trainer's prompts and reward model come from: the options ``editalign
+    train ppo`` and ``editalign train grpo`` share (each adds its ``--reward`` and the rest)."""
+
+    prompts: str | None = field(default=None, metadata={
+        "help": "prompts: any pairs file `editalign label` reads (its prompts are used), or "
+                "JSON/JSONL rows with a prompt field"})
+    prompt_field: str = field(default="prompt", metadata={"help": "prompt column of --prompts"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
+    reward_model: str | None = field(default=None, metadata={
+        "help": "directory of a reward model trained with `editalign train token-rm|rm`, or "
+                "with --reward dpo a policy trained with `editalign train dpo`"})
+
+
+@dataclass
 class ModelArguments:
     """The policy (or backbone) to train, and optional LoRA."""
 

@@ -40,6 +40,7 @@ from trl import GRPOConfig, GRPOTrainer
 import editalign.reward_sources as sources
 from editalign.losses import TOKEN_TERMS, group_token_term
 from editalign.options import check_choice
+from editalign.train.common import ModelArguments, RLScriptArguments
 
 logger = logging.getLogger(__name__)
 
@@ -214,17 +215,9 @@ def check_trl_hooks() -> None:
 
 
 @dataclass
-class GRPOScriptArguments:
+class GRPOScriptArguments(RLScriptArguments):
     """Where prompts and rewards come from (``editalign train grpo``)."""
 
-    prompts: str | None = field(default=None, metadata={
-        "help": "prompts: any pairs file `editalign label` reads (its prompts are used), or "
-                "JSON/JSONL rows with a prompt field"})
-    prompt_field: str = field(default="prompt", metadata={"help": "prompt column of --prompts"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
-    reward_model: str | None = field(default=None, metadata={
-        "help": "directory of a reward model trained with `editalign train token-rm|rm`, or "
-                "with --reward dpo a policy trained with `editalign train dpo`"})
     reward: str = field(default="token", metadata={
         "help": "token: a token RM's rewards (sequence reward = their sum, plus the dense "
                 "token term); sequence: the RM's last-token reward only (stock GRPO); dpo: "
@@ -316,7 +309,6 @@ def run(argv: Sequence[str]) -> int:
         resume_arg,
         stop_if_parse_only,
     )
-    from editalign.train.common import ModelArguments
 
     argv = list(argv)
     if not _has_accelerator() and "--use_cpu" not in argv:

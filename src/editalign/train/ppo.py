@@ -60,7 +60,7 @@ from editalign.reward_model import (
     TokenRewardModel,
     check_finite_rewards,
 )
-from editalign.train.common import ModelArguments, check_max_steps
+from editalign.train.common import ModelArguments, RLScriptArguments, check_max_steps
 from editalign.train.ppo_checkpoint import CheckpointMixin
 from editalign.train.ppo_rollout import (
     RewardSource,
@@ -403,17 +403,9 @@ LOG_NAME = "ppo_log.jsonl"
 
 
 @dataclass
-class PPOScriptArguments:
+class PPOScriptArguments(RLScriptArguments):
     """Where prompts and rewards come from (``editalign train ppo``)."""
 
-    prompts: str | None = field(default=None, metadata={
-        "help": "prompts: any pairs file `editalign label` reads (its prompts are used), or "
-                "JSON/JSONL rows with a prompt field"})
-    prompt_field: str = field(default="prompt", metadata={"help": "prompt column of --prompts"})
-    limit: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
-    reward_model: str | None = field(default=None, metadata={
-        "help": "directory of a reward model trained with `editalign train token-rm|rm`, or "
-                "with --reward dpo a policy trained with `editalign train dpo`"})
     reward: str = field(default="token", metadata={
         "help": "token: every response token's reward (fine-grained PPO); sequence: the last "
                 "token's only (ordinary PPO); dpo: the DPO policy's implicit reward "
