@@ -460,6 +460,54 @@ def bench_task(bench: Path) -> str:
     return json.loads(path.read_text()).get("task", "facts") if path.is_file() else "facts"
 
 
+def _check_methods_and_markers(config: RunConfig, out: Path) -> None:
+    """Unknown methods, and a rerun with other settings, are refused before any work."""
+    for method in config.methods:
+        if method not in (*METHODS, *ONLINE):
+            raise ValueError(f"unknown method {method!r}; choose from "
+                             f"{', '.join([*METHODS, *ONLINE])}")
+    for seed in config.seeds:
+        run = replace(config, seed=seed)
+        run_out = out / f"seed{seed}" if len(config.seeds) > 1 else out
+        for method in config.methods:
+            read_done(run_out / method / TRAIN_DONE, train_settings(run))
+            read_done(run_out / method / EVAL_DONE, eval_settings(run))
+
+
+def _edited_pairs(bench: Path, out: Path) -> tuple[Path, int]:
+    """The bench's pairs with an edit, written into the run (the file every method trains
+    on), and its held-out ones beside them; returns the file and how many."""
+    pairs, _ = load_pairs(bench / "pairs.train.jsonl")
+    edited = [p for p in pairs if p.has_edit]
+    if not edited:
+        raise ValueError(f"{bench}/pairs.train.jsonl has no pair with an edit")
+    pairs_file = save_pairs_jsonl(edited, out / "pairs.edited.jsonl")
+    if (bench / "pairs.test.jsonl").is_file():  # older bench dirs have none
+        test_pairs, _ = load_pairs(bench / "pairs.test.jsonl")
+        save_pairs_jsonl([p for p in test_pairs if p.has_edit], out / HELD_OUT_PAIRS)
+    return pairs_file, len(edited)
+
+
+def _evaluate(method: str, policy_dir: Path, reference: str, rows: list[dict[str, Any]],
+              sampling: SamplingConfig, run_out: Path, run: RunConfig
+              ) -> tuple[dict[str, Any], Any]:
+    """One trained method's win rate against the initial policy, its error breakdown and
+    (RL arms) its reward model's held-out figures."""
+    started = time.perf_counter()
+    samples = run_out / method / "eval_samples.jsonl"
+    with stage_output(run_out / method / EVAL_LOG, f"eval {method} (seed {run.seed})") as note:
+        result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(), sampling,
+                                  samples_out=samples)
+        note["summary"] = (f"win rate {result.win_rate:.3f} "
+                           f"[{result.ci_low:.3f}, {result.ci_high:.3f}]")
+    entry = {"eval_seconds": time.perf_counter() - started, **result.to_dict(),
+             "errors": error_breakdown(samples, rows, sampling.samples_per_prompt)}
+    rm_eval = reward_model_eval(method, run_out)
+    if rm_eval:
+        entry["reward_model_eval"] = rm_eval
+    return entry, result
+
+
 def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None = None,
                   *, report: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Train and evaluate every method for every seed; resumable (see the done markers).
@@ -473,24 +521,8 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     claim_run_dir(out, bench)  # before any work: ours to write, and ours alone
     # The task is a property of the bench directory: its tuned settings apply.
     config = replace(config or RunConfig(), task=bench_task(bench))
-    for method in config.methods:
-        if method not in (*METHODS, *ONLINE):
-            raise ValueError(f"unknown method {method!r}; choose from "
-                             f"{', '.join([*METHODS, *ONLINE])}")
-    for seed in config.seeds:  # a rerun with other settings is refused before any work
-        run = replace(config, seed=seed)
-        run_out = out / f"seed{seed}" if len(config.seeds) > 1 else out
-        for method in config.methods:
-            read_done(run_out / method / TRAIN_DONE, train_settings(run))
-            read_done(run_out / method / EVAL_DONE, eval_settings(run))
-    pairs, _ = load_pairs(bench / "pairs.train.jsonl")
-    edited = [p for p in pairs if p.has_edit]
-    if not edited:
-        raise ValueError(f"{bench}/pairs.train.jsonl has no pair with an edit")
-    pairs_file = save_pairs_jsonl(edited, out / "pairs.edited.jsonl")
-    if (bench / "pairs.test.jsonl").is_file():  # older bench dirs have none
-        test_pairs, _ = load_pairs(bench / "pairs.test.jsonl")
-        save_pairs_jsonl([p for p in test_pairs if p.has_edit], out / HELD_OUT_PAIRS)
+    _check_methods_and_markers(config, out)
+    pairs_file, n_edited = _edited_pairs(bench, out)
     rows = read_jsonl(bench / "prompts.test.jsonl")
     if config.eval_limit:
         rows = rows[:config.eval_limit]
@@ -515,28 +547,17 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
                 logger.info("skip %s seed %s (done: %s)", method, seed, done)
                 continue
             policy_dir, seconds = train_method(method, bench, pairs_file, run_out, run)
-            started = time.perf_counter()
-            samples = run_out / method / "eval_samples.jsonl"
-            with stage_output(run_out / method / EVAL_LOG,
-                              f"eval {method} (seed {seed})") as note:
-                result = evaluate_winrate(str(policy_dir), reference, rows, GoldWinJudge(),
-                                          sampling, samples_out=samples)
-                note["summary"] = (f"win rate {result.win_rate:.3f} "
-                                   f"[{result.ci_low:.3f}, {result.ci_high:.3f}]")
-            entry = {"method": method, "seed": seed, "train_seconds": seconds,
-                     "eval_seconds": time.perf_counter() - started, **result.to_dict(),
-                     "errors": error_breakdown(samples, rows, sampling.samples_per_prompt)}
-            rm_eval = reward_model_eval(method, run_out)
-            if rm_eval:
-                entry["reward_model_eval"] = rm_eval
+            evaluated, result = _evaluate(method, policy_dir, reference, rows, sampling,
+                                          run_out, run)
+            entry = {"method": method, "seed": seed, "train_seconds": seconds, **evaluated}
             write_done(done, eval_settings(run), entry)
             results.append(entry)
             if console_is_terminal():
                 bar.write(result.table().splitlines()[-1])
             # After every method, so an interrupted run still leaves what it measured.
-            write_results(out, config, bench, len(edited), results)
+            write_results(out, config, bench, n_edited, results)
     found = comparisons(out, config)
-    write_results(out, config, bench, len(edited), results, found)
+    write_results(out, config, bench, n_edited, results, found)
     table = results_table(results)
     if found:
         table += "\n\n" + comparisons_table(found)
