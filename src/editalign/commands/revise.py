@@ -102,7 +102,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        # Delivered as SIGINT: inside asyncio.run its own SIGINT handler cancels the main
+        # task and raises KeyboardInterrupt when the loop has unwound. Raised here, it could
+        # land inside httpx/anyio's cancel-scope exit and come out as a RuntimeError (exit 1
+        # instead of 130; seen once in CI under load).
+        signal.raise_signal(signal.SIGINT)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
