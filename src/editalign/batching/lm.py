@@ -133,7 +133,7 @@ class PairCollator:
         layout = self.layout
         assert layout is not None  # set in __post_init__
         if layout.use_shared(features):
-            batch = _shared_prefix_inputs(features, self.pad_token_id, layout.dense_mask)
+            batch = _shared_lm_inputs(features, self.pad_token_id, layout.dense_mask)
             cat = {"edit_labels": torch.cat(shift_edit)[None], "targets": torch.cat(shift_ids)[None],
                    "revised": torch.cat(revised)[None], "final_eos": torch.cat(final_eos)[None]}
         elif layout.packed:
@@ -165,7 +165,7 @@ class PairCollator:
         return batch
 
 
-def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
+def _shared_lm_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
                           dense_mask: bool = True) -> dict[str, torch.Tensor]:
     """Shared-prefix layout inputs (``segments``, and the dense ``attention_mask`` unless
     ``dense_mask`` is False) plus ``gather_index`` in the packed per-token order (all
@@ -181,11 +181,7 @@ def _shared_prefix_inputs(features: Sequence[dict[str, Any]], pad_token_id: int,
             n = len(f[f"{name}_input_ids"])
             index.append(layout.source[name][row, :n - 1] + row * length)
             index.append(torch.zeros(1, dtype=torch.long))
-    out = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
-           "segments": layout.segments, "gather_index": torch.cat(index)[None]}
-    if layout.attention_mask is not None:
-        out["attention_mask"] = layout.attention_mask
-    return out
+    return {**layout.model_inputs(), "gather_index": torch.cat(index)[None]}
 
 
 def pair_log_probs(model: Any, inputs: dict[str, Any], unwrapped: Any = None,

@@ -93,6 +93,15 @@ class SharedPrefixBatch:
     num_tokens: int = 0  # non-pad tokens: what the forward pass really computes
     segments: torch.Tensor | None = None
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """What the model's forward takes from the layout (the collators add how their
+        head reads it: FIGA's gather index, a reward model's token rows)."""
+        inputs = {"input_ids": self.input_ids, "position_ids": self.position_ids,
+                  "segments": self.segments}
+        if self.attention_mask is not None:
+            inputs["attention_mask"] = self.attention_mask
+        return inputs
+
 
 def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                               pad_token_id: int = 0, dense_mask: bool = True,

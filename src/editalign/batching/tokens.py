@@ -80,7 +80,7 @@ class RewardPairCollator:
         batch = self._padded(features)
         if self.layout.use_shared(features):
             batch["token_mask"] = batch.pop("attention_mask")
-            batch.update(_shared_prefix_inputs(features, batch["input_ids"].shape[1],
+            batch.update(_shared_reward_inputs(features, batch["input_ids"].shape[1],
                                                self.pad_token_id, self.layout.dense_mask,
                                                self.context))
         return batch
@@ -107,7 +107,7 @@ class RewardPairCollator:
         return batch
 
 
-def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_token_id: int,
+def _shared_reward_inputs(features: Sequence[dict[str, Any]], width: int, pad_token_id: int,
                           dense_mask: bool = True, context: str = "causal",
                           ) -> dict[str, torch.Tensor]:
     """The shared-prefix model inputs of ``features`` for a reward model of ``context``, and
@@ -140,13 +140,10 @@ def _shared_prefix_inputs(features: Sequence[dict[str, Any]], width: int, pad_to
     token_rows = torch.zeros((2 * len(pairs), width), dtype=torch.long)
     for row, side_rows in enumerate([row for name in SIDES for row in rows[name]]):
         token_rows[row, : len(side_rows)] = torch.as_tensor(side_rows)
-    out = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
-           "segments": layout.segments, "token_rows": token_rows,
+    out = {**layout.model_inputs(), "token_rows": token_rows,
            "context_code": torch.tensor(CONTEXTS.index(context))}
     if bidirectional:
         out["bidirectional"] = torch.tensor(True)
-    if layout.attention_mask is not None:
-        out["attention_mask"] = layout.attention_mask
     return out
 
 

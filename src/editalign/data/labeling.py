@@ -246,7 +246,7 @@ class LabelStats:
     pairs_in: int = 0
     kept: int = 0
     no_edit: int = 0
-    truncated: int = 0
+    truncated_pairs: int = 0  # one name with PrepareReport and stats.json
     truncated_tokens: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     tokens: Counter[str] = field(default_factory=Counter)
@@ -269,7 +269,7 @@ class LabelStats:
             lp.edit_distance > 0 and all(label == Label.EQUAL.value
                                          for side in (lp.original, lp.revised)
                                          for label in side.response_labels))
-        self.truncated += lp.truncated
+        self.truncated_pairs += lp.truncated
         self.truncated_tokens += int(lp.meta.get("truncated_tokens", 0))
         self.tokens["prompt"] += lp.revised.response_start
         for name, side in (("original", lp.original), ("revised", lp.revised)):
@@ -298,7 +298,7 @@ class LabelStats:
             }
         return {
             "pairs_in": self.pairs_in, "kept": self.kept, "no_edit": self.no_edit,
-            "skipped": dict(self.skipped), "truncated_pairs": self.truncated,
+            "skipped": dict(self.skipped), "truncated_pairs": self.truncated_pairs,
             "truncated_tokens": self.truncated_tokens, "tokens": dict(self.tokens),
             "cut_pairs": self.cut_pairs, "cut_characters": self.cut_characters,
             "edit_truncated_away": self.edit_truncated_away,
@@ -312,7 +312,7 @@ class LabelStats:
         lines = [
             f"labelled {self.kept} of {self.pairs_in} pairs ({self.no_edit} with no edit); "
             f"skipped: {skipped}",
-            f"truncated: {self.truncated} pairs ({self.truncated_tokens} tokens dropped)"
+            f"truncated: {self.truncated_pairs} pairs ({self.truncated_tokens} tokens dropped)"
             + (f"; {self.cut_characters} characters of {self.cut_pairs} pairs cut before "
                "tokenizing (past anything max_length keeps)" if self.cut_pairs else ""),
             "tokens: " + ", ".join(f"{k} {v}" for k, v in sorted(self.tokens.items())),
