@@ -129,6 +129,15 @@ def _claim_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     return out, dropped_path
 
 
+def _cache_path(cache: str | None) -> Path:
+    """--cache, or the request cache every run shares."""
+    if cache:
+        return Path(cache)
+    from editalign.models import cache_dir
+
+    return cache_dir() / "revise-requests.sqlite"
+
+
 def run(args: argparse.Namespace) -> int:
     from editalign.data.pairs import load_pairs
     from editalign.llm.cache import RequestCache
@@ -163,11 +172,7 @@ def run(args: argparse.Namespace) -> int:
     pairs, report = load_pairs(args.data, preset=args.preset, fields=revise_fields(args.field),
                                strict=args.strict, split=args.split, limit=args.limit)
     print(report.summary())
-    if args.cache:
-        cache_path = Path(args.cache)
-    else:
-        from editalign.models import cache_dir
-        cache_path = cache_dir() / "revise-requests.sqlite"
+    cache_path = _cache_path(args.cache)
     print(f"revising {len(pairs)} rows with {args.model} at {config.url} "
           f"(template {template.name!r}, concurrency {config.concurrency}, cache {cache_path})")
     with RequestCache(cache_path) as cache, _sigterm_as_interrupt():

@@ -293,13 +293,24 @@ def check_vllm(config: DenseGRPOConfig) -> None:
                              "drop --use_vllm to generate with transformers")
 
 
+def prompt_dataset(script: GRPOScriptArguments, tokenizer: Any) -> Any:
+    """``--prompts`` as the ``datasets.Dataset`` of prompts GRPOTrainer samples from."""
+    from datasets import Dataset
+
+    from editalign.data.pairs import load_prompts
+
+    prompts = load_prompts(script.prompts, field=script.prompt_field, limit=script.limit)
+    if not prompts:
+        raise ValueError(f"--prompts {script.prompts}: no prompts")
+    return Dataset.from_dict({"prompt": [trl_prompt(p, tokenizer, script.chat_template)
+                                         for p in prompts]})
+
+
 def run(argv: Sequence[str]) -> int:
     """``editalign train grpo``: TRL's GRPO with per-token advantages from a token RM, a DPO
     policy's implicit reward, or (``--reward sequence``) stock GRPO on a sequence RM."""
-    from datasets import Dataset
     from trl import TrlParser
 
-    from editalign.data.pairs import load_prompts
     from editalign.models import load_model, load_tokenizer, resolve_model_path
     from editalign.train.cli import (
         _has_accelerator,
@@ -337,13 +348,9 @@ def run(argv: Sequence[str]) -> int:
     tokenizer = load_tokenizer(path)
     source = build_source(script, model_args, tokenizer, config.device)
     policy = load_model(path, **model_args.model_kwargs())
-    prompts = load_prompts(script.prompts, field=script.prompt_field, limit=script.limit)
-    if not prompts:
-        raise ValueError(f"--prompts {script.prompts}: no prompts")
-    dataset = Dataset.from_dict({"prompt": [trl_prompt(p, tokenizer, script.chat_template)
-                                            for p in prompts]})
     trainer = DenseGRPOTrainer(policy, funcs, config, reward_source=source,
-                               train_dataset=dataset, processing_class=tokenizer,
+                               train_dataset=prompt_dataset(script, tokenizer),
+                               processing_class=tokenizer,
                                peft_config=model_args.peft_config())
     code = finish(trainer, config, config.resume_from_checkpoint)
     if code:
