@@ -32,6 +32,7 @@ from editalign.outputs import (
     read_done,
     write_done,
 )
+from editalign.train.cli import claim_output_dir
 
 PAIRS = [{"id": "a", "prompt": "Say hi.", "original": "hello there friend",
           "revised": "hi there friend"},
@@ -269,6 +270,24 @@ def test_a_second_run_into_a_locked_directory_is_refused_with_the_holders_pid(wo
         assert code == 2 and f"in use by another `editalign bench run` run (PID {pid})" in err
         with pytest.raises(OutputError, match=f"PID {pid}"):
             claim_dir(out, flag="--output_dir", command="train")
+
+
+def test_the_other_processes_of_a_launched_train_run_check_but_do_not_lock(work, monkeypatch):
+    """torchrun / accelerate launch: every rank parses the command line; rank 0 holds the
+    lock and the others must not refuse their own run as "in use" (they did, which broke
+    every multi-process `editalign train`), while a directory that is not ours still is."""
+    out = work / "run"
+    out.mkdir()
+    with _held_elsewhere(out / LOCK) as pid:
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(OutputError, match=f"PID {pid}"):
+            claim_output_dir(str(out), inputs={})
+        monkeypatch.setenv("RANK", "1")
+        assert claim_output_dir(str(out), inputs={}) == out.resolve()
+        assert int((out / LOCK).read_text()) == pid  # the holder's lock, untouched
+        (out / "notes.txt").write_text("mine")
+        with pytest.raises(OutputError, match="already holds files"):
+            claim_output_dir(str(out), inputs={})
 
 
 def test_a_stale_lock_of_a_dead_run_is_taken_over_with_a_warning(work, caplog):

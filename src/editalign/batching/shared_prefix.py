@@ -48,6 +48,7 @@ from editalign.masks import (  # noqa: F401
     segment_mask_mod,
     uses_flex_attention,
 )
+from editalign.padding import pad_rows
 
 # The order of the two suffixes in a layout row: the original's first. This is a row order,
 # not the order of a pair's sides in a batch of rows (`editalign.data.labeling.SIDES`:
@@ -121,59 +122,60 @@ def build_shared_prefix_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]
     """
     if not pairs:
         raise ValueError("no pairs")
-    rows, positions, segments, prefixes = [], [], [], []
-    sources: dict[str, list[list[int]]] = {s: [] for s in SUFFIX_ORDER}
-    targets: dict[str, list[list[int]]] = {s: [] for s in SUFFIX_ORDER}
-    for i, (original, revised) in enumerate(pairs):
-        original, revised = list(original), list(revised)
-        if len(original) < 2 or len(revised) < 2:
-            raise ValueError("every side needs at least two tokens (one predicted token)")
-        p = common_prefix_length(original, revised)
-        if max_prefix is not None:
-            p = min(p, max_prefix[i])
-        ids = original[:p]
-        pos = list(range(p))
-        seg = [0] * p  # 0 = prefix, 1 = original suffix, 2 = revised suffix
-        for k, side_ids in enumerate((original, revised), start=1):
-            offset = len(ids)  # row position of this side's token p
-            ids += side_ids[p:]
-            pos += range(p, len(side_ids))
-            seg += [k] * (len(side_ids) - p)
-            # row position of side token t: t if t < p else offset + t - p
-            row_of = [t if t < p else offset + t - p for t in range(len(side_ids))]
-            name = SUFFIX_ORDER[k - 1]
-            sources[name].append(row_of[:-1])  # token t+1 is predicted from token t's row
-            targets[name].append(side_ids[1:])
-        rows.append(ids)
-        positions.append(pos)
-        segments.append(seg)
-        prefixes.append(p)
-    b, length = len(rows), max(map(len, rows))
-    input_ids = torch.full((b, length), pad_token_id, dtype=torch.long)
-    position_ids = torch.zeros((b, length), dtype=torch.long)
-    seg_t = torch.full((b, length), -1, dtype=torch.long)  # -1 = padding
-    for i, (ids, pos, seg) in enumerate(zip(rows, positions, segments, strict=True)):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        position_ids[i, :len(pos)] = torch.tensor(pos)
-        seg_t[i, :len(seg)] = torch.tensor(seg)
+    laid = [_pair_row(list(original), list(revised),
+                      None if max_prefix is None else max_prefix[i])
+            for i, (original, revised) in enumerate(pairs)]
+    input_ids, _ = pad_rows([row.ids for row in laid], pad_token_id)
+    position_ids, _ = pad_rows([row.positions for row in laid], 0)
+    seg_t, _ = pad_rows([row.segments for row in laid], -1)  # -1 = padding
     mask = shared_prefix_mask(seg_t, bidirectional) if dense_mask else None
     out_source, out_target, out_valid = {}, {}, {}
     for name in SUFFIX_ORDER:
-        t_max = max(map(len, sources[name]))
-        src = torch.zeros((b, t_max), dtype=torch.long)
-        tgt = torch.zeros((b, t_max), dtype=torch.long)
-        val = torch.zeros((b, t_max), dtype=torch.bool)
-        for i, (s, t) in enumerate(zip(sources[name], targets[name], strict=True)):
-            src[i, :len(s)] = torch.tensor(s)
-            tgt[i, :len(t)] = torch.tensor(t)
-            val[i, :len(s)] = True
-        out_source[name], out_target[name], out_valid[name] = src, tgt, val
+        out_source[name], valid = pad_rows([row.sources[name] for row in laid], 0)
+        out_target[name], _ = pad_rows([row.targets[name] for row in laid], 0)
+        out_valid[name] = valid.bool()
     batch = SharedPrefixBatch(input_ids=input_ids, attention_mask=mask,
-                              position_ids=position_ids, prefix_lengths=prefixes,
+                              position_ids=position_ids,
+                              prefix_lengths=[row.prefix for row in laid],
                               source=out_source, target=out_target, valid=out_valid,
                               segments=seg_t)
     batch.num_tokens = int((seg_t != -1).sum())
     return batch
+
+
+@dataclass
+class _PairRow:
+    """One pair's row before padding: ids, positions, segments, and per side the row
+    positions its predictions are read from and the tokens they predict."""
+
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]
+    prefix: int
+    sources: dict[str, list[int]]
+    targets: dict[str, list[int]]
+
+
+def _pair_row(original: list[int], revised: list[int], cap: int | None) -> _PairRow:
+    if len(original) < 2 or len(revised) < 2:
+        raise ValueError("every side needs at least two tokens (one predicted token)")
+    p = common_prefix_length(original, revised)
+    if cap is not None:
+        p = min(p, cap)
+    row = _PairRow(ids=original[:p], positions=list(range(p)),
+                   segments=[0] * p,  # 0 = prefix, 1 = original suffix, 2 = revised suffix
+                   prefix=p, sources={}, targets={})
+    for k, side_ids in enumerate((original, revised), start=1):
+        offset = len(row.ids)  # row position of this side's token p
+        row.ids += side_ids[p:]
+        row.positions += range(p, len(side_ids))
+        row.segments += [k] * (len(side_ids) - p)
+        # row position of side token t: t if t < p else offset + t - p
+        row_of = [t if t < p else offset + t - p for t in range(len(side_ids))]
+        name = SUFFIX_ORDER[k - 1]
+        row.sources[name] = row_of[:-1]  # token t+1 is predicted from token t's row
+        row.targets[name] = side_ids[1:]
+    return row
 
 
 def side_token_rows(original: Sequence[int], revised: Sequence[int],

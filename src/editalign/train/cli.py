@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from editalign.models import (
     tokenizer_fingerprint,
     weights_problem,
 )
-from editalign.outputs import check_finite, claim_dir
+from editalign.outputs import check_dir, check_finite, claim_dir
 from editalign.train.common import ModelArguments, check_max_steps, given_options, run_trainer
 
 logger = logging.getLogger(__name__)
@@ -156,8 +157,20 @@ def claim_output_dir(output_dir: str | None, *, inputs: dict[str, Any]) -> Path:
     the starting model) and locked for this run: see :mod:`editalign.outputs`."""
     if not output_dir:
         raise ValueError("--output_dir is required")
+    if launch_rank() != 0:
+        # Under torchrun / accelerate launch every process parses the same command line:
+        # the first process claims the directory for the run, the others only check it
+        # (each taking the lock would refuse its own run as "in use").
+        return check_dir(output_dir, flag="--output_dir", command="train", inputs=inputs,
+                         legacy=TRAIN_LEGACY)
     return claim_dir(output_dir, flag="--output_dir", command="train", inputs=inputs,
                      legacy=TRAIN_LEGACY)
+
+
+def launch_rank() -> int:
+    """This process's global rank as torchrun and accelerate launch set it (0 unlaunched)."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
 
 
 def _has_accelerator() -> bool:

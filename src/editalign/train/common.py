@@ -81,14 +81,29 @@ def registered_trainers() -> dict[str, str]:
 def run_trainer(name: str, argv: Sequence[str]) -> int:
     # The --output_dir lock a trainer takes is released when it returns (the benchmark runs
     # many trainers in one process).
-    if name in TRAINERS:
-        with lock_scope():
-            return TRAINERS[name].load()(argv)
-    if name in _EXTRA:
-        with lock_scope():
-            return _EXTRA[name][0](argv)
+    if name in TRAINERS or name in _EXTRA:
+        trainer = TRAINERS[name].load() if name in TRAINERS else _EXTRA[name][0]
+        try:
+            with lock_scope():
+                return trainer(argv)
+        finally:
+            _end_process_group()
     raise ValueError(f"unknown trainer {name!r}; available: "
                      f"{', '.join(sorted([*TRAINERS, *_EXTRA]))}")
+
+
+def _end_process_group() -> None:
+    """Under torchrun / accelerate launch the Trainer leaves its process group up; left to
+    interpreter exit, gloo's threads sometimes abort a rank ("terminate called without an
+    active exception", exit -6) after the run has saved everything, failing the launch."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:  # nothing was launched: keep torch unloaded
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_max_steps(max_steps: int) -> None:
