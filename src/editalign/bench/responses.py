@@ -57,6 +57,10 @@ def _wrong_value(attribute: str, kind: str, right: str, rng: random.Random) -> s
     return rng.choice([v for v in lexicon(attribute, kind) if v != right])
 
 
+# A response piece: (noisy text, clean text, its error or None); concatenated in order.
+Piece = tuple[str, str, ErrorSpan | None]
+
+
 def render_response(entity: Entity, asked: Sequence[str], rng: random.Random,
                     config: BenchConfig, *, noisy: bool = True,
                     value_error: Callable[[str, random.Random], tuple[str, str] | None]
@@ -72,8 +76,7 @@ def render_response(entity: Entity, asked: Sequence[str], rng: random.Random,
     attributes = list(asked)
     if len(attributes) > 1:
         rng.shuffle(attributes)
-    # Pieces: (noisy text, clean text, error or None); concatenated in order.
-    pieces: list[tuple[str, str, ErrorSpan | None]] = []
+    pieces: list[Piece] = []
     for i, attribute in enumerate(attributes):
         name = entity.name
         if i > 0 and entity.short != entity.name and rng.random() < config.short_name_rate:
@@ -104,15 +107,26 @@ def render_response(entity: Entity, asked: Sequence[str], rng: random.Random,
             pieces.append((hedge, "", ErrorSpan("hedge", 0, 0, hedge)))
         pieces.append((".", ".", None))
     if noisy and rng.random() < config.filler_rate:
-        filler = rng.choice(FILLERS)
-        boundaries = [0] + [j + 1 for j, (t, _, e) in enumerate(pieces) if t == "." and not e]
-        at = rng.choice(boundaries)
-        if at == 0:
-            # The space after a leading filler belongs to the error (deleting it restores).
-            insert = [(filler + " ", "", ErrorSpan("filler", 0, 0, filler + " "))]
-        else:
-            insert = [(" " + filler, "", ErrorSpan("filler", 0, 0, " " + filler))]
-        pieces[at:at] = insert
+        _insert_filler(pieces, rng)
+    text, clean, errors = _join_pieces(pieces)
+    return NoisyResponse(text, clean, errors, tuple(attributes))
+
+
+def _insert_filler(pieces: list[Piece], rng: random.Random) -> None:
+    """A filler phrase at a random sentence boundary (an error: deleting it restores)."""
+    filler = rng.choice(FILLERS)
+    boundaries = [0] + [j + 1 for j, (t, _, e) in enumerate(pieces) if t == "." and not e]
+    at = rng.choice(boundaries)
+    if at == 0:
+        # The space after a leading filler belongs to the error (deleting it restores).
+        insert = [(filler + " ", "", ErrorSpan("filler", 0, 0, filler + " "))]
+    else:
+        insert = [(" " + filler, "", ErrorSpan("filler", 0, 0, " " + filler))]
+    pieces[at:at] = insert
+
+
+def _join_pieces(pieces: Sequence[Piece]) -> tuple[str, str, list[ErrorSpan]]:
+    """The noisy text, the clean text and the errors with their character offsets."""
     text, clean, errors = "", "", []
     for noisy_text, clean_text, error in pieces:
         if error is not None:
@@ -120,4 +134,4 @@ def render_response(entity: Entity, asked: Sequence[str], rng: random.Random,
             errors.append(error)
         text += noisy_text
         clean += clean_text
-    return NoisyResponse(text, clean, errors, tuple(attributes))
+    return text, clean, errors

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +79,8 @@ def write_labeled(
                   "labels": stats.to_dict(), **(extra or {})}
     summary = "\n".join(filter(None, [load_report.summary() if load_report else None,
                                       stats.summary()]))
-    make_dir(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = tmp.with_name(tmp.name + ".old")
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the output from others
+
+    def fill(tmp: Path) -> None:
         with _quiet_datasets():
             to_dataset(labeled, info).save_to_disk(str(tmp))
         mark_dir(tmp, COMMAND)
@@ -92,10 +89,25 @@ def write_labeled(
             render_preview(labeled, title=f"editalign label preview: {model_name}",
                            stats=stats_dict, summary=summary, limit=preview_pairs),
             encoding="utf-8")
+
+    _replace_dir(out, fill, inputs)
+    return stats_dict
+
+
+def _replace_dir(out: Path, fill: Callable[[Path], None], inputs: Inputs | None) -> None:
+    """``fill`` a temporary sibling of ``out``, then move it into place: the earlier ``out``
+    is moved aside (not deleted) until the new one is there, and comes back if anything
+    fails, so an interrupted run never leaves a half-written data set that looks complete."""
+    make_dir(out.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = tmp.with_name(tmp.name + ".old")
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the output from others
+        fill(tmp)
         # Checked again at the last moment: another process may have put files there.
         check_label_dir(out, inputs)
         if out.exists():
-            out.rename(old)  # moved aside, not deleted, until the new one is in place
+            out.rename(old)
         tmp.rename(out)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -106,7 +118,6 @@ def write_labeled(
                               "nothing was replaced: free some space and rerun") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
-    return stats_dict
 
 
 COMMAND = "label"

@@ -107,6 +107,22 @@ def _accuracy(diff: np.ndarray) -> float:
     return float(np.mean((diff > 0) + 0.5 * (diff == 0))) if len(diff) else float("nan")
 
 
+def _mean_reward_by_class(pairs: Sequence[PairRewards]) -> dict[str, float]:
+    """The mean token reward of each label class on each side (``mean_reward_original_deleted``
+    …): a reward model that ranks the classes puts the edited ones apart."""
+    by_class: dict[str, list[np.ndarray]] = {}
+    for p in pairs:
+        for side, rewards, labels in (("revised", p.revised_rewards, p.revised_labels),
+                                      ("original", p.original_rewards, p.original_labels)):
+            rew, lab = np.asarray(rewards, float), np.asarray(labels)
+            for code, name in LABEL_NAMES.items():
+                sel = lab == code
+                if sel.any():
+                    by_class.setdefault(f"{side}_{name}", []).append(rew[sel])
+    return {f"mean_reward_{k}": float(np.concatenate(v).mean())
+            for k, v in sorted(by_class.items())}
+
+
 def reward_metrics(pairs: Sequence[PairRewards]) -> dict[str, Any]:
     """All metrics of the module docstring for held-out ``pairs``."""
     if not pairs:
@@ -115,7 +131,6 @@ def reward_metrics(pairs: Sequence[PairRewards]) -> dict[str, Any]:
     orig_scores, orig_bad, orig_logits = [], [], []
     edit_scores, edit_bad = [], []
     human_scores, human_bad = [], []
-    by_class: dict[str, list[np.ndarray]] = {}
     for p in pairs:
         rr, rl = np.asarray(p.revised_rewards, float), np.asarray(p.revised_labels)
         orr, ol = np.asarray(p.original_rewards, float), np.asarray(p.original_labels)
@@ -139,11 +154,6 @@ def reward_metrics(pairs: Sequence[PairRewards]) -> dict[str, Any]:
             hb = np.asarray(p.human_bad, bool)
             human_scores.append(-o_r[: len(hb)])
             human_bad.append(hb[: len(o_r)])
-        for side, rew, lab in (("revised", rr, rl), ("original", orr, ol)):
-            for code, name in LABEL_NAMES.items():
-                sel = lab == code
-                if sel.any():
-                    by_class.setdefault(f"{side}_{name}", []).append(rew[sel])
     d_sum_a = np.asarray(d_sum)
     out: dict[str, Any] = {
         "pairs": len(pairs),
@@ -161,8 +171,7 @@ def reward_metrics(pairs: Sequence[PairRewards]) -> dict[str, Any]:
         out["human_auroc"] = auroc(hs, hb)
         out["human_f1"], _ = best_f1(hs, hb)
         out["human_bad_rate"] = float(hb.mean()) if len(hb) else float("nan")
-    calibration: dict[str, float] = {
-        f"mean_reward_{k}": float(np.concatenate(v).mean()) for k, v in sorted(by_class.items())}
+    calibration = _mean_reward_by_class(pairs)
     if orig_logits:
         z = np.concatenate(orig_logits)
         calibration["token_ece"] = expected_calibration_error(1 / (1 + np.exp(-z)), ~bad)
