@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -95,3 +96,18 @@ def test_help_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_a_run_into_a_log_file_prints_no_weight_loading_bars(tmp_path):
+    """Not a terminal (stderr piped, as under nohup or the loop): no "Loading weights" bars
+    from transformers; a terminal keeps them (the variable is only a default)."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "Q?", "original": "a red cat", "revised": "a blue cat"}\n')
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "editalign.cli", "train", "sft", "--model", "tiny", "--data",
+         str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+         "--report_to", "none", "--save_strategy", "no"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Loading weights" not in proc.stderr

@@ -17,6 +17,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not sys.stderr.isatty():
+        # A log file gets no "Loading weights" bars (transformers and the hub read this when
+        # first imported, which is after this point); `bench` turns the others off per stage.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     return execute(args)
 
 
