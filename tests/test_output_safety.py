@@ -512,7 +512,10 @@ def test_bench_config_takes_the_options_own_names(work, tmp_path):
     assert (args.run_max_steps, args.run_eval_limit, args.batch_size) == (3, 5, 2)
 
 
-def test_revise_on_sigterm_says_what_is_cached_and_how_to_resume(work, tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_revise_on_sigterm_says_what_is_cached_and_how_to_resume(work, tmp_path, sigint):
+    """``ignored``: a background job of a shell script (``editalign revise … &``) inherits
+    SIGINT ignored; SIGTERM must still stop it (it hung, when SIGTERM went through SIGINT)."""
     import signal
     import socket
 
@@ -525,7 +528,9 @@ def test_revise_on_sigterm_says_what_is_cached_and_how_to_resume(work, tmp_path)
         [sys.executable, "-m", "editalign.cli", "revise", "--data", "in.jsonl", "--api-base",
          f"http://127.0.0.1:{port}/v1", "--model", "m", "--out", "o.jsonl", "--cache",
          str(tmp_path / "cache.sqlite"), "--timeout", "120", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if sigint == "ignored" else None)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -533,8 +538,8 @@ def test_revise_on_sigterm_says_what_is_cached_and_how_to_resume(work, tmp_path)
                 break
         silent.accept()  # the first request is in flight
         proc.send_signal(signal.SIGTERM)
-        rest = proc.stdout.read()
-        assert proc.wait(timeout=60) == 130, rest
+        rest, _ = proc.communicate(timeout=60)  # a run that ignores SIGTERM fails, not hangs
+        assert proc.returncode == 130, rest
         assert "interrupted: 0 answers are in" in rest and "rerun the same command" in rest
     finally:
         proc.kill()

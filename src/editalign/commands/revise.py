@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,31 +88,6 @@ def _load_callable(spec: str) -> Any:
     return function
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM handled like Ctrl-C (say what is cached and how to resume), in the main
-    thread only (signal handlers cannot be set elsewhere)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        # Delivered as SIGINT: inside asyncio.run its own SIGINT handler cancels the main
-        # task and raises KeyboardInterrupt when the loop has unwound. Raised here, it could
-        # land inside httpx/anyio's cancel-scope exit and come out as a RuntimeError (exit 1
-        # instead of 130; seen once in CI under load).
-        signal.raise_signal(signal.SIGINT)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _claim_outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     """Before a request is sent: neither output may be an input, the other output, or a
     directory; and one run at a time writes them."""
@@ -175,11 +148,12 @@ def run(args: argparse.Namespace) -> int:
     cache_path = _cache_path(args.cache)
     print(f"revising {len(pairs)} rows with {args.model} at {config.url} "
           f"(template {template.name!r}, concurrency {config.concurrency}, cache {cache_path})")
-    with RequestCache(cache_path) as cache, _sigterm_as_interrupt():
+    with RequestCache(cache_path) as cache:
         try:
             result = revise_pairs(pairs, lambda: ChatClient(config, cache), template, options,
                                   scorer=scorer,
-                                  progress=not args.no_progress and sys.stderr.isatty())
+                                  progress=not args.no_progress and sys.stderr.isatty(),
+                                  sigterm_interrupts=True)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (a scheduler, `kill`)
             print(f"\ninterrupted: {len(cache)} answers are in {cache_path}; rerun the same "
                   "command to resume (cached requests are not sent again)", file=sys.stderr)

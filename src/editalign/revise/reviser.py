@@ -15,6 +15,8 @@ import asyncio
 import collections
 import copy
 import logging
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -219,15 +221,43 @@ async def revise_pairs_async(pairs: Sequence[EditPair], client: ChatClient, temp
 
 def revise_pairs(pairs: Sequence[EditPair], client_factory: Any, template: Template,
                  options: ReviseOptions | None = None, *, scorer: Scorer | None = None,
-                 progress: bool = False) -> ReviseResult:
-    """Synchronous wrapper: ``client_factory()`` makes the :class:`ChatClient` inside the loop."""
+                 progress: bool = False, sigterm_interrupts: bool = False) -> ReviseResult:
+    """Synchronous wrapper: ``client_factory()`` makes the :class:`ChatClient` inside the loop.
+
+    ``sigterm_interrupts``: SIGTERM (a scheduler, ``kill``) cancels the run the way Ctrl-C
+    does and ``KeyboardInterrupt`` comes out (main thread only). The loop's own handler
+    cancels the task, so the cancellation unwinds httpx/anyio as asyncio's Ctrl-C does; it
+    does not go through SIGINT, which a background job of a shell script inherits ignored
+    (``asyncio.run`` then installs no SIGINT handler, and a SIGINT sent on would be lost).
+    """
+    terminated = False
 
     async def run() -> ReviseResult:
+        nonlocal terminated
+        task = asyncio.current_task()
+
+        def on_sigterm() -> None:
+            nonlocal terminated
+            terminated = True
+            assert task is not None
+            task.cancel()
+
+        if sigterm_interrupts and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         async with client_factory() as client:
             return await revise_pairs_async(pairs, client, template, options, scorer=scorer,
                                             progress=progress)
 
-    return asyncio.run(run())
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        return asyncio.run(run())
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if sigterm_interrupts and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)  # the closed loop left SIG_DFL
 
 
 def revise_fields(items: Sequence[str]) -> dict[str, str] | None:
