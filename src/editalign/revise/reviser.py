@@ -230,20 +230,18 @@ def revise_pairs(pairs: Sequence[EditPair], client_factory: Any, template: Templ
     does not go through SIGINT, which a background job of a shell script inherits ignored
     (``asyncio.run`` then installs no SIGINT handler, and a SIGINT sent on would be lost).
     """
+    handle_sigterm = sigterm_interrupts and threading.current_thread() is threading.main_thread()
     terminated = False
 
-    async def run() -> ReviseResult:
+    def on_sigterm(task: asyncio.Task[Any]) -> None:
         nonlocal terminated
-        task = asyncio.current_task()
+        terminated = True
+        task.cancel()
 
-        def on_sigterm() -> None:
-            nonlocal terminated
-            terminated = True
-            assert task is not None
-            task.cancel()
-
-        if sigterm_interrupts and threading.current_thread() is threading.main_thread():
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+    async def run() -> ReviseResult:
+        if handle_sigterm:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm,
+                                                          asyncio.current_task())
         async with client_factory() as client:
             return await revise_pairs_async(pairs, client, template, options, scorer=scorer,
                                             progress=progress)
@@ -256,7 +254,7 @@ def revise_pairs(pairs: Sequence[EditPair], client_factory: Any, template: Templ
             raise KeyboardInterrupt from None
         raise
     finally:
-        if sigterm_interrupts and threading.current_thread() is threading.main_thread():
+        if handle_sigterm:
             signal.signal(signal.SIGTERM, previous)  # the closed loop left SIG_DFL
 
 

@@ -11,6 +11,7 @@ way as in TRL's own scripts.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,8 +97,6 @@ def _end_process_group() -> None:
     """Under torchrun / accelerate launch the Trainer leaves its process group up; left to
     interpreter exit, gloo's threads sometimes abort a rank ("terminate called without an
     active exception", exit -6) after the run has saved everything, failing the launch."""
-    import sys
-
     if "torch.distributed" not in sys.modules:  # nothing was launched: keep torch unloaded
         return
     import torch.distributed as dist
