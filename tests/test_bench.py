@@ -618,9 +618,9 @@ def test_tuned_settings_follow_the_bench_directorys_task(tmp_path, monkeypatch):
 
 
 def test_paired_comparison_by_hand(tmp_path):
-    from editalign.bench.results import comparisons, paired_comparison
+    from editalign.bench.results import comparisons, comparisons_table, paired_comparison
     from editalign.bench.runner import RunConfig
-    from editalign.eval.winrate import bootstrap_interval
+    from editalign.eval.winrate import bootstrap_interval, seeds_and_prompts_interval
 
     # Two seeds, two prompts, two samples each: outcomes of A and B against one reference.
     outcomes = {0: {"figa": [1, 0.5, 0, 1], "sft": [0, 0.5, 0, 1]},
@@ -639,6 +639,11 @@ def test_paired_comparison_by_hand(tmp_path):
     # per prompt over seeds and samples: q0 (1 + 0 + 0 + 0) / 4, q1 (0 + 0 + 0.5 + 0) / 4
     assert (c["ci_low"], c["ci_high"]) == bootstrap_interval([0.25, 0.125], n_resamples=500,
                                                              seed=0)
+    # over seeds and prompts: the seeds × prompts table of per-prompt mean differences
+    # (seed 0: q0 0.5, q1 0; seed 1: q0 0, q1 0.25)
+    assert (c["seeds_ci_low"], c["seeds_ci_high"]) == seeds_and_prompts_interval(
+        [[0.5, 0.0], [0.0, 0.25]], n_resamples=500, seed=0)
+    assert "| figa − sft | +0.188 |" in comparisons_table([c])
     # Only comparisons whose two methods ran, and only when both have samples.
     found = comparisons(tmp_path, RunConfig(methods=["sft", "figa"], seeds=[0, 1]))
     assert [(x["a"], x["b"]) for x in found] == [("figa", "sft")]

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import random
 
 import httpx
 import pytest
@@ -18,6 +19,7 @@ from editalign.eval.winrate import (
     bootstrap_interval,
     evaluate_winrate,
     read_prompt_rows,
+    seeds_and_prompts_interval,
     sequence_logprobs,
     win_rate,
 )
@@ -51,6 +53,31 @@ def test_bootstrap_contains_the_mean_narrows_with_n_and_is_seeded():
     assert (hi_l - lo_l) == pytest.approx(2 * 1.96 * sd / math.sqrt(len(large)), rel=0.15)
     assert bootstrap_interval(small, seed=1) == (lo_s, hi_s)
     assert bootstrap_interval(small, seed=2) != (lo_s, hi_s)
+
+
+def test_seeds_and_prompts_interval_by_hand_and_against_the_prompt_bootstrap():
+    # One prompt, two seeds: a resample's mean is seed 0's, the two's average or seed 1's
+    # (probabilities 1/4, 1/2, 1/4), so the 2.5% and 97.5% quantiles are the two seeds.
+    assert seeds_and_prompts_interval([[0.0], [0.2]], n_resamples=4000) == (0.0, 0.2)
+    assert seeds_and_prompts_interval([[0.5, 0.5], [0.5, 0.5]]) == (0.5, 0.5)
+    # Every seed alike: resampling seeds changes nothing, so it is the prompt bootstrap
+    # (other random draws, the same distribution).
+    prompts = [1, 0, 0.5, 1, 1] * 8
+    lo_p, hi_p = bootstrap_interval(prompts, n_resamples=4000)
+    lo_2, hi_2 = seeds_and_prompts_interval([prompts] * 5, n_resamples=4000)
+    assert lo_2 == pytest.approx(lo_p, abs=0.02) and hi_2 == pytest.approx(hi_p, abs=0.02)
+    # Seeds that disagree: the prompts alone (their per-prompt means over seeds) give a
+    # narrow interval away from 0; with the seeds resampled it is wider and holds 0.
+    rng = random.Random(0)
+    table = [[shift + rng.choice([-0.5, 0.0, 0.5]) for _ in range(200)]
+             for shift in (0.3, -0.2, 0.25, -0.25, 0.1)]
+    pooled = [sum(col) / len(col) for col in zip(*table, strict=True)]
+    lo_p, hi_p = bootstrap_interval(pooled)
+    lo_2, hi_2 = seeds_and_prompts_interval(table)
+    assert lo_p > 0 and hi_2 - lo_2 > 3 * (hi_p - lo_p) and lo_2 < 0 < hi_2
+    assert seeds_and_prompts_interval(table, seed=1) != (lo_2, hi_2)
+    with pytest.raises(ValueError, match="seeds × prompts"):
+        seeds_and_prompts_interval([1.0, 2.0])
 
 
 # --------------------------------------------------------------------------- prompts

@@ -15,7 +15,7 @@ from typing import Any
 
 from editalign.bench.task import judge_summary
 from editalign.data.jsonl import nan_to_none, read_jsonl
-from editalign.eval.winrate import bootstrap_interval
+from editalign.eval.winrate import bootstrap_interval, seeds_and_prompts_interval
 
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
 # The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
@@ -74,28 +74,40 @@ def paired_comparison(out: Path, seeds: Sequence[int], a: str, b: str, *,
                       n_resamples: int = 2000) -> dict[str, Any] | None:
     """Win rate of ``a`` minus win rate of ``b``, paired: both were evaluated against the
     same reference samples (same prompts and sampling seeds), so per prompt the outcome
-    difference (averaged over seeds and samples) is what the interval resamples.
+    difference is what the intervals resample.
 
-    Returns the mean difference, its 95% bootstrap interval over prompts, the per-seed
-    differences, and in how many seeds ``a`` was ahead; None if samples are missing.
+    Returns the mean difference; two 95% bootstrap intervals: ``ci_low``/``ci_high`` over
+    prompts (the per-prompt difference averaged over seeds and samples: these trained
+    models on other prompts) and ``seeds_ci_low``/``seeds_ci_high`` over seeds and prompts
+    (another training run too; the one to read for a claim about the method); the per-seed
+    differences, and in how many seeds ``a`` was ahead. None if samples are missing.
     """
-    per_prompt: dict[str, list[float]] = {}
-    per_seed = []
+    by_seed: list[dict[str, list[float]]] = []
     for seed in seeds:
         run_out = out / f"seed{seed}" if len(seeds) > 1 else out
         files = [run_out / m / "eval_samples.jsonl" for m in (a, b)]
         if not all(f.is_file() for f in files):
             return None
         rows_a, rows_b = (read_jsonl(f) for f in files)
-        diffs = [ra["outcome"] - rb["outcome"] for ra, rb in zip(rows_a, rows_b, strict=True)]
-        per_seed.append(sum(diffs) / len(diffs))
-        for ra, d in zip(rows_a, diffs, strict=True):
-            per_prompt.setdefault(str(ra["id"]), []).append(d)
-    means = [sum(v) / len(v) for v in per_prompt.values()]
-    low, high = bootstrap_interval(means, n_resamples=n_resamples, seed=0)
+        per_prompt: dict[str, list[float]] = {}
+        for ra, rb in zip(rows_a, rows_b, strict=True):
+            per_prompt.setdefault(str(ra["id"]), []).append(ra["outcome"] - rb["outcome"])
+        by_seed.append(per_prompt)
+    prompts = list(by_seed[0])
+    if any(list(p) != prompts for p in by_seed):
+        raise ValueError(f"{out}: the seeds of {a} and {b} were evaluated on different prompts")
+    # The per-seed difference weighs every sample alike, as the win rate does.
+    per_seed = [sum(sum(v) for v in p.values()) / sum(len(v) for v in p.values())
+                for p in by_seed]
+    table = [[sum(p[q]) / len(p[q]) for q in prompts] for p in by_seed]  # seeds × prompts
+    pooled = [sum(sum(p[q]) for p in by_seed) / sum(len(p[q]) for p in by_seed)
+              for q in prompts]
+    low, high = bootstrap_interval(pooled, n_resamples=n_resamples, seed=0)
+    seeds_low, seeds_high = seeds_and_prompts_interval(table, n_resamples=n_resamples, seed=0)
     return {"a": a, "b": b, "difference": sum(per_seed) / len(per_seed), "ci_low": low,
-            "ci_high": high, "per_seed": per_seed,
-            "seeds_ahead": sum(d > 0 for d in per_seed), "seeds": len(per_seed)}
+            "ci_high": high, "seeds_ci_low": seeds_low, "seeds_ci_high": seeds_high,
+            "per_seed": per_seed, "seeds_ahead": sum(d > 0 for d in per_seed),
+            "seeds": len(per_seed)}
 
 
 def comparisons(out: Path, config: Any) -> list[dict[str, Any]]:
@@ -106,12 +118,17 @@ def comparisons(out: Path, config: Any) -> list[dict[str, Any]]:
 
 def comparisons_table(found: Sequence[dict[str, Any]]) -> str:
     lines = ["Paired differences (win rate of A minus win rate of B against the same "
-             "reference samples; interval: bootstrap over prompts):", "",
-             "| A − B | difference | 95% CI | seeds where A is ahead | per seed |",
-             "|---|---|---|---|---|"]
+             "reference samples; 95% bootstrap intervals over prompts, and over seeds and "
+             "prompts, which also carries the spread between training runs):", "",
+             "| A − B | difference | CI, prompts | CI, seeds and prompts "
+             "| seeds where A is ahead | per seed |",
+             "|---|---|---|---|---|---|"]
     for c in found:
+        # results written before the second interval existed have only the first
+        seeds_ci = (f"[{c['seeds_ci_low']:+.3f}, {c['seeds_ci_high']:+.3f}]"
+                    if "seeds_ci_low" in c else "n/a")
         lines.append(f"| {c['a']} − {c['b']} | {c['difference']:+.3f} | "
-                     f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | "
+                     f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {seeds_ci} | "
                      f"{c['seeds_ahead']}/{c['seeds']} | "
                      f"{', '.join(f'{d:+.3f}' for d in c['per_seed'])} |")
     return "\n".join(lines)

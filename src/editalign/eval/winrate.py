@@ -47,6 +47,35 @@ def bootstrap_interval(values: Sequence[float], *, n_resamples: int = 2000, leve
     return float(low), float(high)
 
 
+def seeds_and_prompts_interval(values: Sequence[Sequence[float]], *, n_resamples: int = 2000,
+                               level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a seeds × prompts table, resampling both.
+
+    Resampling prompts alone (:func:`bootstrap_interval` of the per-prompt means) treats the
+    trained models as fixed: it says how much the figure would move on other prompts, not on
+    another training run. Here each resample draws the seeds and, independently, the prompts
+    with replacement and takes the mean over every drawn (seed, prompt) cell, so the
+    interval also carries the spread between training seeds (a two-level bootstrap).
+    """
+    import numpy as np
+
+    table = np.asarray(values, dtype=float)
+    if table.ndim != 2 or table.size == 0:
+        raise ValueError(f"need a non-empty seeds × prompts table, got shape {table.shape}")
+    n_seeds, n_prompts = table.shape
+    rng = np.random.default_rng(seed)
+    # How often each seed and each prompt is drawn: the mean over the drawn cells is
+    # w_seeds · table · w_prompts / (n_seeds · n_prompts).
+    seed_counts = np.stack([np.bincount(rng.integers(0, n_seeds, n_seeds), minlength=n_seeds)
+                            for _ in range(n_resamples)])
+    prompt_counts = np.stack([np.bincount(rng.integers(0, n_prompts, n_prompts),
+                                          minlength=n_prompts) for _ in range(n_resamples)])
+    means = np.einsum("rs,sp,rp->r", seed_counts, table, prompt_counts) / (n_seeds * n_prompts)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 # --------------------------------------------------------------------------- log-probabilities
 
 
