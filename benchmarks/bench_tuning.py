@@ -245,6 +245,9 @@ def main() -> None:
     parser.add_argument("--only", default="supervised,ppo",
                         help="comma-separated grids: supervised, figa, baselines, lr_range, lr_top, "
                         "lr_peak, linear, ppo, ppo2, grounded (with --task grounded), online, grpo")
+    parser.add_argument("--points", help="only the grid points whose name contains one of "
+                        "these comma-separated strings (e.g. 'lr1e-4,G8'); the results file "
+                        "keeps the rows of earlier points")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tag", default="bench_tuning")
     parser.add_argument("--task", default="facts", choices=["facts", "grounded"],
@@ -255,6 +258,11 @@ def main() -> None:
              "ppo": PPO, "ppo2": PPO2, "grounded": GROUNDED, "online": ONLINE_GRID,
              "grpo": GRPO}
     grid = {name: point for g in args.only.split(",") for name, point in grids[g].items()}
+    if args.points:
+        wanted = args.points.split(",")
+        grid = {name: point for name, point in grid.items() if any(w in name for w in wanted)}
+        if not grid:
+            raise SystemExit(f"--points {args.points}: no point of --only {args.only} matches")
     bench, out = Path(args.bench), Path(args.out)
     if not (bench / "summary.json").is_file():
         subprocess.run([sys.executable, "-m", "editalign.cli", "bench", "init", "--out",
