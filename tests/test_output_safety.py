@@ -310,6 +310,63 @@ def test_a_lock_is_exclusive_within_one_process_too(tmp_path):
     RunLock(tmp_path / LOCK, what="x", command="loop").acquire().release()
 
 
+SHARD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from editalign.bench.runner import claim_run_dir
+    claim_run_dir(Path(sys.argv[1]), None, [int(s) for s in sys.argv[2].split(",")])
+    print("held", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_seed_shards_of_one_bench_run_output_run_at_once_and_a_shared_seed_is_refused(
+        work, capsys):
+    """`bench run --seeds 0,2,...` beside `--seeds 1,3,...` into one --out (the seeds sharded
+    over processes, as benchmarks/bench_grounded.py --jobs does): each holds its own seeds'
+    directories alone and --out shared; a run that shares a seed, or a one-seed run (which
+    writes --out itself), is refused naming the holder."""
+    from editalign.bench.runner import claim_run_dir
+
+    out = work / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    shard = subprocess.Popen([sys.executable, "-c", SHARD, str(out), "1,3"],
+                             stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert shard.stdout is not None and shard.stdout.readline().strip() == "held"
+        with lock_scope():  # the other shard: it runs
+            assert claim_run_dir(out, work / "benchdir", [0, 2]) == out.resolve()
+            assert (out / "seed0" / LOCK).read_text().strip() == str(os.getpid())
+        with lock_scope(), pytest.raises(OutputError, match=rf"--out {out} \(seed 3\) is in "
+                                         rf"use by .* \(PID {shard.pid}\)"):
+            claim_run_dir(out, work / "benchdir", [2, 3])
+        assert not (out / "seed2").exists()  # the refused run left nothing behind
+        with lock_scope(), pytest.raises(OutputError, match=f"PID {shard.pid}"):
+            claim_run_dir(out, work / "benchdir", [0])
+        assert main(["bench", "run", "--bench", "benchdir", "--out", "run",
+                     "--seeds", "1,4"]) == 2
+        assert f"--out run (seed 1) is in use by another `editalign bench run` run (PID " \
+            f"{shard.pid})" in capsys.readouterr().err
+    finally:
+        shard.kill()
+        shard.wait()
+    with lock_scope():  # the shard is gone: a one-seed run takes --out alone again
+        claim_run_dir(out, work / "benchdir", [0])
+
+
+def test_a_shared_lock_admits_shared_holders_and_is_emptied_by_the_last(tmp_path):
+    path = tmp_path / LOCK
+    first = RunLock(path, what="x", command="bench run", shared=True).acquire()
+    second = RunLock(path, what="x", command="bench run", shared=True).acquire()
+    with pytest.raises(OutputError, match=f"PID {os.getpid()}"):
+        RunLock(path, what="x", command="bench run").acquire()
+    first.release()
+    assert path.read_text().strip() == str(os.getpid())  # the other holder is still named
+    second.release()
+    assert path.read_text() == ""  # released in order by the last holder: not stale
+    RunLock(path, what="x", command="bench run").acquire().release()
+
+
 # --------------------------------------------------------------------------- done markers
 
 

@@ -15,7 +15,8 @@ One rule for every command (see SECURITY.md, "What each command may overwrite"):
   directory;
 - a run that writes a directory or a file it resumes holds an exclusive lock on it (the
   holder's PID in :data:`LOCK`): a second run is refused with that PID; a lock left by a
-  run that died is taken over with a warning;
+  run that died is taken over with a warning (the seed shards of one ``bench run`` output
+  share its lock and hold their own seeds' directories alone);
 - a file is written beside its target and renamed over it, so a crash leaves the old file
   or the new one; when the target is a symlink, the file it points to is replaced and the
   link kept; new files and directories get the permissions the umask allows.
@@ -203,14 +204,15 @@ def mark_dir(path: str | os.PathLike[str], command: str) -> Path:
 
 
 def claim_dir(path: str | os.PathLike[str], *, flag: str, command: str,
-              inputs: Inputs | None = None, legacy: Legacy = ()) -> Path:
+              inputs: Inputs | None = None, legacy: Legacy = (), shared: bool = False
+              ) -> Path:
     """:func:`check_dir`, then create, mark and lock it (until :func:`lock_scope` ends or
-    the process exits); returns the directory."""
+    the process exits; ``shared``: see :class:`RunLock`); returns the directory."""
     target = check_dir(path, flag=flag, command=command, inputs=inputs, legacy=legacy)
     created = not target.exists()
     try:
         make_dir(target)
-        lock = hold_lock(target / LOCK, what=f"{flag} {path}", command=command)
+        lock = hold_lock(target / LOCK, what=f"{flag} {path}", command=command, shared=shared)
         lock.created_dir = lock.created_dir or created
         mark_dir(target, command)
     except OSError as err:
@@ -227,10 +229,17 @@ def claim_dir(path: str | os.PathLike[str], *, flag: str, command: str,
 class RunLock:
     """An exclusive ``flock`` on a lock file holding the holder's PID. The kernel drops the
     lock when its holder dies, so a lock file whose PID is still written but whose lock is
-    free was left by a run that died: it is taken over with a warning."""
+    free was left by a run that died: it is taken over with a warning.
 
-    def __init__(self, path: str | os.PathLike[str], *, what: str, command: str) -> None:
+    ``shared=True`` takes a shared lock instead: any number of shared holders at once (the
+    seed shards of one ``bench run`` output, each holding its own seeds exclusively), none
+    beside an exclusive holder. The file names one live holder, for the refusal message.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, what: str, command: str,
+                 shared: bool = False) -> None:
         self.path, self.what, self.command = Path(path), what, command
+        self.shared = shared
         self._fd: int | None = None
         # claim_dir made the directory: removed on release if the run wrote nothing there
         self.created_dir = False
@@ -241,7 +250,7 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
@@ -249,11 +258,12 @@ class RunLock:
                               f"run (PID {holder}); wait for it to finish or choose another "
                               "output") from None
         before = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        if before and before != str(os.getpid()):
+        if before and before != str(os.getpid()) and not (self.shared and _running(before)):
             logger.warning("%s: taking over the lock of PID %s, which is no longer running "
                            "(%s)", self.what, before, self.path)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not (self.shared and before and _running(before)):  # else: another live holder
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -262,8 +272,14 @@ class RunLock:
             return
         import fcntl
 
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, 0)  # empty: released in order, not stale
+        # Emptied when released in order (not stale); a shared holder empties it only when it
+        # is the last one (the upgrade to exclusive succeeds only then).
+        try:
+            if self.shared:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
         directory = self.path.parent
         if self.created_dir and {p.name for p in directory.iterdir()} <= _OWN_FILES:
             # A run refused or failed before writing anything leaves nothing behind.
@@ -287,13 +303,25 @@ _SCOPES: list[list[RunLock]] = []
 _HELD: dict[Path, RunLock] = {}
 
 
-def hold_lock(path: str | os.PathLike[str], *, what: str, command: str) -> RunLock:
-    """Take the lock at ``path`` until the innermost :func:`lock_scope` ends (or the process
-    exits). Taking a lock this process already holds is a no-op."""
+def _running(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def hold_lock(path: str | os.PathLike[str], *, what: str, command: str,
+              shared: bool = False) -> RunLock:
+    """Take the lock at ``path`` (exclusive, or ``shared``) until the innermost
+    :func:`lock_scope` ends (or the process exits). Taking a lock this process already holds
+    is a no-op."""
     key = _resolve(path)
     if key in _HELD:
         return _HELD[key]
-    lock = RunLock(key, what=what, command=command).acquire()
+    lock = RunLock(key, what=what, command=command, shared=shared).acquire()
     _HELD[key] = lock
     if _SCOPES:
         _SCOPES[-1].append(lock)

@@ -34,7 +34,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -58,7 +58,7 @@ from editalign.data.jsonl import read_jsonl
 from editalign.data.pairs import load_pairs, save_pairs_jsonl
 from editalign.eval.winrate import evaluate_winrate
 from editalign.generation import SamplingConfig
-from editalign.outputs import claim_dir, mark_dir, read_done, write_done
+from editalign.outputs import LOCK, claim_dir, hold_lock, mark_dir, read_done, write_done
 from editalign.train import rl_stage
 from editalign.train.common import run_trainer
 
@@ -448,10 +448,25 @@ def _train_method(method: str, bench: Path, pairs: Path, out: Path, config: RunC
 RUN_LEGACY = (("results.json",), ("pairs.edited.jsonl",), ("bench",))
 
 
-def claim_run_dir(out: Path, bench: Path | None) -> Path:
-    """``--out`` of ``bench run`` checked and locked (see :mod:`editalign.outputs`)."""
-    return claim_dir(out, flag="--out", command="bench run", legacy=RUN_LEGACY,
-                     inputs={"--bench": bench})
+def claim_run_dir(out: Path, bench: Path | None, seeds: Sequence[int] = (0,)) -> Path:
+    """``--out`` of ``bench run`` checked and locked (see :mod:`editalign.outputs`).
+
+    A run of one seed writes into OUT itself and holds it alone. A run of several seeds
+    writes each seed into OUT/seed<N>: it holds those alone and OUT shared, so runs of other
+    seeds can train into the same OUT at the same time (seeds sharded over processes or
+    machines; each writes the results of its own seeds, and a last run over all of them,
+    which finds every seed done, writes the combined results). A run sharing a seed with a
+    running one is refused before any work, naming the seed."""
+    target = claim_dir(out, flag="--out", command="bench run", legacy=RUN_LEGACY,
+                       inputs={"--bench": bench}, shared=len(seeds) > 1)
+    if len(seeds) > 1:
+        for seed in seeds:
+            seed_dir = target / f"seed{seed}"
+            created = not seed_dir.exists()
+            lock = hold_lock(seed_dir / LOCK, what=f"--out {out} (seed {seed})",
+                             command="bench run")
+            lock.created_dir = lock.created_dir or created
+    return target
 
 
 def bench_task(bench: Path) -> str:
@@ -518,7 +533,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     from tqdm.auto import tqdm
 
     bench, out = Path(bench), Path(out)
-    claim_run_dir(out, bench)  # before any work: ours to write, and ours alone
+    claim_run_dir(out, bench, config.seeds)  # before any work: ours to write
     # The task is a property of the bench directory: its tuned settings apply.
     config = replace(config or RunConfig(), task=bench_task(bench))
     _check_methods_and_markers(config, out)

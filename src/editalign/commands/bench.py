@@ -299,7 +299,9 @@ def parse_method_args(items: list[str] | dict[str, Any] | None) -> dict[str, lis
 def _cmd_run(args: argparse.Namespace) -> int:
     apply_preset(args)
     apply_task_defaults(args)
-    claim_run_dir(Path(args.out), Path(args.bench) if args.bench else None)
+    seeds = (list(range(args.num_seeds)) if args.num_seeds else
+             [int(x) for x in str(args.seeds).split(",") if x.strip()])
+    claim_run_dir(Path(args.out), Path(args.bench) if args.bench else None, seeds)
     if not args.bench and args.preset:
         # The whole pipeline: init into OUT/bench unless an earlier run finished it
         # (summary.json is written last, so it marks a complete init).
@@ -322,8 +324,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     methods = list(METHODS) if args.methods.strip() == "all" else \
         [m.strip() for m in args.methods.split(",") if m.strip()]
     config = RunConfig(methods=methods,
-                       seeds=(list(range(args.num_seeds)) if args.num_seeds else
-                              [int(x) for x in str(args.seeds).split(",") if x.strip()]),
+                       seeds=seeds,
                        extra=parse_method_args(args.method_args),
                        **{f.name: getattr(args, "run_" + f.name) for f in fields(RunConfig)
                           if f.name not in NOT_RUN_FLAGS})
