@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from editalign.outputs import atomic_open, write_text
+
 logger = logging.getLogger(__name__)
 
 PAIRS_SHOWN = 6
@@ -205,12 +207,12 @@ def write_report(out: str | Path, bench: str | Path, results: Sequence[dict[str,
     ]
     if results:
         png = winrate_plot(results)
-        (out / "winrate.png").write_bytes(png)
+        _write_bytes(out / "winrate.png", png)
         parts += ["<h2>Win rate</h2>", _img(png, "win rate per method")]
     curves = read_curves(run_dir)
     png_curves = curves_plot(curves)
     if png_curves is not None:
-        (out / "curves.png").write_bytes(png_curves)
+        _write_bytes(out / "curves.png", png_curves)
         parts += [f"<h2>Training curves (seed {seeds[0] if seeds else 0})</h2>",
                   _img(png_curves, "training curves")]
     pairs_file = out / "pairs.edited.jsonl"
@@ -237,6 +239,10 @@ def write_report(out: str | Path, bench: str | Path, results: Sequence[dict[str,
             except Exception as exc:
                 logger.warning("token-reward rendering failed: %s", exc)
     parts.append("</body></html>")
-    path = out / "report.html"
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    # Replaced whole (written beside, renamed over): the seed shards of one --out write it
+    return write_text(out / "report.html", "\n".join(parts))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)

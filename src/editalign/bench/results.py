@@ -16,6 +16,7 @@ from typing import Any
 from editalign.bench.task import judge_summary
 from editalign.data.jsonl import nan_to_none, read_jsonl
 from editalign.eval.winrate import bootstrap_interval, seeds_and_prompts_interval
+from editalign.outputs import write_text
 
 # Done markers: a rerun into the same --out skips every stage whose marker exists.
 # The held-out edit pairs (with an edit) of `bench init`'s pairs.test.jsonl, in the run
@@ -30,7 +31,8 @@ def write_results(out: Path, config: Any, bench: Path, n_pairs: int,
                    found: Sequence[dict[str, Any]] = ()) -> None:
     # strict JSON: an undefined number (a spread over one seed, an AUROC without both
     # classes) is null, never NaN
-    (out / "results.json").write_text(json.dumps(nan_to_none(
+    # replaced whole, never torn: the seed shards of one --out each write it
+    write_text(out / "results.json", json.dumps(nan_to_none(
         {"config": asdict(config), "bench": str(bench), "pairs": n_pairs,
          "results": list(results), "summary": summarize(results),
          "comparisons": list(found)}), indent=2, allow_nan=False) + "\n")

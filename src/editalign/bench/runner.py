@@ -58,7 +58,15 @@ from editalign.data.jsonl import read_jsonl
 from editalign.data.pairs import load_pairs, save_pairs_jsonl
 from editalign.eval.winrate import evaluate_winrate
 from editalign.generation import SamplingConfig
-from editalign.outputs import LOCK, claim_dir, hold_lock, mark_dir, read_done, write_done
+from editalign.outputs import (
+    LOCK,
+    claim_dir,
+    hold_lock,
+    mark_dir,
+    read_done,
+    write_done,
+    write_text,
+)
 from editalign.train import rl_stage
 from editalign.train.common import run_trainer
 
@@ -576,7 +584,7 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     table = results_table(results)
     if found:
         table += "\n\n" + comparisons_table(found)
-    (out / "results.md").write_text(table + "\n")
+    write_text(out / "results.md", table + "\n")
     if report:
         with stage_output(out / "report.log", f"report -> {out / 'report.html'}"):
             write_report(out, bench, results)
