@@ -132,10 +132,13 @@ TUNED: dict[str, TunedSettings] = {
     # The first task's other settings; on the grounded tuning task every supervised method
     # was best at 3e-4 of the same range (1e-4..1e-2; DPO 1e-5..1e-3) and the three PPO arms
     # together at 1e-4 of 3e-5..3e-4 (bench_tuning_grounded.md). The online arms were not
-    # tuned here: they keep the first task's rate, which happens to be the same; nor were the
-    # GRPO arms: they keep the first task's 1e-4, which is also the PPO arms' grounded rate.
+    # tuned here: they keep the first task's rate, which happens to be the same. The GRPO
+    # arms keep 1e-4, λ 1, reward-to-go, groups of 4 (bench_tuning_grpo_grounded.md):
+    # grpo-seq and grpo-token were each best at 1e-4 of 3e-5..3e-4; the three arms' mean was
+    # higher at 3e-4 by 0.006, all of it grpo-dpo's (+0.033, one seed); λ, the term and the
+    # group size moved grpo-token by at most 0.009, inside one seed's noise (±0.02).
     "grounded": replace(_FACTS, learning_rates={m: 3e-4 for m in _FACTS.learning_rates},
-                        ppo_learning_rate=1e-4),
+                        ppo_learning_rate=1e-4, grpo_learning_rate=1e-4),
 }
 # TRL's DPOConfig β, what `ppo-dpo` reads the DPO policy with when no --beta was given.
 DPO_DEFAULT_BETA = rl_stage.DPO_DEFAULT_BETA
