@@ -354,6 +354,15 @@ def test_seed_shards_of_one_bench_run_output_run_at_once_and_a_shared_seed_is_re
         claim_run_dir(out, work / "benchdir", [0])
 
 
+def test_bench_run_without_a_config_claims_its_output_for_the_default_seed(work):
+    from editalign.bench.runner import run_benchmark
+
+    # No config: the defaults (one seed) claim --out, then the empty bench is said.
+    with lock_scope(), pytest.raises(ValueError, match=r"pairs\.train\.jsonl: no such file"):
+        run_benchmark(work / "benchdir", work / "run")
+    assert not (work / "run" / "seed0").exists()
+
+
 def test_a_shared_lock_admits_shared_holders_and_is_emptied_by_the_last(tmp_path):
     path = tmp_path / LOCK
     first = RunLock(path, what="x", command="bench run", shared=True).acquire()

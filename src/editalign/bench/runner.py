@@ -544,9 +544,10 @@ def run_benchmark(bench: str | Path, out: str | Path, config: RunConfig | None =
     from tqdm.auto import tqdm
 
     bench, out = Path(bench), Path(out)
+    config = config or RunConfig()
     claim_run_dir(out, bench, config.seeds)  # before any work: ours to write
     # The task is a property of the bench directory: its tuned settings apply.
-    config = replace(config or RunConfig(), task=bench_task(bench))
+    config = replace(config, task=bench_task(bench))
     _check_methods_and_markers(config, out)
     pairs_file, n_edited = _edited_pairs(bench, out)
     rows = read_jsonl(bench / "prompts.test.jsonl")
