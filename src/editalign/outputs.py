@@ -258,12 +258,15 @@ class RunLock:
                               f"run (PID {holder}); wait for it to finish or choose another "
                               "output") from None
         before = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        if before and before != str(os.getpid()) and not (self.shared and _running(before)):
-            logger.warning("%s: taking over the lock of PID %s, which is no longer running "
-                           "(%s)", self.what, before, self.path)
-        if not (self.shared and before and _running(before)):  # else: another live holder
+        ours = str(os.getpid())
+        # A shared lock may sit beside live holders: their PID stays named in the file.
+        beside_live = self.shared and before not in ("", ours) and _running(before)
+        if not beside_live:
+            if before not in ("", ours):
+                logger.warning("%s: taking over the lock of PID %s, which is no longer "
+                               "running (%s)", self.what, before, self.path)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{ours}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -274,12 +277,10 @@ class RunLock:
 
         # Emptied when released in order (not stale); a shared holder empties it only when it
         # is the last one (the upgrade to exclusive succeeds only then).
-        try:
+        with contextlib.suppress(OSError):
             if self.shared:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.ftruncate(self._fd, 0)
-        except OSError:
-            pass
         directory = self.path.parent
         if self.created_dir and {p.name for p in directory.iterdir()} <= _OWN_FILES:
             # A run refused or failed before writing anything leaves nothing behind.

@@ -64,12 +64,11 @@ def seeds_and_prompts_interval(values: Sequence[Sequence[float]], *, n_resamples
         raise ValueError(f"need a non-empty seeds × prompts table, got shape {table.shape}")
     n_seeds, n_prompts = table.shape
     rng = np.random.default_rng(seed)
-    # How often each seed and each prompt is drawn: the mean over the drawn cells is
-    # w_seeds · table · w_prompts / (n_seeds · n_prompts).
-    seed_counts = np.stack([np.bincount(rng.integers(0, n_seeds, n_seeds), minlength=n_seeds)
-                            for _ in range(n_resamples)])
-    prompt_counts = np.stack([np.bincount(rng.integers(0, n_prompts, n_prompts),
-                                          minlength=n_prompts) for _ in range(n_resamples)])
+    # How often each seed and each prompt is drawn (n draws with replacement: multinomial
+    # counts); the mean over the drawn cells is w_seeds · table · w_prompts / (n_s · n_p).
+    seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=n_resamples)
+    prompt_counts = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts),
+                                    size=n_resamples)
     means = np.einsum("rs,sp,rp->r", seed_counts, table, prompt_counts) / (n_seeds * n_prompts)
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
