@@ -2,7 +2,7 @@
 
 Runs the whole pipeline as a user would: the grounded task and its initial policy (task
 seed 0, ``tiny-bench-grounded``), every method (the first task's six and ``ppo-dpo``) at the
-settings tuned on the grounded tuning task (``editalign.bench.runner.TUNED["grounded"]``),
+settings tuned on the grounded tuning task (``editalign.bench.tuned.TUNED["grounded"]``),
 the evaluation, the report. ``--quick`` (default) is one seed, ``--full`` ten. ``--jobs 2``
 trains the seeds in two processes of one torch thread each (same ``--out``; each seed has
 its own folder), then one last ``bench run`` of every seed, which finds every seed done,
@@ -84,7 +84,7 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({
         "what": "editalign bench run --task grounded: win rate of each method against the "
                 "initial policy on held-out prompts about unseen entities (gold judge); "
-                "settings tuned on the grounded tuning task (task seed 1), runner.TUNED",
+                "settings tuned on the grounded tuning task (task seed 1), editalign.bench.tuned.TUNED",
         "jobs": args.jobs,
         "wall_seconds_run": seconds, "wall_seconds_init": init["seconds"],
         "command": " ".join(["editalign", *command[3:]]),

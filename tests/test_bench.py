@@ -15,6 +15,7 @@ from editalign.bench.judge import asked_in, unwanted_spans, value_mentions
 from editalign.bench.responses import render_response
 from editalign.bench.runner import DEFAULT_METHODS
 from editalign.bench.task import error_rates, make_edit_pairs
+from editalign.bench.tuned import TUNED, TunedSettings
 from editalign.bench.world import FILLERS, HEDGES
 from editalign.data.align import word_spans
 from editalign.data.jsonl import read_jsonl
@@ -579,7 +580,7 @@ def test_each_method_gets_its_tuned_settings_and_explicit_flags_win(tmp_path, mo
     tuned = runner.RunConfig()
     [(trainer, argv)] = flags(tuned, "figa")
     assert trainer == "figa"
-    assert float(value(argv, "--learning_rate")) == runner.TUNED["facts"].learning_rates["figa"]
+    assert float(value(argv, "--learning_rate")) == TUNED["facts"].learning_rates["figa"]
     assert value(argv, "--gamma") == "1" and value(argv, "--beta") == "0.25"
     [(trainer, argv)] = flags(tuned, "dpo-sft")
     assert trainer == "dpo" and argv[argv.index("--loss_type") + 1:][:2] == ["sigmoid", "sft"]
@@ -597,14 +598,14 @@ def test_each_method_gets_its_tuned_settings_and_explicit_flags_win(tmp_path, mo
 def test_tuned_settings_follow_the_bench_directorys_task(tmp_path, monkeypatch):
     from editalign.bench import runner
 
-    mine = runner.TunedSettings(learning_rates={"figa": 7e-4}, args={"figa": ["--beta", "0.1"]},
-                                ppo_learning_rate=9e-5)
-    monkeypatch.setitem(runner.TUNED, "grounded", mine)
+    mine = TunedSettings(learning_rates={"figa": 7e-4}, args={"figa": ["--beta", "0.1"]},
+                         ppo_learning_rate=9e-5)
+    monkeypatch.setitem(TUNED, "grounded", mine)
     config = runner.RunConfig(task="grounded")
     assert config.method_learning_rate("figa") == 7e-4
     assert config.stage_args("figa") == ["--beta", "0.1"]
     assert config.ppo_lr() == 9e-5 and runner.RunConfig().ppo_lr() == \
-        runner.TUNED["facts"].ppo_learning_rate
+        TUNED["facts"].ppo_learning_rate
     # Given values win over every task's table.
     assert runner.RunConfig(task="grounded", ppo_learning_rate=1e-6).ppo_lr() == 1e-6
     assert runner.RunConfig(task="grounded", learning_rate=2e-5).method_learning_rate(

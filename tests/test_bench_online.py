@@ -37,7 +37,7 @@ def test_online_arm_same_budget_resumes_and_is_compared(tmp_path, monkeypatch):
     # each arm at its own tuned learning rate (the online arm's schedule restarts per round)
     import torch
 
-    from editalign.bench.runner import TUNED
+    from editalign.bench.tuned import TUNED
 
     def lr(path):
         return torch.load(path / "training_args.bin", weights_only=False).learning_rate

@@ -265,7 +265,7 @@ def test_grpo_round_trains_a_reward_then_grpo_from_the_current_policy(bench, tmp
     assert (round_dir / "policy" / "model.safetensors").is_file()
     log = (round_dir / "train.log").read_text()
     assert f"--reward_model {round_dir / 'reward_model'}" in log and f"--reward {reward}" in log
-    from editalign.bench.runner import TUNED
+    from editalign.bench.tuned import TUNED
 
     assert f"--learning_rate {TUNED['facts'].ppo_learning_rate}" in log  # the tuned RL rate
     if reward == "dpo":

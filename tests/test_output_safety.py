@@ -415,6 +415,27 @@ def test_bench_run_refuses_a_rerun_with_other_settings_before_any_work(work):
     assert {k: v for k, v in after.items() if LOCK not in k} == before
 
 
+def test_a_stage_trained_before_the_tuned_table_changed_is_not_reused(tmp_path,
+                                                                          monkeypatch):
+    from dataclasses import replace
+
+    from editalign.bench.results import TRAIN_DONE
+    from editalign.bench.runner import RunConfig, eval_settings, train_settings
+    from editalign.bench.tuned import TUNED
+
+    config = RunConfig(methods=["figa"], task="grounded")
+    marker = tmp_path / "figa" / TRAIN_DONE
+    write_done(marker, train_settings(config), {"seconds": 1.0})
+    assert read_done(marker, train_settings(config)) == {"seconds": 1.0}
+    # The code's table moves on (a new tuning result); the run's own fields are unchanged.
+    rates = {**TUNED["grounded"].learning_rates, "figa": 1e-3}
+    monkeypatch.setitem(TUNED, "grounded", replace(TUNED["grounded"], learning_rates=rates))
+    with pytest.raises(OutputError, match=r"tuned_settings.learning_rates.figa=0.0003 then, "
+                                          r"0.001 now"):
+        read_done(marker, train_settings(config))
+    assert eval_settings(config)["tuned_settings"] == train_settings(config)["tuned_settings"]
+
+
 # --------------------------------------------------------------------------- inputs
 
 

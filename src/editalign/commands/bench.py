@@ -171,14 +171,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if f.name == "tuned":
             run.add_argument("--untuned", dest="run_tuned", action="store_false",
                              help="every trainer's own defaults instead of the settings tuned "
-                             "on the task's tuning task (editalign.bench.runner.TUNED)")
+                             "on the task's tuning task (editalign.bench.tuned.TUNED)")
             continue
         default = f.default if f.default is not MISSING else None
         kind = {"eval_limit": int, "learning_rate": float,
                 "ppo_learning_rate": float}.get(f.name, type(default))
         run.add_argument(_flag("run_" + f.name) if f.name in ("batch_size",) else _flag(f.name),
                          dest="run_" + f.name, type=kind, default=default,
-                         help="(default: the task's tuned rate, editalign.bench.runner.TUNED)"
+                         help="(default: the task's tuned rate, editalign.bench.tuned.TUNED)"
                          if f.name in ("learning_rate", "ppo_learning_rate")
                          else f"(default: {default})")
     gen = p.add_argument_group("edit pairs from the initial policy's samples")

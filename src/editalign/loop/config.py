@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from editalign.bench.runner import TUNED
+from editalign.bench.tuned import TUNED
 from editalign.train.rl_stage import REWARD_TRAINERS, RL_TRAINERS
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ OWN_KEYS = {"revise": {"reviser", "bench"},
             "eval": set(), "sample": set(), "label": set(), "bench_init": {"preset"}}
 
 # Built-in defaults on the generated task: what `editalign loop` runs with no config.
-# FIGA's flags and rate come from the benchmark's tuned table (editalign.bench.runner.TUNED,
+# FIGA's flags and rate come from the benchmark's tuned table (editalign.bench.tuned.TUNED,
 # the first task): its flags, and the rate tuned for FIGA trained round after round
 # (figa-online). At the one-round rate every round restarted a schedule tuned for one
 # round: the third round drifted (KL 17) and lost to the second (docs/loop.md).

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from editalign.bench.reviser import revise
-from editalign.bench.runner import TUNED, bench_task
+from editalign.bench.runner import bench_task
 from editalign.bench.task import judge_summary
+from editalign.bench.tuned import TUNED
 from editalign.data.jsonl import write_jsonl
 from editalign.eval.winrate import read_prompt_rows
 from editalign.loop.config import (
