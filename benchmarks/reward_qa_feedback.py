@@ -347,7 +347,10 @@ def _trained(s: dict) -> str:
     if s.get("mode") == "cached":
         top = f"top {s['top_layers']} layers + " if s["top_layers"] else ""
         return f"frozen backbone, {top}final norm + head trained"
-    return f"LoRA r={s['lora_r']}" if s["lora_r"] else "full fine-tuning"
+    kept = f"first {s['keep_layers']} layers, " if s.get("keep_layers") else ""
+    if s.get("freeze_layers"):
+        return f"{kept}lowest {s['freeze_layers']} frozen (cached), the rest + head trained"
+    return kept + (f"LoRA r={s['lora_r']}" if s["lora_r"] else "full fine-tuning")
 
 
 if __name__ == "__main__":
