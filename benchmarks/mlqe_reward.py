@@ -141,7 +141,8 @@ def make_config(args, objective: str, n_frozen: int = 0) -> RewardConfig:
 
 
 def run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers: int = 0,
-                n_frozen: int = 0, frozen: list | None = None) -> dict:
+                n_frozen: int = 0, frozen: list | None = None,
+                save_to: Path | None = None) -> dict:
     """One run through RewardTrainer (the code of `editalign train token-rm`): full or
     LoRA fine-tuning, or (cached mode) --freeze_layers with the frozen part's output given."""
     from transformers import TrainerCallback
@@ -176,9 +177,8 @@ def run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers: in
                             frozen_cache=None if frozen is None else frozen[:size])
     trainer.train()
     model.load_state_dict(state["best"][1], strict=False)
-    if args.save_dir:
-        out = Path(args.save_dir) / f"{objective}@{size}"
-        model.save_pretrained(out, tokenizer=tokenizer)
+    if save_to is not None:
+        model.save_pretrained(save_to, tokenizer=tokenizer)
     if args.dev_only:  # choosing a configuration: test20 stays unseen
         return {"dev_mcc_selected": state["best"][0], "epoch_selected": state["best"][2],
                 "history": state["history"], "train_seconds": time.perf_counter() - start,
@@ -232,7 +232,8 @@ def main() -> None:
                     help="select on dev only: train, keep the best dev epoch, report its dev "
                     "MCC and never score test20 (score the chosen model afterwards, e.g. with "
                     "editalign eval qe on the --save-dir model)")
-    ap.add_argument("--save-dir", help="save each run's reward model here (OBJECTIVE@SIZE/)")
+    ap.add_argument("--save-dir",
+                    help="save each run's reward model here (PAIR/OBJECTIVE@SIZE/)")
     ap.add_argument("--cache-dir", help="cached mode: keep the frozen layers' outputs here and "
                     "reuse them when the same pair, model, layers and sizes come again")
     args = ap.parse_args()
@@ -270,6 +271,9 @@ def main() -> None:
             n_layers = args.layers or AutoConfig.from_pretrained(
                 resolve_model_path(args.model)).num_hidden_layers
             n_frozen = n_layers - args.top_layers
+            if n_frozen < 1:
+                raise SystemExit(f"--top-layers {args.top_layers} leaves nothing to freeze in "
+                                 f"{n_layers} layers: lower it, or use --mode trainer")
             t1 = time.perf_counter()
             # The cache depends only on these; --cache-dir keeps it for later runs.
             key = (f"{pair}-{args.model}-L{n_frozen}-{args.context}-n{len(train)}"
@@ -289,8 +293,10 @@ def main() -> None:
                 continue
             key = f"{objective} @ {size}"
             print(f"  == {key} ==", flush=True)
+            # one folder per pair: two pairs' runs of one OBJECTIVE@SIZE must not overwrite
+            save_to = Path(args.save_dir) / pair / f"{objective}@{size}" if args.save_dir else None
             run = run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers,
-                              n_frozen, frozen)
+                              n_frozen, frozen, save_to)
             if args.dev_only:
                 entry["runs"][key] = run
                 print(f"  {key}: dev MCC {run['dev_mcc_selected']:.4f} (epoch "
