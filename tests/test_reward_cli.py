@@ -179,3 +179,31 @@ def test_reviser_reward_filter_refuses_non_finite_scores_naming_the_row():
 
     with pytest.raises(NonFiniteRewardError, match=r"row 'b' \(revised\)"):
         reward_filter(scorer, ["p", "p"], ["x", "y"], ["fine", "bad"], ids=["a", "b"])
+
+
+def test_train_writes_no_progress_bar_into_a_log_file_unless_asked(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    import yaml
+
+    from editalign.train.cli import parse_train_args
+    from editalign.train.reward import RewardConfig
+
+    def disable_tqdm(*argv: str) -> bool:
+        out = tmp_path / f"rm{len(list(tmp_path.iterdir()))}"
+        return parse_train_args(RewardConfig, ["--output_dir", str(out), *argv])[2].disable_tqdm
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: a log file
+    assert disable_tqdm() is True
+    assert disable_tqdm("--disable_tqdm", "False") is False
+    config = tmp_path / "bars.yaml"
+    config.write_text(yaml.safe_dump({"disable_tqdm": False}))
+    assert disable_tqdm("--config", str(config)) is False
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert not disable_tqdm()  # a terminal keeps transformers' own default (bars)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,10 @@ def parse_train_args(config_cls: type, argv: Sequence[str],
     if not _has_accelerator() and "--use_cpu" not in argv:
         argv += ["--use_cpu", "True"]  # TRL's configs would otherwise ask for bf16 on CPU
     parser = TrainParser((ModelArguments, DataArguments, config_cls))
+    if not sys.stderr.isatty():
+        # A log file or a child process gets the logging steps' lines, not a bar redrawn
+        # hundreds of times; a --config value or --disable_tqdm False still wins.
+        parser.set_defaults(disable_tqdm=True)
     model_args, data_args, config = parser.parse_args_and_config(argv)
     check_max_steps(config.max_steps)
     check_train_options(model_args, data_args, config)
