@@ -13,6 +13,16 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+if not sys.stderr.isatty():
+    # As `editalign` does: a script writing into a log file prints no "Loading weights" bars
+    # (transformers reads this when first imported; every script imports this module first).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # A script that imported them before this module: they read the variable at import.
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
 
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""

@@ -89,11 +89,13 @@ def _dev_mcc(sentences) -> float:
     return qe.tag_metrics(bad, scores <= t)["mcc"]
 
 
-def build_model(args, config: RewardConfig, tokenizer, n_layers: int) -> TokenRewardModel:
-    """A fresh reward model (seeded head) on the backbone, cut to ``n_layers`` layers."""
+def build_model(args, config: RewardConfig, tokenizer, n_layers: int,
+                seed: int = 0) -> TokenRewardModel:
+    """A fresh reward model (head seeded with ``seed``) on the backbone, cut to ``n_layers``
+    layers."""
     from editalign.train.common import ModelArguments
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model_args = ModelArguments(model=args.model, lora_r=args.lora_r, lora_alpha=2 * args.lora_r)
     model = TokenRewardModel.from_backbone(
         args.model, config.model_config(),
@@ -124,7 +126,7 @@ def frozen_cache_for(args, tokenizer, train, n_layers: int, n_frozen: int, key: 
 # ----------------------------------------------------------------------------- trainer mode
 
 
-def make_config(args, objective: str, n_frozen: int = 0) -> RewardConfig:
+def make_config(args, objective: str, n_frozen: int = 0, seed: int = 0) -> RewardConfig:
     cached = args.mode == "cached"
     return RewardConfig(
         output_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "ea-rm-mlqe"),
@@ -135,22 +137,22 @@ def make_config(args, objective: str, n_frozen: int = 0) -> RewardConfig:
         # no gradient clipping
         weight_decay=0.01 if cached else 0.0, max_grad_norm=0.0 if cached else 1.0,
         use_cpu=args.device == "cpu", bf16=args.device == "cuda", save_strategy="no",
-        eval_strategy="no", logging_steps=50, seed=0, disable_tqdm=True, report_to="none",
+        eval_strategy="no", logging_steps=50, seed=seed, disable_tqdm=True, report_to="none",
         pair_layout="shared", max_length=args.max_length, context=args.context,
         freeze_layers=n_frozen)
 
 
 def run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers: int = 0,
                 n_frozen: int = 0, frozen: list | None = None,
-                save_to: Path | None = None) -> dict:
+                save_to: Path | None = None, seed: int = 0) -> dict:
     """One run through RewardTrainer (the code of `editalign train token-rm`): full or
     LoRA fine-tuning, or (cached mode) --freeze_layers with the frozen part's output given."""
     from transformers import TrainerCallback
 
     from editalign.train.reward import RewardTrainer
 
-    config = make_config(args, objective, n_frozen)
-    model = build_model(args, config, tokenizer, n_layers)
+    config = make_config(args, objective, n_frozen, seed)
+    model = build_model(args, config, tokenizer, n_layers, seed)
     pad = tokenizer.pad_token_id
     state = {"best": (-2.0, None, 0), "history": []}
     start = time.perf_counter()
@@ -182,13 +184,13 @@ def run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers: in
     if args.dev_only:  # choosing a configuration: test20 stays unseen
         return {"dev_mcc_selected": state["best"][0], "epoch_selected": state["best"][2],
                 "history": state["history"], "train_seconds": time.perf_counter() - start,
-                "train_pairs": size}
+                "train_pairs": size, "seed": seed}
     result = qe.evaluate_qe(dev_sentences(model),
                             qe.sentences_from_rewards(test, qe.mt_rewards(model, test, pad, 64)),
                             n_resamples=args.bootstrap)
     return {"model": result["model"], "epoch_selected": state["best"][2],
             "history": state["history"], "train_seconds": time.perf_counter() - start,
-            "train_pairs": size, "_full": result}
+            "train_pairs": size, "seed": seed, "_full": result}
 
 
 # ----------------------------------------------------------------------------- main
@@ -225,6 +227,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="smoke size: 200 train pairs, 100 dev / 100 test sentences, 1 epoch, "
                     "token_cls, the first pair only")
+    ap.add_argument("--seeds", default="0",
+                    help="comma-separated training seeds: each seeds the head's initialisation and "
+                    "the Trainer (data order); the pairs' shuffle, and so the nested subsets, "
+                    "stays seed 0. A run of seed N > 0 is named 'OBJECTIVE @ SIZE seed N'")
     ap.add_argument("--name", default="mlqe_reward")
     ap.add_argument("--context", default="causal", choices=CONTEXT_CHOICES,
                     help="what each token's reward reads (train token-rm --context)")
@@ -246,6 +252,7 @@ def main() -> None:
     else:
         grid = [(o, int(n)) for o in args.objectives.split(",")
                 for n in sorted(args.sizes.split(","), key=int)]
+    seeds = [int(x) for x in args.seeds.split(",")]
     sizes = sorted({n for _, n in grid})
     torch.manual_seed(0)
     if args.device == "cpu" and "OMP_NUM_THREADS" in os.environ:
@@ -286,17 +293,19 @@ def main() -> None:
             print(f"  cached layer-{n_frozen} outputs in {entry['cache_seconds']:.0f} s "
                   f"({entry['cache_tokens_shared_layout']} tokens in the shared layout, "
                   f"{entry['cache_tokens_padded_layout']} padded)", flush=True)
-        for objective, size in grid:
+        for (objective, size), seed in ((run, seed) for run in grid for seed in seeds):
             if size > len(train):
                 print(f"  skipping {objective} @ {size}: only {len(train)} train pairs",
                       flush=True)
                 continue
-            key = f"{objective} @ {size}"
+            key = f"{objective} @ {size}" + (f" seed {seed}" if seed else "")
             print(f"  == {key} ==", flush=True)
             # one folder per pair: two pairs' runs of one OBJECTIVE@SIZE must not overwrite
-            save_to = Path(args.save_dir) / pair / f"{objective}@{size}" if args.save_dir else None
+            save_to = (Path(args.save_dir) / pair / (f"{objective}@{size}"
+                                                      + (f"-seed{seed}" if seed else ""))
+                       if args.save_dir else None)
             run = run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers,
-                              n_frozen, frozen, save_to)
+                              n_frozen, frozen, save_to, seed)
             if args.dev_only:
                 entry["runs"][key] = run
                 print(f"  {key}: dev MCC {run['dev_mcc_selected']:.4f} (epoch "
@@ -332,14 +341,15 @@ def markdown_table(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair, entry in result["pairs"].items():
         for key, run in entry["runs"].items():
+            tagger = key.split(" @ ")[0] + (f" seed {run['seed']}" if run.get("seed") else "")
             if "model" not in run:  # --dev-only: the dev MCC that chooses, no test20
-                lines.append(f"| {pair} | {key.split(' @ ')[0]} (context {s['context']}) | "
+                lines.append(f"| {pair} | {tagger} (context {s['context']}) | "
                              f"{run['train_pairs']} | dev {run['dev_mcc_selected']:.3f} | | | | "
                              f"| | | {run['train_seconds']:.0f} |")
                 continue
             m, sent = run["model"], run["model"].get("sentence", {})
             lines.append(
-                f"| {pair} | {key.split(' @ ')[0]} | {run['train_pairs']} | {m['mcc']:.3f} | "
+                f"| {pair} | {tagger} | {run['train_pairs']} | {m['mcc']:.3f} | "
                 f"[{m['mcc_ci95'][0]:.3f}, {m['mcc_ci95'][1]:.3f}] | {m['f1_bad']:.3f} | "
                 f"{m['f1_ok']:.3f} | {m['f1_mult']:.3f} | {sent.get('pearson', float('nan')):.3f}"
                 f" | {sent.get('spearman', float('nan')):.3f} | {run['train_seconds']:.0f} |")
