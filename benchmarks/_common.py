@@ -13,9 +13,10 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-if not sys.stderr.isatty():
-    # As `editalign` does: a script writing into a log file prints no "Loading weights" bars
-    # (transformers reads this when first imported; every script imports this module first).
+if not sys.stderr.isatty() and Path(sys.argv[0]).resolve().parent == RESULTS.parent:
+    # As `editalign` does: a benchmark script writing into a log file prints no "Loading
+    # weights" bars. Only when a script of this folder runs: a test importing one must not
+    # change the bars of the whole test process.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # A script that imported them before this module: they read the variable at import.
     if "huggingface_hub" in sys.modules:

@@ -25,11 +25,12 @@ Two ways to train:
   every objective) takes minutes.
 
 ``--context causal|echo|bidirectional`` is ``train token-rm --context`` (what each token's
-reward reads); ``--save-dir`` keeps every run's model for ``editalign eval qe``.
+reward reads); ``--save-dir`` keeps every run's model for ``editalign eval qe``; ``--seeds``
+trains each run once per seed (the seed spread of a configuration, docs/mlqe-pe.md).
 
     python benchmarks/mlqe_reward.py [--pairs ro-en,en-de] [--objectives token_cls,edit_bt,...]
         [--sizes 500,2000,7000] [--epochs 3] [--mode cached|trainer] [--device cpu|cuda]
-        [--n-dev N] [--n-test N] [--context causal|echo|bidirectional] [--quick]
+        [--n-dev N] [--n-test N] [--context causal|echo|bidirectional] [--seeds 0,1,2] [--quick]
 """
 
 from __future__ import annotations
