@@ -36,6 +36,7 @@ trains each run once per seed (the seed spread of a configuration, docs/mlqe-pe.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import time
@@ -294,16 +295,16 @@ def main() -> None:
             print(f"  cached layer-{n_frozen} outputs in {entry['cache_seconds']:.0f} s "
                   f"({entry['cache_tokens_shared_layout']} tokens in the shared layout, "
                   f"{entry['cache_tokens_padded_layout']} padded)", flush=True)
-        for (objective, size), seed in ((run, seed) for run in grid for seed in seeds):
+        for (objective, size), seed in itertools.product(grid, seeds):
             if size > len(train):
                 print(f"  skipping {objective} @ {size}: only {len(train)} train pairs",
                       flush=True)
                 continue
-            key = f"{objective} @ {size}" + (f" seed {seed}" if seed else "")
+            seed_tag = f" seed {seed}" if seed else ""  # seed 0 keeps the names of old runs
+            key = f"{objective} @ {size}{seed_tag}"
             print(f"  == {key} ==", flush=True)
             # one folder per pair: two pairs' runs of one OBJECTIVE@SIZE must not overwrite
-            save_to = (Path(args.save_dir) / pair / (f"{objective}@{size}"
-                                                      + (f"-seed{seed}" if seed else ""))
+            save_to = (Path(args.save_dir) / pair / f"{objective}@{size}{seed_tag.replace(' ', '-')}"
                        if args.save_dir else None)
             run = run_trainer(objective, size, args, tokenizer, train, dev, test, n_layers,
                               n_frozen, frozen, save_to, seed)
